@@ -1,0 +1,300 @@
+//! Embedders: an ONNX model behind a runtime, turning image batches into unit vectors.
+//!
+//! A backend implements only [`Embedder::run`] (raw output for one batch); pooling, dimension
+//! checks and l2-normalisation are shared, so every runtime yields comparable vectors.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use image::DynamicImage;
+use ndarray::{Array2, ArrayD, ArrayView4, Axis, Ix2, Ix4};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tract_onnx::prelude::*;
+
+use crate::preprocess::{batch_shape, preprocess_batch};
+use crate::spec::{ModelSpec, Pooling, SpecError};
+
+/// Why embedding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The spec could not be resolved.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The runtime could not load or prepare the model.
+    #[error("cannot load model {path} with {backend}: {reason}")]
+    Load {
+        /// Model file.
+        path: PathBuf,
+        /// Backend name.
+        backend: &'static str,
+        /// Runtime message.
+        reason: String,
+    },
+    /// The runtime failed on a batch.
+    #[error("inference failed: {0}")]
+    Run(String),
+    /// The input batch does not match the spec.
+    #[error("input batch has shape {got:?}, expected {expected:?}")]
+    InputShape {
+        /// Shape given.
+        got: Vec<usize>,
+        /// Shape the spec asks for (batch first).
+        expected: Vec<usize>,
+    },
+    /// The output cannot become a vector of the spec's dimension.
+    #[error("model output has shape {got:?}: {reason}")]
+    OutputShape {
+        /// Output shape.
+        got: Vec<usize>,
+        /// What was expected.
+        reason: String,
+    },
+}
+
+/// Identity of a model: what an index checks before accepting queries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelId {
+    /// sha256 of the ONNX file, hex.
+    pub sha256: String,
+    /// The resolved spec.
+    pub spec: ModelSpec,
+}
+
+/// A runtime that maps preprocessed image batches to l2-normalised embeddings.
+///
+/// Implementations must be usable from several threads at once (servers share one embedder).
+pub trait Embedder: Send + Sync {
+    /// How inputs are prepared and outputs read.
+    fn spec(&self) -> &ModelSpec;
+    /// File hash plus spec, for index compatibility checks.
+    fn model_id(&self) -> &ModelId;
+    /// Short backend name for messages and benchmarks (`tract`, `ort`).
+    fn backend(&self) -> &'static str;
+    /// Runs the model on one batch in the spec's layout and returns the raw output.
+    fn run(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError>;
+
+    /// Embeds a preprocessed batch: run, pool, check dimension, l2-normalise.
+    fn embed_tensor(&self, input: ArrayView4<f32>) -> Result<Array2<f32>, EmbedError> {
+        let spec = self.spec();
+        let expected = batch_shape(input.shape()[0], spec);
+        if input.shape() != expected {
+            return Err(EmbedError::InputShape {
+                got: input.shape().to_vec(),
+                expected: expected.to_vec(),
+            });
+        }
+        if input.shape()[0] == 0 {
+            return Ok(Array2::zeros((0, spec.embedding_dim)));
+        }
+        let raw = self.run(input)?;
+        let mut v = to_vectors(raw, spec)?;
+        if v.nrows() != input.shape()[0] {
+            return Err(EmbedError::OutputShape {
+                got: v.shape().to_vec(),
+                reason: format!("expected {} rows, one per image", input.shape()[0]),
+            });
+        }
+        l2_normalize_rows(&mut v);
+        Ok(v)
+    }
+
+    /// Preprocesses and embeds decoded images.
+    fn embed_images(&self, images: &[DynamicImage]) -> Result<Array2<f32>, EmbedError> {
+        let batch = preprocess_batch(images, self.spec());
+        self.embed_tensor(batch.view())
+    }
+}
+
+/// Pools a raw output to `[N, D]` as the spec says and checks `D`.
+pub fn to_vectors(raw: ArrayD<f32>, spec: &ModelSpec) -> Result<Array2<f32>, EmbedError> {
+    let shape = raw.shape().to_vec();
+    let v = match (spec.pooling, raw.ndim()) {
+        (_, 2) => raw.into_dimensionality::<Ix2>().expect("rank checked"),
+        (Pooling::Gap, 4) => raw
+            .into_dimensionality::<Ix4>()
+            .expect("rank checked")
+            .mean_axis(Axis(3))
+            .and_then(|a| a.mean_axis(Axis(2)))
+            .ok_or_else(|| EmbedError::OutputShape {
+                got: shape.clone(),
+                reason: "empty spatial dimensions".into(),
+            })?,
+        (Pooling::None, 4) if shape[2] == 1 && shape[3] == 1 => raw
+            .into_shape_with_order((shape[0], shape[1]))
+            .map_err(|e| EmbedError::OutputShape {
+                got: shape.clone(),
+                reason: e.to_string(),
+            })?,
+        (Pooling::None, 4) => {
+            return Err(EmbedError::OutputShape {
+                got: shape,
+                reason: "rank-4 output needs pooling = gap".into(),
+            })
+        }
+        _ => {
+            return Err(EmbedError::OutputShape {
+                got: shape,
+                reason: "expected rank 2 [N, D] or rank 4 [N, D, H, W]".into(),
+            })
+        }
+    };
+    if v.ncols() != spec.embedding_dim {
+        return Err(EmbedError::OutputShape {
+            got: shape,
+            reason: format!("expected embedding_dim {}", spec.embedding_dim),
+        });
+    }
+    Ok(v)
+}
+
+/// Scales each row to unit length (zero rows stay zero).
+pub fn l2_normalize_rows(v: &mut Array2<f32>) {
+    for mut row in v.rows_mut() {
+        let n = row.dot(&row).sqrt();
+        if n > 0.0 && n.is_finite() {
+            row /= n;
+        }
+    }
+}
+
+/// sha256 of a file's bytes, hex: how models and images are identified.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Pure-Rust CPU backend: needs nothing installed.
+pub struct TractEmbedder {
+    plan: Arc<TypedSimplePlan>,
+    id: ModelId,
+    /// `Some(b)` when the graph fixes the batch size: inputs are run in chunks of `b`.
+    fixed_batch: Option<usize>,
+}
+
+impl TractEmbedder {
+    /// Loads `path`, resolving its spec (manifest, metadata, graph) and optimising for a
+    /// symbolic batch size.
+    pub fn load(path: &Path) -> Result<TractEmbedder, EmbedError> {
+        let bytes = std::fs::read(path).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let proto = crate::spec::decode_proto(path, &bytes)?;
+        let spec = ModelSpec::resolve_proto(path, &proto)?;
+        let fixed_batch = fixed_batch_of(&proto, &spec.input_name);
+        let load_err = |e: TractError| EmbedError::Load {
+            path: path.to_path_buf(),
+            backend: "tract",
+            reason: format!("{e:#}"),
+        };
+        let dir = path.parent().and_then(|p| p.to_str());
+        let parsed = tract_onnx::onnx().parse(&proto, dir).map_err(load_err)?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(EmbedError::Load {
+                path: path.to_path_buf(),
+                backend: "tract",
+                reason: format!("unresolved inputs {:?}", parsed.unresolved_inputs),
+            });
+        }
+        let mut model = parsed.model;
+        let build = |model: &mut InferenceModel| -> TractResult<Arc<TypedSimplePlan>> {
+            model.set_input_names([spec.input_name.as_str()])?;
+            model.select_outputs_by_name([spec.output_name.as_str()])?;
+            let n: TDim = match fixed_batch {
+                Some(b) => b.to_dim(),
+                None => model.sym("N").into(),
+            };
+            let s = batch_shape(1, &spec);
+            let shape: TVec<TDim> =
+                tvec![n, s[1].to_dim(), s[2].to_dim(), s[3].to_dim()];
+            model.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape))?;
+            let plan = std::mem::take(model).into_optimized()?.into_runnable()?;
+            Ok(plan)
+        };
+        let plan = build(&mut model).map_err(load_err)?;
+        Ok(TractEmbedder {
+            plan,
+            id: ModelId {
+                sha256: sha256_hex(&bytes),
+                spec,
+            },
+            fixed_batch,
+        })
+    }
+
+    fn run_one(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
+        let tensor: Tensor = input.to_owned().into_dyn().into();
+        let out = self
+            .plan
+            .run(tvec![tensor.into()])
+            .map_err(|e| EmbedError::Run(format!("{e:#}")))?;
+        let view = out[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| EmbedError::Run(format!("output is not f32: {e:#}")))?;
+        Ok(view.to_owned())
+    }
+}
+
+/// The batch dimension of `input` when the graph fixes it.
+fn fixed_batch_of(proto: &tract_onnx::pb::ModelProto, input: &str) -> Option<usize> {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value;
+    use tract_onnx::pb::type_proto;
+    let vi = proto.graph.as_ref()?.input.iter().find(|i| i.name == input)?;
+    let type_proto::Value::TensorType(t) = vi.r#type.as_ref()?.value.as_ref()?;
+    match t.shape.as_ref()?.dim.first()?.value {
+        Some(Value::DimValue(b)) if b > 0 => Some(b as usize),
+        _ => None,
+    }
+}
+
+impl Embedder for TractEmbedder {
+    fn spec(&self) -> &ModelSpec {
+        &self.id.spec
+    }
+
+    fn model_id(&self) -> &ModelId {
+        &self.id
+    }
+
+    fn backend(&self) -> &'static str {
+        "tract"
+    }
+
+    fn run(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
+        run_in_fixed_chunks(input, self.fixed_batch, |chunk| self.run_one(chunk))
+    }
+}
+
+/// Runs `f` on the whole batch, or on zero-padded chunks of `fixed` rows when the graph fixes
+/// the batch size, and stacks the outputs. Shared by backends.
+pub fn run_in_fixed_chunks(
+    input: ArrayView4<f32>,
+    fixed: Option<usize>,
+    mut f: impl FnMut(ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError>,
+) -> Result<ArrayD<f32>, EmbedError> {
+    let Some(b) = fixed else {
+        return f(input);
+    };
+    let n = input.shape()[0];
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(b) {
+        let end = (start + b).min(n);
+        let chunk = input.slice(ndarray::s![start..end, .., .., ..]);
+        let out = if end - start == b {
+            f(chunk)?
+        } else {
+            let mut shape = chunk.raw_dim();
+            shape[0] = b;
+            let mut padded = ndarray::Array4::<f32>::zeros(shape);
+            padded
+                .slice_mut(ndarray::s![..end - start, .., .., ..])
+                .assign(&chunk);
+            let full = f(padded.view())?;
+            full.slice_axis(Axis(0), ndarray::Slice::from(0..end - start))
+                .to_owned()
+        };
+        parts.push(out);
+    }
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    ndarray::concatenate(Axis(0), &views).map_err(|e| EmbedError::Run(e.to_string()))
+}

@@ -1,0 +1,337 @@
+//! Image decoding and normalisation into a model-ready batch.
+//!
+//! Training and serving both call [`preprocess_batch`], so an image is turned into numbers the
+//! same way everywhere. The rules are documented in `docs/MODEL_SPEC.md`: alpha is composited on
+//! white, 16-bit images are reduced to 8 bit, the resize uses the `Triangle` (bilinear) filter
+//! and ignores aspect ratio.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use image::{imageops::FilterType, DynamicImage, GrayImage, ImageReader, RgbImage};
+use ndarray::{Array4, ArrayViewMut3};
+use rayon::prelude::*;
+
+use crate::spec::{Color, Layout, ModelSpec};
+
+/// Largest decoded image accepted, in pixels: a guard against decompression bombs.
+pub const DEFAULT_MAX_PIXELS: u64 = 64 * 1024 * 1024;
+
+/// Resize filter used everywhere (documented in `docs/MODEL_SPEC.md`).
+pub const RESIZE_FILTER: FilterType = FilterType::Triangle;
+
+/// Why an image could not be turned into model input.
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File tried.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is empty.
+    #[error("empty file (0 bytes)")]
+    Empty,
+    /// The bytes are not a supported image format.
+    #[error("not a supported image (PNG, JPEG, GIF, BMP, WebP)")]
+    UnknownFormat,
+    /// The codec rejected the bytes.
+    #[error("cannot decode image: {0}")]
+    Decode(String),
+    /// The image exceeds the pixel limit.
+    #[error("image is {width}x{height}, above the limit of {limit} pixels")]
+    TooLarge {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// Limit in pixels.
+        limit: u64,
+    },
+}
+
+/// Decodes image bytes of any supported format, refusing images above `max_pixels`.
+pub fn decode_with_limit(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, PreprocessError> {
+    if bytes.is_empty() {
+        return Err(PreprocessError::Empty);
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| PreprocessError::Decode(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(PreprocessError::UnknownFormat);
+    }
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| PreprocessError::Decode(e.to_string()))?;
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(PreprocessError::TooLarge {
+            width,
+            height,
+            limit: max_pixels,
+        });
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| PreprocessError::Decode(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(16));
+    reader.limits(limits);
+    reader
+        .decode()
+        .map_err(|e| PreprocessError::Decode(e.to_string()))
+}
+
+/// Decodes image bytes with [`DEFAULT_MAX_PIXELS`].
+pub fn decode(bytes: &[u8]) -> Result<DynamicImage, PreprocessError> {
+    decode_with_limit(bytes, DEFAULT_MAX_PIXELS)
+}
+
+/// Reads and decodes one image file.
+pub fn load_image(path: &Path) -> Result<DynamicImage, PreprocessError> {
+    let bytes = std::fs::read(path).map_err(|source| PreprocessError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode(&bytes)
+}
+
+/// Flattens any colour type to 8-bit RGB, compositing alpha on white.
+pub fn rgb_on_white(img: &DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.to_rgb8();
+    }
+    let rgba = img.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    RgbImage::from_fn(w, h, |x, y| {
+        let p = rgba.get_pixel(x, y).0;
+        let a = u32::from(p[3]);
+        let blend = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
+        image::Rgb([blend(p[0]), blend(p[1]), blend(p[2])])
+    })
+}
+
+/// The resized 8-bit pixels a model sees, before normalisation: RGB or luma.
+pub enum Resized {
+    /// Three channels, in RGB order.
+    Rgb(RgbImage),
+    /// One luma channel.
+    Grey(GrayImage),
+}
+
+/// Composites, converts to the spec's colour and resizes to the spec's size.
+pub fn resize_for(img: &DynamicImage, spec: &ModelSpec) -> Resized {
+    let rgb = rgb_on_white(img);
+    let (w, h) = (spec.width, spec.height);
+    match spec.color {
+        Color::Grey => {
+            let grey = DynamicImage::ImageRgb8(rgb).to_luma8();
+            Resized::Grey(resize_if_needed(grey, w, h))
+        }
+        Color::Rgb | Color::Bgr => Resized::Rgb(resize_if_needed(rgb, w, h)),
+    }
+}
+
+fn resize_if_needed<P>(
+    img: image::ImageBuffer<P, Vec<u8>>,
+    w: u32,
+    h: u32,
+) -> image::ImageBuffer<P, Vec<u8>>
+where
+    P: image::Pixel<Subpixel = u8> + 'static,
+{
+    if img.dimensions() == (w, h) {
+        img
+    } else {
+        image::imageops::resize(&img, w, h, RESIZE_FILTER)
+    }
+}
+
+/// Writes one image into `out`, shaped `[C, H, W]` or `[H, W, C]` as the spec's layout says.
+pub fn write_normalised(img: &DynamicImage, spec: &ModelSpec, mut out: ArrayViewMut3<f32>) {
+    let resized = resize_for(img, spec);
+    let (raw, channels): (&[u8], usize) = match &resized {
+        Resized::Rgb(i) => (i.as_raw(), 3),
+        Resized::Grey(i) => (i.as_raw(), 1),
+    };
+    let bgr = spec.color == Color::Bgr;
+    // Per-channel affine map: (p * scale - mean) / std == p * a + b.
+    let coef: Vec<(f32, f32)> = (0..channels)
+        .map(|c| (spec.scale / spec.std[c], -spec.mean[c] / spec.std[c]))
+        .collect();
+    let w = spec.width as usize;
+    for (i, px) in raw.chunks_exact(channels).enumerate() {
+        let (y, x) = (i / w, i % w);
+        for (c, &(a, b)) in coef.iter().enumerate() {
+            let src = if bgr { channels - 1 - c } else { c };
+            let v = f32::from(px[src]) * a + b;
+            match spec.layout {
+                Layout::Nchw => out[[c, y, x]] = v,
+                Layout::Nhwc => out[[y, x, c]] = v,
+            }
+        }
+    }
+}
+
+/// Shape of a batch of `n` images for `spec`.
+pub fn batch_shape(n: usize, spec: &ModelSpec) -> [usize; 4] {
+    let (c, h, w) = (
+        spec.color.channels(),
+        spec.height as usize,
+        spec.width as usize,
+    );
+    match spec.layout {
+        Layout::Nchw => [n, c, h, w],
+        Layout::Nhwc => [n, h, w, c],
+    }
+}
+
+/// Preprocesses images in parallel into one batch in the spec's layout.
+pub fn preprocess_batch(images: &[DynamicImage], spec: &ModelSpec) -> Array4<f32> {
+    let mut batch = Array4::<f32>::zeros(batch_shape(images.len(), spec));
+    batch
+        .outer_iter_mut()
+        .into_par_iter()
+        .zip(images.par_iter())
+        .for_each(|(slot, img)| write_normalised(img, spec, slot));
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Pooling;
+    use image::{Rgba, RgbaImage};
+
+    fn spec(layout: Layout, color: Color, w: u32, h: u32) -> ModelSpec {
+        let c = color.channels();
+        ModelSpec {
+            input_name: "x".into(),
+            output_name: "y".into(),
+            layout,
+            height: h,
+            width: w,
+            color,
+            scale: 1.0 / 255.0,
+            mean: [0.485, 0.456, 0.406][..c].to_vec(),
+            std: [0.229, 0.224, 0.225][..c].to_vec(),
+            pooling: Pooling::None,
+            embedding_dim: 4,
+        }
+    }
+
+    /// A deterministic RGBA test card with partial transparency.
+    fn card(w: u32, h: u32) -> DynamicImage {
+        DynamicImage::ImageRgba8(RgbaImage::from_fn(w, h, |x, y| {
+            Rgba([
+                (x * 37 % 256) as u8,
+                (y * 91 % 256) as u8,
+                ((x + y) * 13 % 256) as u8,
+                ((x * y) % 256) as u8,
+            ])
+        }))
+    }
+
+    /// Reference: the spec's formula, one pixel at a time, with no shared code paths.
+    fn naive(img: &DynamicImage, s: &ModelSpec) -> Vec<f32> {
+        let rgba = img.to_rgba8();
+        let composited = RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+            let p = rgba.get_pixel(x, y).0;
+            let a = p[3] as f64 / 255.0;
+            let f = |c: u8| (c as f64 * a + 255.0 * (1.0 - a)).round() as u8;
+            image::Rgb([f(p[0]), f(p[1]), f(p[2])])
+        });
+        let resized =
+            image::imageops::resize(&composited, s.width, s.height, FilterType::Triangle);
+        let grey = DynamicImage::ImageRgb8(resized.clone()).to_luma8();
+        let c = s.color.channels();
+        let (h, w) = (s.height as usize, s.width as usize);
+        let mut out = vec![0f32; c * h * w];
+        for y in 0..h {
+            for x in 0..w {
+                for ch in 0..c {
+                    let px = match s.color {
+                        Color::Rgb => resized.get_pixel(x as u32, y as u32).0[ch],
+                        Color::Bgr => resized.get_pixel(x as u32, y as u32).0[2 - ch],
+                        Color::Grey => grey.get_pixel(x as u32, y as u32).0[0],
+                    };
+                    let v = (px as f32 * s.scale - s.mean[ch]) / s.std[ch];
+                    let idx = match s.layout {
+                        Layout::Nchw => ch * h * w + y * w + x,
+                        Layout::Nhwc => (y * w + x) * c + ch,
+                    };
+                    out[idx] = v;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_naive_reference_for_every_layout_and_colour() {
+        let img = card(45, 29);
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            for color in [Color::Rgb, Color::Bgr, Color::Grey] {
+                let s = spec(layout, color, 16, 12);
+                let got = preprocess_batch(std::slice::from_ref(&img), &s);
+                assert_eq!(got.shape(), &batch_shape(1, &s));
+                let want = naive(&img, &s);
+                let max = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                // The rounding of the alpha blend may differ by one grey level.
+                assert!(max < 1.0 / 255.0 / 0.224 + 1e-4, "{layout:?} {color:?}: {max}");
+            }
+        }
+    }
+
+    #[test]
+    fn transparent_pixels_become_white() {
+        let img = DynamicImage::ImageRgba8(RgbaImage::from_pixel(4, 4, Rgba([0, 0, 0, 0])));
+        let rgb = rgb_on_white(&img);
+        assert!(rgb.pixels().all(|p| p.0 == [255, 255, 255]));
+    }
+
+    #[test]
+    fn sixteen_bit_is_reduced_to_eight() {
+        let img = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
+            2,
+            2,
+            image::Rgb([65535u16, 0, 32896]),
+        ));
+        let rgb = rgb_on_white(&img);
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 0, 128]);
+    }
+
+    #[test]
+    fn bad_bytes_give_precise_errors() {
+        assert!(matches!(decode(b""), Err(PreprocessError::Empty)));
+        assert!(matches!(
+            decode(b"hello, I am text"),
+            Err(PreprocessError::UnknownFormat)
+        ));
+        let mut png = Vec::new();
+        card(8, 8)
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        png.truncate(png.len() / 2);
+        assert!(matches!(decode(&png), Err(PreprocessError::Decode(_))));
+    }
+
+    #[test]
+    fn pixel_limit_is_enforced_before_decoding() {
+        let mut png = Vec::new();
+        card(100, 100)
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert!(matches!(
+            decode_with_limit(&png, 9_999),
+            Err(PreprocessError::TooLarge { width: 100, height: 100, .. })
+        ));
+        assert!(decode_with_limit(&png, 10_000).is_ok());
+    }
+}

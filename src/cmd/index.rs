@@ -1,0 +1,109 @@
+//! `htg index`: embed a folder of images into a persisted index, incrementally.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use htg_retrieval::ingest::{index_folder, IngestOptions};
+use htg_retrieval::{HnswParams, LocalIndex, SearchIndex};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::model;
+
+/// Arguments of `htg index`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Folder to walk recursively.
+    pub dir: PathBuf,
+    /// Index directory (created if absent).
+    #[arg(long)]
+    pub index: PathBuf,
+    /// ONNX model; defaults to the model that built the index.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Inference runtime.
+    #[command(flatten)]
+    pub backend: model::BackendArgs,
+    /// Images per inference call.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// HNSW links per node (new indexes only).
+    #[arg(long, default_value_t = HnswParams::default().m)]
+    pub m: usize,
+    /// HNSW build candidate list size (new indexes only).
+    #[arg(long, default_value_t = HnswParams::default().ef_construction)]
+    pub ef_construction: usize,
+    /// Label each image with its parent folder's name.
+    #[arg(long)]
+    pub label_from_parent: bool,
+}
+
+/// Indexes the folder and prints a summary; bad files are reported, not fatal.
+pub fn run(args: Args) -> Result<()> {
+    let existing = if LocalIndex::exists(&args.index) {
+        Some(LocalIndex::open(&args.index)?)
+    } else {
+        None
+    };
+    let model_path = model::choose(
+        args.model.as_deref(),
+        existing.as_ref().and_then(|i| i.model_path()),
+    )?;
+    let embedder = model::load(&model_path, &args.backend)?;
+    let mut index = match existing {
+        Some(i) => {
+            i.check_model(embedder.model_id())?;
+            i
+        }
+        None => {
+            let abs = model_path
+                .canonicalize()
+                .unwrap_or_else(|_| model_path.clone());
+            LocalIndex::create(
+                &args.index,
+                embedder.model_id().clone(),
+                Some(abs.to_string_lossy().to_string()),
+                HnswParams {
+                    m: args.m,
+                    ef_construction: args.ef_construction,
+                },
+            )?
+        }
+    };
+    let records: Vec<_> = index
+        .records()
+        .iter()
+        .map(|(id, r)| (*id, r.clone()))
+        .collect();
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} indexing [{bar:30}] {pos}/{len} files {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let opts = IngestOptions {
+        batch_size: args.batch_size,
+        label_from_parent: args.label_from_parent,
+    };
+    let report = index_folder(&mut index, embedder.as_ref(), &args.dir, &records, &opts, &progress)
+        .with_context(|| format!("indexing {}", args.dir.display()))?;
+    bar.finish_and_clear();
+    for (path, why) in &report.failed {
+        eprintln!("skipped {}: {why}", path.display());
+    }
+    println!(
+        "embedded {} new or changed, reused {}, unchanged {}, removed {}, skipped {} bad, ignored {} non-image; index holds {} images at {}",
+        report.embedded,
+        report.reused,
+        report.unchanged,
+        report.removed,
+        report.failed.len(),
+        report.ignored,
+        index.len(),
+        args.index.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `htg search`: the indexed images nearest to a query image.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use htg_retrieval::{LocalIndex, SearchIndex, SearchOptions};
+use serde::Serialize;
+
+use super::model;
+
+/// Arguments of `htg search`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Index directory.
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Query image.
+    pub image: PathBuf,
+    /// Number of neighbours.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// HNSW candidate list size (default max(k, 64)).
+    #[arg(long)]
+    pub ef: Option<usize>,
+    /// Exact brute-force search instead of HNSW.
+    #[arg(long)]
+    pub exact: bool,
+    /// Print `{"results":[{"path","distance","id"}]}`.
+    #[arg(long)]
+    pub json: bool,
+    /// Query model; must be the one that built the index (default: that one).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Inference runtime.
+    #[command(flatten)]
+    pub backend: model::BackendArgs,
+    /// Only images with this label.
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    path: String,
+    distance: f32,
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+}
+
+/// Embeds the query, searches, prints nearest first.
+pub fn run(args: Args) -> Result<()> {
+    let index = LocalIndex::open(&args.index)?;
+    let model_path = model::choose(args.model.as_deref(), index.model_path())?;
+    let embedder = model::load(&model_path, &args.backend)?;
+    index.check_model(embedder.model_id())?;
+    let img = htg_retrieval::preprocess::load_image(&args.image)
+        .with_context(|| format!("query image {}", args.image.display()))?;
+    let q = embedder.embed_images(std::slice::from_ref(&img))?;
+    let opts = SearchOptions {
+        ef: args.ef,
+        exact: args.exact,
+        label: args.label,
+        path_prefix: None,
+    };
+    let hits = index.search(q.row(0).as_slice().expect("row is contiguous"), args.k, &opts)?;
+    let rows: Vec<Row> = hits
+        .into_iter()
+        .map(|h| Row {
+            path: h.record.path,
+            distance: h.distance,
+            id: h.id,
+            label: h.record.label,
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::json!({ "results": rows }));
+    } else {
+        println!("{:>4}  {:>10}  {:>8}  path", "rank", "distance", "id");
+        for (i, r) in rows.iter().enumerate() {
+            println!("{:>4}  {:>10.6}  {:>8}  {}", i + 1, r.distance, r.id, r.path);
+        }
+    }
+    Ok(())
+}

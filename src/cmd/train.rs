@@ -1,0 +1,125 @@
+//! `htg train`: train F with HTG or a triplet-mining baseline, export it to ONNX, evaluate it.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use htg_training::run::{train_and_export, RunOptions};
+use htg_training::{Method, TrainConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Arguments of `htg train`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Data set: `emoji`, `fashion-mnist`, `mnist5k` (under `$HTG_DATA_DIR` or `data/`, see
+    /// `scripts/fetch-data.sh`) or a folder with one subfolder per class.
+    #[arg(long)]
+    pub data: String,
+    /// Training method: htg, triplet-random, triplet-semihard or triplet-batchhard
+    /// (overrides the config's `method`).
+    #[arg(long)]
+    pub method: Option<String>,
+    /// TOML config (unknown keys are rejected); defaults suit the data set.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Output directory: model.onnx, config.toml, metrics.json, checkpoint/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from `<out>/checkpoint` with its saved config.
+    #[arg(long)]
+    pub resume: bool,
+    /// Override the number of steps (also when resuming, to train further).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Override the seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Use only the first N classes of the data set (quick runs).
+    #[arg(long)]
+    pub max_classes: Option<usize>,
+}
+
+/// Runs `htg train`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut cfg = match &args.config {
+        Some(p) => TrainConfig::load(p)?,
+        None => TrainConfig::default_for(&args.data),
+    };
+    if let Some(m) = &args.method {
+        cfg.method = Method::parse(m)?;
+    }
+    if let Some(s) = args.steps {
+        cfg.steps = s;
+    }
+    if let Some(s) = args.seed {
+        cfg.seed = s;
+    }
+    if args.resume {
+        // The checkpoint's config wins; only --steps may extend it.
+        let saved = args.out.join("checkpoint").join("config.toml");
+        if saved.is_file() {
+            let mut c = TrainConfig::load(&saved)?;
+            if let Some(m) = &args.method {
+                let m = Method::parse(m)?;
+                anyhow::ensure!(
+                    m == c.method,
+                    "--method {} differs from the checkpoint's method {}",
+                    m.name(),
+                    c.method.name()
+                );
+            }
+            if let Some(s) = args.steps {
+                c.steps = s;
+                c.save(&saved)?;
+            }
+            cfg = c;
+        }
+    }
+    cfg.validate()?;
+    let bar = ProgressBar::new(cfg.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+            .context("progress template")?,
+    );
+    let opts = RunOptions {
+        data: args.data.clone(),
+        out: args.out.clone(),
+        resume: args.resume,
+        max_classes: args.max_classes,
+    };
+    eprintln!(
+        "training {} on {} for {} steps (seed {}) into {}",
+        cfg.method.name(),
+        args.data,
+        cfg.steps,
+        cfg.seed,
+        args.out.display()
+    );
+    let summary = train_and_export(cfg, &opts, |s| {
+        bar.set_position(s.step as u64);
+        let mut msg = format!("F {:.4}", s.loss_f);
+        if let (Some(g), Some(d), Some(acc), Some(h)) =
+            (s.loss_g, s.loss_d, s.d_real_fake_acc, s.hardness_out)
+        {
+            msg.push_str(&format!(
+                " G {g:.3} D {d:.3} D-acc {acc:.2} hard {:.3}->{h:.3}",
+                s.hardness_in
+            ));
+        } else {
+            msg.push_str(&format!(" hard {:.3}", s.hardness_in));
+        }
+        bar.set_message(msg);
+    })?;
+    bar.finish();
+    println!(
+        "{} on {}: {} steps, {:.1} ms/step, train {:.0} s",
+        summary.method, summary.data, summary.steps, summary.ms_per_step, summary.train_wall_s
+    );
+    println!("{} (ONNX on tract)", summary.onnx_tract.protocol);
+    println!("{}", summary.onnx_tract.table());
+    println!(
+        "ONNX vs burn max |diff| = {:.2e}; wrote {}",
+        summary.onnx_vs_burn_max_abs_diff,
+        args.out.join("model.onnx").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! `htg`: train image embeddings with Hard Triplet Generation and search images with them.
+//!
+//! The binary is a thin layer over `htg-training` and `htg-retrieval`: argument parsing,
+//! progress bars and printing. Errors reach the user as one line on stderr with exit status 1.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "htg", version, about = "Hard Triplet Generation embeddings and similar-image search")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Embed every image under a folder into an index (incremental).
+    Index(cmd::index::Args),
+    /// Find the indexed images nearest to an image.
+    Search(cmd::search::Args),
+    /// Show how a model will be fed (resolved spec), or why it can't be.
+    InspectModel(cmd::inspect::Args),
+    /// Train the feature network (HTG or a triplet-mining baseline) and export it to ONNX.
+    Train(cmd::train::Args),
+    /// Evaluate a model's retrieval quality on unseen classes.
+    Eval(cmd::eval::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Index(a) => cmd::index::run(a),
+        Command::Search(a) => cmd::search::run(a),
+        Command::InspectModel(a) => cmd::inspect::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` joins the context chain into one readable line.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The single integration-test binary of the `htg` package (one link step, as in ripgrep).
+//!
+//! Modules:
+//! - `util`: paths of fixtures, running the real `htg` binary, temporary copies.
+//! - `spec`: model spec resolution from metadata, manifest and graph, and its errors.
+//! - `golden`: the tiny fixture model on tract against onnxruntime's golden output.
+//! - `formats`: every supported image encoding decodes and embeds like its PNG source.
+//! - `cli`: `htg index` / `htg search` / `htg inspect-model` end to end on fixture images.
+//! - `bad_input`: corrupt and odd files, missing and mismatched models, killed saves.
+//! - `emoji_slice`: 100 real emoji classes from both vendors (fetched into a cache).
+
+mod util;
+
+mod bad_input;
+mod cli;
+mod emoji_slice;
+mod formats;
+mod golden;
+mod spec;
