@@ -1,0 +1,48 @@
+//! `htg serve`: the HTTP search service over an index (see `docs/HTTP.md`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use htg_retrieval::LocalIndex;
+
+use super::model;
+use crate::server::{self, Config};
+
+/// Arguments of `htg serve`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Index directory to serve (and to save added or deleted images into).
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Listen address, e.g. 127.0.0.1:8080; wins over the config file and `HTG__ADDR`.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// TOML config file, layered over the defaults and under `HTG__*` variables.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Query model; must be the one that built the index (default: that one).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Inference runtime.
+    #[command(flatten)]
+    pub backend: model::BackendArgs,
+}
+
+/// Loads and validates everything, then serves until SIGTERM or SIGINT.
+pub fn run(args: Args) -> Result<()> {
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())
+        .context("refusing to start on this configuration")?;
+    if let Some(addr) = args.addr {
+        config.addr = addr;
+        config
+            .validate()
+            .context("refusing to start on this configuration")?;
+    }
+    let index = LocalIndex::open(&args.index)?;
+    let model_path = model::choose(args.model.as_deref(), index.model_path())?;
+    let embedder = model::load(&model_path, &args.backend)?;
+    index.check_model(embedder.model_id())?;
+    server::serve(config, index, Arc::from(embedder))?;
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! Reading requests: bounded bodies, `multipart/form-data`, raw image bodies, search
+//! parameters. Everything a client can get wrong becomes an [`ApiError`] here, never a panic.
+
+use actix_web::http::header;
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpMessage, HttpRequest};
+use htg_retrieval::SearchOptions;
+use memchr::memmem;
+use serde::Deserialize;
+
+use super::config::Config;
+use super::error::ApiError;
+
+/// Largest `ef` a request may ask for (the HNSW candidate list).
+pub const MAX_EF: usize = 10_000;
+
+/// Longest `label`, `path_prefix` or `path` accepted, in bytes.
+pub const MAX_TEXT: usize = 4096;
+
+/// Reads the whole body, refusing more than `limit` bytes with 413 (before reading, when the
+/// `Content-Length` header already says so).
+pub async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let max = usize::try_from(limit).unwrap_or(usize::MAX);
+    match payload.to_bytes_limited(max).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(ApiError::BadRequest(format!("cannot read the body: {e}"))),
+        Err(_) => Err(ApiError::PayloadTooLarge { limit }),
+    }
+}
+
+/// One part of a `multipart/form-data` body.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// The form field name.
+    pub name: String,
+    /// The file name, for file fields.
+    pub filename: Option<String>,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+impl Part {
+    /// The part as UTF-8 text (for `path` and `label` fields).
+    pub fn text(&self) -> Result<String, ApiError> {
+        let s = std::str::from_utf8(&self.data).map_err(|_| {
+            ApiError::BadRequest(format!("form field `{}` is not UTF-8 text", self.name))
+        })?;
+        check_text(&self.name, s)?;
+        Ok(s.to_string())
+    }
+}
+
+/// Refuses empty, overlong or control-character text parameters.
+fn check_text(name: &str, s: &str) -> Result<(), ApiError> {
+    if s.is_empty() || s.len() > MAX_TEXT || s.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "`{name}` must be 1 to {MAX_TEXT} bytes of text without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// What a request body carries, by its content type.
+pub enum Body {
+    /// `multipart/form-data`, already split.
+    Form(Vec<Part>),
+    /// A raw image (`image/*` or `application/octet-stream`).
+    Image(Bytes),
+    /// `application/json`.
+    Json(Bytes),
+}
+
+/// Reads the body and sorts it by content type; `accept_json` says whether the route takes
+/// JSON. Other types get 415.
+pub async fn read_typed(
+    req: &HttpRequest,
+    payload: web::Payload,
+    config: &Config,
+    accept_json: bool,
+) -> Result<Body, ApiError> {
+    let expected = if accept_json {
+        "send application/json, multipart/form-data with `image` fields, or a raw image/* body"
+    } else {
+        "send multipart/form-data with an `image` field or a raw image/* body"
+    };
+    let mime = req
+        .mime_type()
+        .map_err(|_| ApiError::UnsupportedMediaType {
+            got: header_str(req, header::CONTENT_TYPE),
+            expected,
+        })?;
+    let Some(mime) = mime else {
+        return Err(ApiError::UnsupportedMediaType {
+            got: String::new(),
+            expected,
+        });
+    };
+    let essence = mime.essence_str().to_ascii_lowercase();
+    if essence == "multipart/form-data" {
+        let boundary = mime
+            .get_param("boundary")
+            .map(|b| b.as_str().to_string())
+            .filter(|b| !b.is_empty() && b.len() <= 200)
+            .ok_or_else(|| {
+                ApiError::BadRequest("multipart/form-data without a valid boundary".into())
+            })?;
+        let body = read_body(req, payload, config.max_upload_bytes).await?;
+        return Ok(Body::Form(parse_multipart(&body, &boundary)?));
+    }
+    if mime.type_() == "image" || essence == "application/octet-stream" {
+        return Ok(Body::Image(
+            read_body(req, payload, config.max_upload_bytes).await?,
+        ));
+    }
+    if accept_json && essence == "application/json" {
+        return Ok(Body::Json(
+            read_body(req, payload, config.max_upload_bytes).await?,
+        ));
+    }
+    Err(ApiError::UnsupportedMediaType {
+        got: essence,
+        expected,
+    })
+}
+
+fn header_str(req: &HttpRequest, name: header::HeaderName) -> String {
+    req.headers()
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string())
+        .unwrap_or_default()
+}
+
+/// Parses JSON, answering 400 with serde's reason (line and column included).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+}
+
+/// Splits a `multipart/form-data` body (RFC 7578) into its parts.
+pub fn parse_multipart(body: &Bytes, boundary: &str) -> Result<Vec<Part>, ApiError> {
+    let bad = |why: &str| ApiError::BadRequest(format!("malformed multipart body: {why}"));
+    let delim = format!("--{boundary}");
+    let next_delim = format!("\r\n--{boundary}");
+    let finder = memmem::Finder::new(next_delim.as_bytes());
+    // The body starts with the delimiter, or with a preamble and then CRLF + delimiter.
+    let mut pos = if body.starts_with(delim.as_bytes()) {
+        delim.len()
+    } else {
+        finder
+            .find(body)
+            .map(|i| i + next_delim.len())
+            .ok_or_else(|| bad("no boundary found"))?
+    };
+    let mut parts = Vec::new();
+    loop {
+        let rest = &body[pos..];
+        if rest.starts_with(b"--") {
+            return Ok(parts);
+        }
+        // Transport padding, then CRLF, then the part's headers.
+        let line_end = memmem::find(rest, b"\r\n").ok_or_else(|| bad("boundary line not ended"))?;
+        if !rest[..line_end].iter().all(|b| *b == b' ' || *b == b'\t') {
+            return Err(bad("text after a boundary"));
+        }
+        let start = pos + line_end + 2;
+        let head_len = memmem::find(&body[start..], b"\r\n\r\n")
+            .ok_or_else(|| bad("part headers not ended"))?;
+        let headers = std::str::from_utf8(&body[start..start + head_len])
+            .map_err(|_| bad("part headers are not UTF-8"))?;
+        let data_start = start + head_len + 4;
+        let data_len = finder
+            .find(&body[data_start..])
+            .ok_or_else(|| bad("closing boundary missing"))?;
+        let (name, filename) = disposition(headers)
+            .ok_or_else(|| bad("a part lacks `Content-Disposition: form-data; name=...`"))?;
+        parts.push(Part {
+            name,
+            filename,
+            data: body.slice(data_start..data_start + data_len),
+        });
+        pos = data_start + data_len + next_delim.len();
+    }
+}
+
+/// `name` and `filename` of a part's `Content-Disposition: form-data` header.
+fn disposition(headers: &str) -> Option<(String, Option<String>)> {
+    let line = headers.split("\r\n").find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-disposition")
+            .then_some(v.trim())
+    })?;
+    let mut params = split_params(line);
+    let kind = params.next()?;
+    if !kind.eq_ignore_ascii_case("form-data") {
+        return None;
+    }
+    let mut name = None;
+    let mut filename = None;
+    for p in params {
+        let Some((k, v)) = p.split_once('=') else {
+            continue;
+        };
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v)
+            .replace("\\\"", "\"");
+        match k.trim().to_ascii_lowercase().as_str() {
+            "name" => name = Some(v),
+            "filename" => filename = Some(v),
+            _ => {}
+        }
+    }
+    Some((name?, filename))
+}
+
+/// Splits a header value on `;` outside quotes.
+fn split_params(s: &str) -> impl Iterator<Item = &str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                out.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(s[start..].trim());
+    out.into_iter()
+}
+
+/// Search parameters, from the query string or a JSON body.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    /// Neighbours wanted (default: the configured `default_k`).
+    pub k: Option<usize>,
+    /// HNSW candidate list size.
+    pub ef: Option<usize>,
+    /// Brute force instead of HNSW.
+    pub exact: Option<bool>,
+    /// Only images with this label.
+    pub label: Option<String>,
+    /// Only images whose path starts with this.
+    pub path_prefix: Option<String>,
+}
+
+impl SearchParams {
+    /// Checks ranges and returns `k` and the index's options.
+    pub fn resolve(&self, config: &Config) -> Result<(usize, SearchOptions), ApiError> {
+        let k = self.k.unwrap_or(config.default_k);
+        if k == 0 || k > config.max_k {
+            return Err(ApiError::BadRequest(format!(
+                "k = {k} is outside 1..={}",
+                config.max_k
+            )));
+        }
+        if let Some(ef) = self.ef {
+            if ef == 0 || ef > MAX_EF {
+                return Err(ApiError::BadRequest(format!(
+                    "ef = {ef} is outside 1..={MAX_EF}"
+                )));
+            }
+        }
+        for (name, v) in [("label", &self.label), ("path_prefix", &self.path_prefix)] {
+            if let Some(v) = v {
+                check_text(name, v)?;
+            }
+        }
+        Ok((
+            k,
+            SearchOptions {
+                ef: self.ef,
+                exact: self.exact.unwrap_or(false),
+                label: self.label.clone(),
+                path_prefix: self.path_prefix.clone(),
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(parts: &[(&str, Option<&str>, &[u8])], boundary: &str) -> Bytes {
+        let mut b = Vec::new();
+        for (name, file, data) in parts {
+            b.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            match file {
+                Some(f) => b.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: image/png\r\n\r\n").as_bytes(),
+                ),
+                None => b.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+                ),
+            }
+            b.extend_from_slice(data);
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        Bytes::from(b)
+    }
+
+    #[test]
+    fn multipart_parts_keep_binary_data_intact() {
+        let png: &[u8] = b"\x89PNG\r\n\x1a\n\r\n--not-the-boundary\r\n";
+        let body = form(
+            &[
+                ("image", Some("a;b \"q\".png"), png),
+                ("label", None, b"cat"),
+                ("empty", None, b""),
+            ],
+            "XyZ",
+        );
+        let parts = parse_multipart(&body, "XyZ").unwrap();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0].name, "image");
+        assert_eq!(parts[0].filename.as_deref(), Some("a;b \"q\".png"));
+        assert_eq!(&parts[0].data[..], png);
+        assert_eq!(parts[1].text().unwrap(), "cat");
+        assert!(parts[2].data.is_empty());
+        assert!(parts[2].text().is_err(), "empty text is refused");
+
+        // A preamble before the first boundary is allowed.
+        let mut with_preamble = b"ignored preamble\r\n".to_vec();
+        with_preamble.extend_from_slice(&body);
+        assert_eq!(
+            parse_multipart(&Bytes::from(with_preamble), "XyZ")
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn malformed_multipart_is_a_bad_request() {
+        let good = form(&[("image", Some("x.png"), b"abc")], "B");
+        let cut = good.slice(..good.len() - 10);
+        let cases: Vec<(Bytes, &str)> = vec![
+            (Bytes::from_static(b""), "no boundary"),
+            (Bytes::from_static(b"--B"), "not ended"),
+            (cut, "closing boundary missing"),
+            (
+                Bytes::from_static(b"--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B--"),
+                "Content-Disposition",
+            ),
+            (
+                Bytes::from_static(
+                    b"--B\r\nContent-Disposition: form-data; name=\"a\"\r\nx\r\n--B--",
+                ),
+                "headers not ended",
+            ),
+            (Bytes::from_static(b"--Bjunk\r\n"), "text after a boundary"),
+        ];
+        for (body, want) in cases {
+            match parse_multipart(&body, "B") {
+                Err(ApiError::BadRequest(m)) => assert!(m.contains(want), "{m} vs {want}"),
+                other => panic!("{body:?}: expected BadRequest, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn search_params_are_range_checked() {
+        let c = Config::default();
+        let (k, o) = SearchParams::default().resolve(&c).unwrap();
+        assert_eq!(k, c.default_k);
+        assert!(!o.exact);
+        for p in [
+            SearchParams {
+                k: Some(0),
+                ..Default::default()
+            },
+            SearchParams {
+                k: Some(c.max_k + 1),
+                ..Default::default()
+            },
+            SearchParams {
+                ef: Some(MAX_EF + 1),
+                ..Default::default()
+            },
+            SearchParams {
+                label: Some("a\nb".into()),
+                ..Default::default()
+            },
+        ] {
+            assert!(
+                matches!(p.resolve(&c), Err(ApiError::BadRequest(_))),
+                "{p:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `htg serve`: the HTTP search service (actix-web), laid out as qdrant's actix layer is.
+//!
+//! - [`routes`]: one file per resource, each handler thin: parse, call [`service`], answer;
+//! - [`service`]: what the handlers share (decode, embed through the [`batcher`], search,
+//!   add, remove, find files), run off the async workers;
+//! - [`error`]: the API's error enum and the one mapping from errors to HTTP statuses;
+//! - [`input`]: bounded bodies, multipart, raw images and search parameters;
+//! - [`config`]: defaults, then a TOML file, then `HTG__*` variables, validated at start;
+//! - [`metrics`]: Prometheus text.
+//!
+//! The index is shared behind a `RwLock`: searches read concurrently, and a write (add or
+//! delete) saves the index before it is acknowledged, so every acknowledged write survives a
+//! crash or restart.
+
+pub mod batcher;
+pub mod config;
+pub mod error;
+pub mod input;
+pub mod metrics;
+pub mod routes;
+pub mod service;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Service as _;
+use actix_web::{web, App, HttpServer, ResponseError as _};
+use htg_retrieval::{Embedder, LocalIndex, ModelSpec};
+
+pub use config::Config;
+use error::ApiError;
+
+/// Everything the handlers share, behind `web::Data` (an `Arc`).
+pub struct State {
+    /// Validated configuration.
+    pub config: Config,
+    /// The index: many readers (searches), one writer (adds and deletes, each saved).
+    pub index: RwLock<LocalIndex>,
+    /// How images are fed to the model.
+    pub spec: ModelSpec,
+    /// The inference queue.
+    pub batcher: batcher::Batcher,
+    /// Prometheus registry.
+    pub metrics: Arc<metrics::Metrics>,
+    /// False before the server listens and once shutdown begins (`/readyz`).
+    pub ready: AtomicBool,
+    /// Where images added over HTTP are stored, named by content hash.
+    pub uploads: PathBuf,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Binding or running the listener failed.
+    #[error("cannot serve on {addr}: {source}")]
+    Io {
+        /// Configured address.
+        addr: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Serves `index` with `embedder` until SIGTERM or SIGINT, then drains in-flight requests (up
+/// to `shutdown_timeout_s`) and stops the inference threads.
+///
+/// The caller has checked that `embedder` is the model that built `index`.
+pub fn serve(
+    config: Config,
+    index: LocalIndex,
+    embedder: Arc<dyn Embedder>,
+) -> Result<(), ServeError> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let batcher =
+        batcher::Batcher::start(Arc::clone(&embedder), &config.batch, Arc::clone(&metrics));
+    let uploads = index.dir().join("uploads");
+    let state = web::Data::new(State {
+        spec: embedder.spec().clone(),
+        config: config.clone(),
+        index: RwLock::new(index),
+        batcher,
+        metrics,
+        ready: AtomicBool::new(false),
+        uploads,
+    });
+    let io = |source| ServeError::Io {
+        addr: config.addr.clone(),
+        source,
+    };
+    let result = actix_web::rt::System::new().block_on(run(state.clone(), config.clone()));
+    // Dropping the last reference stops the inference threads after their queued batches.
+    drop(state);
+    result.map_err(io)
+}
+
+async fn run(state: web::Data<State>, config: Config) -> std::io::Result<()> {
+    let app_state = state.clone();
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                ApiError::BadRequest(format!("bad query string: {e}")).into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|_, req| {
+                ApiError::NotFound(format!("no such image: {}", req.path())).into()
+            }))
+            .configure(routes::configure)
+            .default_service(web::to(routes::not_found))
+            .wrap_fn(|req, srv| {
+                let start = Instant::now();
+                let state = req.app_data::<web::Data<State>>().cloned();
+                let method = req.method().to_string();
+                let fut = srv.call(req);
+                async move {
+                    let res = fut.await;
+                    if let Some(state) = state {
+                        let (status, route) = match &res {
+                            Ok(r) => (r.status().as_u16(), r.request().match_pattern()),
+                            Err(e) => (e.as_response_error().status_code().as_u16(), None),
+                        };
+                        let route = route.unwrap_or_else(|| "unmatched".into());
+                        state
+                            .metrics
+                            .request(&method, &route, status, start.elapsed());
+                    }
+                    res
+                }
+            })
+    })
+    .disable_signals()
+    .shutdown_timeout(config.shutdown_timeout_s);
+    if config.workers > 0 {
+        server = server.workers(config.workers);
+    }
+    let server = server.bind(&config.addr)?;
+    let addrs = server.addrs();
+    let running = server.run();
+    let handle = running.handle();
+    for addr in addrs {
+        // The integration tests and scripts read this line to learn a port chosen by the OS.
+        println!("htg serve: listening on http://{addr}");
+    }
+    let _ = std::io::stdout().flush();
+    state.ready.store(true, Ordering::SeqCst);
+    use tokio::signal::unix::{signal, SignalKind};
+    for kind in [SignalKind::terminate(), SignalKind::interrupt()] {
+        let mut sig = signal(kind)?;
+        let handle = handle.clone();
+        let state = state.clone();
+        actix_web::rt::spawn(async move {
+            if sig.recv().await.is_some() {
+                state.ready.store(false, Ordering::SeqCst);
+                eprintln!("htg serve: signal received, finishing in-flight requests");
+                handle.stop(true).await;
+            }
+        });
+    }
+    running.await?;
+    eprintln!("htg serve: stopped");
+    Ok(())
+}
+
+/// Milliseconds since `start`, for `took_ms` fields.
+pub fn ms_since(start: Instant) -> f64 {
+    let d: Duration = start.elapsed();
+    d.as_secs_f64() * 1e3
+}

@@ -1,0 +1,283 @@
+//! What the handlers share: decode, embed, search, add, remove, find files.
+//!
+//! CPU and disk work runs on actix's blocking pool (`web::block`) and inference on the
+//! batcher's threads, so the async workers only move bytes. Index locks are taken inside the
+//! blocking closures and never held across an `.await`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::PoisonError;
+use std::time::Instant;
+
+use actix_web::web::{self, Bytes};
+use htg_retrieval::embed::sha256_hex;
+use htg_retrieval::ingest::IMAGE_EXTENSIONS;
+use htg_retrieval::preprocess::{batch_shape, decode_with_limit, write_normalised};
+use htg_retrieval::{Record, SearchIndex, SearchOptions};
+use ndarray::Array3;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::State;
+
+/// One search result as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HitOut {
+    /// Image id (stable across restarts).
+    pub id: u64,
+    /// Path the image was indexed from (or stored at, for uploads).
+    pub path: String,
+    /// Squared Euclidean distance between unit vectors (0..=4), nearest first.
+    pub distance: f32,
+    /// Label, when the image has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// Decodes and preprocesses images on the blocking pool, applying the pixel limit.
+pub async fn prepare(
+    state: &web::Data<State>,
+    images: Vec<Bytes>,
+) -> Result<Vec<Array3<f32>>, ApiError> {
+    let state = state.clone();
+    web::block(move || {
+        let several = images.len() > 1;
+        let shape = batch_shape(1, &state.spec);
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let start = Instant::now();
+                let img = decode_with_limit(bytes, state.config.max_pixels)
+                    .map_err(|e| ApiError::bad_image(several.then_some(i + 1), e))?;
+                let mut t = Array3::<f32>::zeros((shape[1], shape[2], shape[3]));
+                write_normalised(&img, &state.spec, t.view_mut());
+                state.metrics.decode(start.elapsed());
+                Ok(t)
+            })
+            .collect()
+    })
+    .await?
+}
+
+/// Decodes and embeds images: one unit vector each, in order.
+pub async fn embed(
+    state: &web::Data<State>,
+    images: Vec<Bytes>,
+) -> Result<Vec<Vec<f32>>, ApiError> {
+    let tensors = prepare(state, images).await?;
+    state.batcher.embed(tensors).await
+}
+
+/// Refuses vectors that would poison distance computations.
+pub fn check_finite(v: &[f32]) -> Result<(), ApiError> {
+    if v.iter().all(|x| x.is_finite()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(
+            "vector values must be finite numbers".into(),
+        ))
+    }
+}
+
+/// Searches each query for its `k` nearest images, leaving out `exclude` (the query image of a
+/// by-id search).
+pub async fn search(
+    state: &web::Data<State>,
+    queries: Vec<Vec<f32>>,
+    k: usize,
+    opts: SearchOptions,
+    exclude: Option<u64>,
+) -> Result<Vec<Vec<HitOut>>, ApiError> {
+    let state = state.clone();
+    web::block(move || {
+        let index = state.index.read().unwrap_or_else(PoisonError::into_inner);
+        queries
+            .iter()
+            .map(|q| {
+                let start = Instant::now();
+                let want = k + usize::from(exclude.is_some());
+                let hits = index.search(q, want, &opts)?;
+                state.metrics.search(start.elapsed());
+                Ok(hits
+                    .into_iter()
+                    .filter(|h| Some(h.id) != exclude)
+                    .take(k)
+                    .map(|h| HitOut {
+                        id: h.id,
+                        path: h.record.path,
+                        distance: h.distance,
+                        label: h.record.label,
+                    })
+                    .collect())
+            })
+            .collect()
+    })
+    .await?
+}
+
+/// The stored vector of an indexed image.
+pub async fn vector_of(state: &web::Data<State>, id: u64) -> Result<Vec<f32>, ApiError> {
+    let state = state.clone();
+    web::block(move || {
+        let index = state.index.read().unwrap_or_else(PoisonError::into_inner);
+        index
+            .vector(id)
+            .ok_or_else(|| ApiError::NotFound(format!("no image with id {id}")))
+    })
+    .await?
+}
+
+/// An image to add.
+pub struct NewImage {
+    /// Encoded bytes.
+    pub bytes: Bytes,
+    /// Path to record (default: where the upload is stored).
+    pub path: Option<String>,
+    /// Label to record.
+    pub label: Option<String>,
+}
+
+/// An image that was added.
+#[derive(Debug, Serialize)]
+pub struct Added {
+    /// Its new id.
+    pub id: u64,
+    /// Recorded path.
+    pub path: String,
+    /// Recorded label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// Adds images (all or none): embeds them, stores their bytes under the uploads folder,
+/// inserts them and saves the index before returning.
+pub async fn add(state: &web::Data<State>, items: Vec<NewImage>) -> Result<Vec<Added>, ApiError> {
+    let vectors = embed(state, items.iter().map(|i| i.bytes.clone()).collect()).await?;
+    let state = state.clone();
+    web::block(move || {
+        let mut entries = Vec::with_capacity(items.len());
+        for (item, vector) in items.into_iter().zip(vectors) {
+            let sha = sha256_hex(&item.bytes);
+            let stored = store_upload(&state.uploads, &sha, &item.bytes)?;
+            let record = Record {
+                path: item
+                    .path
+                    .unwrap_or_else(|| stored.to_string_lossy().to_string()),
+                sha256: sha,
+                label: item.label,
+            };
+            entries.push((record, vector));
+        }
+        let records: Vec<Record> = entries.iter().map(|(r, _)| r.clone()).collect();
+        let mut index = state.index.write().unwrap_or_else(PoisonError::into_inner);
+        let ids = index.insert_many(entries)?;
+        if let Err(e) = index.save() {
+            // Not acknowledged, so not kept: undo in memory too.
+            for id in &ids {
+                let _ = index.remove(*id);
+            }
+            return Err(e.into());
+        }
+        Ok(ids
+            .into_iter()
+            .zip(records)
+            .map(|(id, r)| Added {
+                id,
+                path: r.path,
+                label: r.label,
+            })
+            .collect())
+    })
+    .await?
+}
+
+/// Writes an upload as `<sha256>.<ext>` atomically (temporary file, fsync, rename, fsync dir).
+fn store_upload(dir: &Path, sha: &str, bytes: &[u8]) -> Result<PathBuf, ApiError> {
+    let io = |what: &str, e: std::io::Error| ApiError::Internal(format!("{what} upload: {e}"));
+    let ext = image::guess_format(bytes)
+        .ok()
+        .and_then(|f| f.extensions_str().first().copied())
+        .unwrap_or("img");
+    fs::create_dir_all(dir).map_err(|e| io("creating folder for", e))?;
+    let target = dir.join(format!("{sha}.{ext}"));
+    if target.is_file() {
+        return Ok(target);
+    }
+    // Unique per write, so that two requests uploading the same bytes never share a file.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{sha}.{}.{seq}.tmp", std::process::id()));
+    let mut f = fs::File::create(&tmp).map_err(|e| io("creating", e))?;
+    f.write_all(bytes).map_err(|e| io("writing", e))?;
+    f.sync_all().map_err(|e| io("syncing", e))?;
+    fs::rename(&tmp, &target).map_err(|e| io("renaming", e))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("syncing folder of", e))?;
+    Ok(target)
+}
+
+/// Removes an image and saves the index before returning.
+pub async fn remove(state: &web::Data<State>, id: u64) -> Result<(), ApiError> {
+    let state = state.clone();
+    web::block(move || {
+        let mut index = state.index.write().unwrap_or_else(PoisonError::into_inner);
+        if !index.remove(id)? {
+            return Err(ApiError::NotFound(format!("no image with id {id}")));
+        }
+        index.save()?;
+        Ok(())
+    })
+    .await?
+}
+
+/// Largest file `/images/{id}/file` serves.
+const MAX_FILE: u64 = 256 * 1024 * 1024;
+
+/// The bytes of an indexed image, for thumbnails.
+///
+/// Only files named by the index are read, and a file is served only when its sha256 is the
+/// one recorded: a path that now holds other bytes (or a path a client made up when adding an
+/// image) serves nothing. Uploads are found by their hash in the uploads folder.
+pub async fn file(state: &web::Data<State>, id: u64) -> Result<(Vec<u8>, &'static str), ApiError> {
+    let state = state.clone();
+    web::block(move || {
+        let record = state
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(id)
+            .ok_or_else(|| ApiError::NotFound(format!("no image with id {id}")))?;
+        let mut candidates = vec![PathBuf::from(&record.path)];
+        candidates.extend(
+            IMAGE_EXTENSIONS
+                .iter()
+                .map(|e| state.uploads.join(format!("{}.{e}", record.sha256))),
+        );
+        for path in candidates {
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() || meta.len() > MAX_FILE {
+                continue;
+            }
+            let Ok(bytes) = fs::read(&path) else {
+                continue;
+            };
+            if sha256_hex(&bytes) != record.sha256 {
+                continue;
+            }
+            let mime = image::guess_format(&bytes)
+                .map(|f| f.to_mime_type())
+                .unwrap_or("application/octet-stream");
+            return Ok((bytes, mime));
+        }
+        Err(ApiError::NotFound(format!(
+            "the file of image {id} is no longer available"
+        )))
+    })
+    .await?
+}
