@@ -220,7 +220,7 @@ pub struct LocalIndex {
     dirty: bool,
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> IndexError + 'a {
     move |source| IndexError::Io {
         op,
         path: path.to_path_buf(),
