@@ -1,0 +1,308 @@
+//! Training configuration: one serde struct, loaded from TOML and saved beside every artefact.
+//!
+//! Every knob that changes a result lives here (seed included), so a `config.toml` next to a
+//! `model.onnx` is enough to reproduce it. Unknown keys are rejected, so a typo cannot silently
+//! fall back to a default.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// How F is trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Hard Triplet Generation (Zhao et al., ECCV 2018): G hardens triplets, D keeps labels.
+    Htg,
+    /// Triplet loss, one random positive and negative per anchor.
+    TripletRandom,
+    /// Triplet loss, semi-hard negatives for every anchor-positive pair (Schroff et al. 2015).
+    TripletSemihard,
+    /// Triplet loss, hardest positive and negative per anchor (Hermans et al. 2017).
+    TripletBatchhard,
+}
+
+impl Method {
+    /// The name used on the command line and in metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Htg => "htg",
+            Method::TripletRandom => "triplet-random",
+            Method::TripletSemihard => "triplet-semihard",
+            Method::TripletBatchhard => "triplet-batchhard",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(s: &str) -> Result<Method, TrainError> {
+        match s {
+            "htg" => Ok(Method::Htg),
+            "triplet-random" => Ok(Method::TripletRandom),
+            "triplet-semihard" => Ok(Method::TripletSemihard),
+            "triplet-batchhard" => Ok(Method::TripletBatchhard),
+            other => Err(TrainError::Config(format!(
+                "unknown method {other:?} (expected htg, triplet-random, triplet-semihard or triplet-batchhard)"
+            ))),
+        }
+    }
+}
+
+/// Which triplets are taken from a P×K batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mining {
+    /// One random positive and one random negative per anchor.
+    Random,
+    /// Every anchor-positive pair with a semi-hard negative (fallback: the easiest negative).
+    Semihard,
+    /// Hardest positive and hardest negative per anchor.
+    Batchhard,
+}
+
+/// Input colour of F.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputColor {
+    /// Three channels, RGB (alpha composited on white).
+    Rgb,
+    /// One luma channel.
+    Grey,
+}
+
+/// Architecture of F, the feature network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureConfig {
+    /// Square input size in pixels; images are resized to it.
+    pub input_size: u32,
+    /// Input colour.
+    pub color: InputColor,
+    /// Channels of each residual stage; every stage after the first halves the resolution.
+    pub widths: Vec<usize>,
+    /// Residual blocks per stage.
+    pub blocks_per_stage: usize,
+    /// Length of the embedding.
+    pub embedding_dim: usize,
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        Self {
+            input_size: 32,
+            color: InputColor::Rgb,
+            widths: vec![16, 32, 64],
+            blocks_per_stage: 1,
+            embedding_dim: 64,
+        }
+    }
+}
+
+/// HTG-specific settings: G, D and how their losses are weighted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HtgConfig {
+    /// Hidden width of G's residual MLP (it sees the concatenated triplet).
+    pub g_hidden: usize,
+    /// Hidden width of D's MLP; 0 makes D a single linear layer.
+    pub d_hidden: usize,
+    /// Weight b of the classification terms: L_G = L_inv + b·L_cls, L_D = L_real + b·L_fake.
+    pub cls_weight: f32,
+    /// Margin of G's inverted triplet loss.
+    pub g_margin: f32,
+    /// Weight of the ordinary triplet loss on the real (un-generated) triplets in F's loss.
+    pub real_triplet_weight: f32,
+    /// Learning rate of G.
+    pub lr_g: f64,
+    /// Learning rate of D.
+    pub lr_d: f64,
+    /// How the input triplets of G are taken from the batch.
+    pub input_mining: Mining,
+}
+
+impl Default for HtgConfig {
+    fn default() -> Self {
+        Self {
+            g_hidden: 256,
+            d_hidden: 256,
+            cls_weight: 1.0,
+            g_margin: 0.2,
+            real_triplet_weight: 0.0,
+            lr_g: 1e-3,
+            lr_d: 1e-3,
+            input_mining: Mining::Random,
+        }
+    }
+}
+
+/// Training-time augmentation, applied to normalised tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Random translation by up to this many pixels (pad-and-crop, edge pixels replicated).
+    pub crop_pad: usize,
+    /// Random horizontal flip. Off by default: it is not label-safe for every class (arrows,
+    /// text, digits).
+    pub hflip: bool,
+    /// Colour jitter strength: each channel is scaled by `1 ± jitter` and shifted by
+    /// `± jitter` (in normalised units) at random.
+    pub jitter: f32,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            crop_pad: 2,
+            hflip: false,
+            jitter: 0.1,
+        }
+    }
+}
+
+/// Everything a training run depends on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Seed of every random choice: initialisation, batches, mining, augmentation, k-means.
+    pub seed: u64,
+    /// Training method.
+    pub method: Method,
+    /// Number of optimisation steps (one step = one P×K batch; for HTG one D, G and F update).
+    pub steps: usize,
+    /// Classes per batch (P); clamped to the number of training classes.
+    pub classes_per_batch: usize,
+    /// Images per class in a batch (K); drawn with replacement when a class has fewer.
+    pub images_per_class: usize,
+    /// Margin m of F's triplet loss (on squared distances of unit vectors, range 0..4).
+    pub margin: f32,
+    /// Learning rate of F (Adam).
+    pub lr: f64,
+    /// Architecture of F.
+    pub feature: FeatureConfig,
+    /// HTG settings (ignored by the triplet baselines).
+    pub htg: HtgConfig,
+    /// Augmentation.
+    pub augment: AugmentConfig,
+    /// Save a checkpoint every this many steps (and at the end); 0 = only at the end.
+    pub checkpoint_every: usize,
+    /// Cut-offs K of Recall@K in the evaluation.
+    pub recall_ks: Vec<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            method: Method::Htg,
+            steps: 300,
+            classes_per_batch: 32,
+            images_per_class: 2,
+            margin: 0.2,
+            lr: 1e-3,
+            feature: FeatureConfig::default(),
+            htg: HtgConfig::default(),
+            augment: AugmentConfig::default(),
+            checkpoint_every: 100,
+            recall_ks: vec![1, 2, 4, 8],
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Defaults suited to a named data set: 28 px grey and 5 classes × 12 images for the
+    /// MNIST-like sets (only 5 training classes), 32 px RGB and 32 × 2 for emoji and folders.
+    pub fn default_for(data: &str) -> TrainConfig {
+        let mut c = TrainConfig::default();
+        if matches!(data, "fashion-mnist" | "mnist5k") {
+            c.feature.input_size = 28;
+            c.feature.color = InputColor::Grey;
+            c.classes_per_batch = 5;
+            c.images_per_class = 12;
+        }
+        c
+    }
+
+    /// Parses TOML, rejecting unknown keys, then validates.
+    pub fn from_toml_str(s: &str) -> Result<TrainConfig, TrainError> {
+        let c: TrainConfig = toml::from_str(s).map_err(|e| TrainError::Config(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Loads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<TrainConfig, TrainError> {
+        let s = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Self::from_toml_str(&s).map_err(|e| match e {
+            TrainError::Config(m) => TrainError::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// The TOML text of this config.
+    pub fn to_toml_string(&self) -> Result<String, TrainError> {
+        toml::to_string_pretty(self).map_err(|e| TrainError::Config(e.to_string()))
+    }
+
+    /// Writes this config as TOML.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let s = self.to_toml_string()?;
+        std::fs::write(path, s).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
+    }
+
+    /// Rejects values that parse but cannot train.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: &str| Err(TrainError::Config(m.to_string()));
+        if self.steps == 0 {
+            return bad("steps must be at least 1");
+        }
+        if self.classes_per_batch < 2 {
+            return bad("classes_per_batch must be at least 2 (triplets need a negative class)");
+        }
+        if self.images_per_class < 2 {
+            return bad("images_per_class must be at least 2 (triplets need a positive)");
+        }
+        if self.feature.widths.is_empty() || self.feature.widths.contains(&0) {
+            return bad("feature.widths must be non-empty and positive");
+        }
+        if self.feature.embedding_dim == 0 || self.feature.input_size < 8 {
+            return bad("feature.embedding_dim must be positive and feature.input_size >= 8");
+        }
+        if !(self.margin.is_finite() && self.margin >= 0.0) {
+            return bad("margin must be finite and non-negative");
+        }
+        if !(self.lr > 0.0 && self.htg.lr_g > 0.0 && self.htg.lr_d > 0.0) {
+            return bad("learning rates must be positive");
+        }
+        if self.recall_ks.is_empty() || self.recall_ks.contains(&0) {
+            return bad("recall_ks must be non-empty and >= 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_unknown_keys() {
+        let c = TrainConfig::default_for("fashion-mnist");
+        let s = c.to_toml_string().unwrap();
+        assert_eq!(TrainConfig::from_toml_str(&s).unwrap(), c);
+        let e = TrainConfig::from_toml_str("seed = 1\nlearning_rat = 0.1\n").unwrap_err();
+        assert!(e.to_string().contains("learning_rat"), "{e}");
+        let e = TrainConfig::from_toml_str("[htg]\nbogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let c = TrainConfig::from_toml_str("method = \"triplet-batchhard\"\nsteps = 5\n").unwrap();
+        assert_eq!(c.method, Method::TripletBatchhard);
+        assert_eq!(c.steps, 5);
+        assert!(TrainConfig::from_toml_str("steps = 0\n").is_err());
+    }
+}

@@ -1,0 +1,238 @@
+//! The three networks: F (feature CNN), G (triplet generator), D (discriminator).
+//!
+//! F uses only operations that burn-onnx exports (conv, batch norm, ReLU, add, adaptive
+//! average pooling, flatten, linear), so the exported file is the whole model and needs no
+//! hand-written ONNX. F's output is not normalised in the graph: htg's embedders l2-normalise
+//! every model's output, and training normalises in [`l2_normalize`].
+
+use std::f64::consts::SQRT_2;
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d, Relu,
+};
+use burn::tensor::{Device, Tensor};
+use htg_retrieval::spec::{Color, Layout, ModelSpec, Pooling};
+
+use crate::config::{FeatureConfig, InputColor};
+
+/// Input name written into the spec before export replaces it with the graph's actual name.
+pub const INPUT_NAME: &str = "image";
+/// Output name written into the spec before export replaces it with the graph's actual name.
+pub const OUTPUT_NAME: &str = "embedding";
+
+/// The preprocessing spec of F: pixels scaled to 0..1, then `(v - 0.5) / 0.5` per channel.
+pub fn input_spec(cfg: &FeatureConfig) -> ModelSpec {
+    let (color, c) = match cfg.color {
+        InputColor::Rgb => (Color::Rgb, 3),
+        InputColor::Grey => (Color::Grey, 1),
+    };
+    ModelSpec {
+        input_name: INPUT_NAME.into(),
+        output_name: OUTPUT_NAME.into(),
+        layout: Layout::Nchw,
+        height: cfg.input_size,
+        width: cfg.input_size,
+        color,
+        scale: 1.0 / 255.0,
+        mean: vec![0.5; c],
+        std: vec![0.5; c],
+        pooling: Pooling::None,
+        embedding_dim: cfg.embedding_dim,
+    }
+}
+
+fn kaiming() -> Initializer {
+    Initializer::KaimingNormal {
+        gain: SQRT_2,
+        fan_out_only: true,
+    }
+}
+
+fn conv3(cin: usize, cout: usize, stride: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [3, 3])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
+        .with_initializer(kaiming())
+        .init(device)
+}
+
+/// A 1×1 projection on the shortcut where the shape changes.
+#[derive(Module, Debug)]
+pub struct Shortcut {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+/// A ResNet basic block: two 3×3 convolutions with batch norm and an identity shortcut.
+#[derive(Module, Debug)]
+pub struct Block {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    relu: Relu,
+    shortcut: Option<Shortcut>,
+}
+
+impl Block {
+    fn new(cin: usize, cout: usize, stride: usize, device: &Device) -> Self {
+        let shortcut = (cin != cout || stride != 1).then(|| Shortcut {
+            conv: Conv2dConfig::new([cin, cout], [1, 1])
+                .with_stride([stride, stride])
+                .with_bias(false)
+                .with_initializer(kaiming())
+                .init(device),
+            bn: BatchNormConfig::new(cout).init(device),
+        });
+        Self {
+            conv1: conv3(cin, cout, stride, device),
+            bn1: BatchNormConfig::new(cout).init(device),
+            conv2: conv3(cout, cout, 1, device),
+            bn2: BatchNormConfig::new(cout).init(device),
+            relu: Relu::new(),
+            shortcut,
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self.relu.forward(self.bn1.forward(self.conv1.forward(x.clone())));
+        let y = self.bn2.forward(self.conv2.forward(y));
+        let s = match &self.shortcut {
+            Some(s) => s.bn.forward(s.conv.forward(x)),
+            None => x,
+        };
+        self.relu.forward(y + s)
+    }
+}
+
+/// F: a small residual CNN for 28–64 px inputs: a 3×3 stem, one stage per width (each
+/// after the first halves the resolution), global average pooling and a linear embedding.
+#[derive(Module, Debug)]
+pub struct FeatureNet {
+    stem: Conv2d,
+    stem_bn: BatchNorm,
+    relu: Relu,
+    blocks: Vec<Block>,
+    pool: AdaptiveAvgPool2d,
+    head: Linear,
+}
+
+impl FeatureNet {
+    /// Builds F as configured, with Kaiming-normal convolutions.
+    pub fn new(cfg: &FeatureConfig, device: &Device) -> Self {
+        let cin = match cfg.color {
+            InputColor::Rgb => 3,
+            InputColor::Grey => 1,
+        };
+        let w0 = cfg.widths[0];
+        let mut blocks = Vec::new();
+        let mut c = w0;
+        for (i, &w) in cfg.widths.iter().enumerate() {
+            for j in 0..cfg.blocks_per_stage.max(1) {
+                let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                blocks.push(Block::new(c, w, stride, device));
+                c = w;
+            }
+        }
+        Self {
+            stem: conv3(cin, w0, 1, device),
+            stem_bn: BatchNormConfig::new(w0).init(device),
+            relu: Relu::new(),
+            blocks,
+            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            head: LinearConfig::new(c, cfg.embedding_dim).init(device),
+        }
+    }
+
+    /// Raw (un-normalised) embedding of an NCHW batch: `[N, embedding_dim]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = self
+            .relu
+            .forward(self.stem_bn.forward(self.stem.forward(x)));
+        for b in &self.blocks {
+            x = b.forward(x);
+        }
+        let x = self.pool.forward(x).flatten(1, 3);
+        self.head.forward(x)
+    }
+}
+
+/// Rows divided by their l2 norm (with a small floor so a zero row stays finite).
+pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
+    let norm = x.clone().powi_scalar(2).sum_dim(1).add_scalar(1e-12).sqrt();
+    x / norm
+}
+
+/// G: a residual MLP on the concatenated triplet `[a, p, n]` (3·d wide). Its last layer
+/// starts at zero, so G starts as the identity and HTG starts as plain triplet training;
+/// outputs are l2-normalised like F's.
+#[derive(Module, Debug)]
+pub struct Generator {
+    fc1: Linear,
+    fc2: Linear,
+    relu: Relu,
+}
+
+impl Generator {
+    /// G for embeddings of length `dim` with a hidden layer of `hidden` units.
+    pub fn new(dim: usize, hidden: usize, device: &Device) -> Self {
+        Self {
+            fc1: LinearConfig::new(3 * dim, hidden).init(device),
+            fc2: LinearConfig::new(hidden, 3 * dim)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+            relu: Relu::new(),
+        }
+    }
+
+    /// `(a, p, n)` → `(a', p', n')`, each `[B, d]` and unit length.
+    pub fn forward(
+        &self,
+        a: Tensor<2>,
+        p: Tensor<2>,
+        n: Tensor<2>,
+    ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+        let d = a.dims()[1];
+        let x = Tensor::cat(vec![a, p, n], 1);
+        let y = x.clone() + self.fc2.forward(self.relu.forward(self.fc1.forward(x)));
+        let part = |i: usize| l2_normalize(y.clone().narrow(1, i * d, d));
+        (part(0), part(1), part(2))
+    }
+}
+
+/// D: a (K+1)-way classifier on embeddings; class K means "generated by G".
+#[derive(Module, Debug)]
+pub struct Discriminator {
+    hidden: Option<Linear>,
+    out: Linear,
+    relu: Relu,
+}
+
+impl Discriminator {
+    /// D for `classes` real classes (plus one fake class); `hidden` = 0 makes it linear.
+    pub fn new(dim: usize, hidden: usize, classes: usize, device: &Device) -> Self {
+        let (h, din) = if hidden > 0 {
+            (Some(LinearConfig::new(dim, hidden).init(device)), hidden)
+        } else {
+            (None, dim)
+        };
+        Self {
+            hidden: h,
+            out: LinearConfig::new(din, classes + 1).init(device),
+            relu: Relu::new(),
+        }
+    }
+
+    /// Logits `[B, K+1]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = match &self.hidden {
+            Some(h) => self.relu.forward(h.forward(x)),
+            None => x,
+        };
+        self.out.forward(x)
+    }
+}

@@ -1,0 +1,231 @@
+//! A whole training run: data, steps with checkpoints, export, evaluation in burn and
+//! through the exported ONNX on tract, and the files written into the output directory.
+//!
+//! Output directory layout:
+//! - `config.toml`: the config of the run (seed included);
+//! - `checkpoint/`: weights, optimiser states and progress for `--resume`;
+//! - `train_log.jsonl`: one [`StepStats`] per step;
+//! - `model.onnx`: F with the `htg.*` metadata;
+//! - `metrics.json`: the [`RunSummary`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use htg_retrieval::embed::TractEmbedder;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataSource, EvalProtocol, PkSampler, ZeroShotSplit};
+use crate::eval::{embed_burn, embed_with, evaluate, max_abs_diff, EvalReport};
+use crate::export::{export_feature_net, write_atomic, Provenance};
+use crate::model::input_spec;
+use crate::trainer::{StepStats, Trainer};
+use crate::{TrainConfig, TrainError};
+
+/// Largest allowed difference between burn's and the ONNX file's embeddings.
+pub const ONNX_TOLERANCE: f32 = 1e-4;
+
+/// What a run is asked to do, besides the config.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// `emoji`, `fashion-mnist`, `mnist5k` or a class-per-subfolder directory.
+    pub data: String,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Continue from `out/checkpoint` (its config wins).
+    pub resume: bool,
+    /// Keep only the first classes of the data set (quick runs and tests).
+    pub max_classes: Option<usize>,
+}
+
+/// Everything `metrics.json` records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Training method.
+    pub method: String,
+    /// Data set.
+    pub data: String,
+    /// Seed of the run.
+    pub seed: u64,
+    /// Steps trained in total.
+    pub steps: usize,
+    /// Number of training classes.
+    pub train_classes: usize,
+    /// Wall time of the training steps in this process, seconds.
+    pub train_wall_s: f64,
+    /// Mean wall time of one step in this process, milliseconds.
+    pub ms_per_step: f64,
+    /// Mean F loss of the first and the last 10% of the steps run in this process.
+    pub loss_f_first_last: (f32, f32),
+    /// Metrics computed with burn.
+    pub burn: EvalReport,
+    /// Metrics computed through `model.onnx` on tract.
+    pub onnx_tract: EvalReport,
+    /// Largest |burn − tract| over all evaluated embeddings.
+    pub onnx_vs_burn_max_abs_diff: f32,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Loads the zero-shot split of `data` for `cfg`'s input.
+pub fn load_split(
+    data: &str,
+    cfg: &TrainConfig,
+    max_classes: Option<usize>,
+) -> Result<ZeroShotSplit, TrainError> {
+    DataSource::resolve(data)?.load(&input_spec(&cfg.feature), max_classes)
+}
+
+/// Trains (or resumes), exports and evaluates; `on_step` sees every step's stats.
+pub fn train_and_export(
+    cfg: TrainConfig,
+    opts: &RunOptions,
+    mut on_step: impl FnMut(&StepStats),
+) -> Result<RunSummary, TrainError> {
+    std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
+    let ck_dir = opts.out.join("checkpoint");
+    let resumed = if opts.resume {
+        Some(Trainer::load_checkpoint(&ck_dir)?)
+    } else {
+        None
+    };
+    let cfg = resumed.as_ref().map_or(cfg, |t| t.config().clone());
+    let split = load_split(&opts.data, &cfg, opts.max_classes)?;
+    let mut trainer = match resumed {
+        Some(t) if t.train_classes() != split.train_classes => {
+            return Err(TrainError::Checkpoint(format!(
+                "the checkpoint was trained on {} classes but {} has {}",
+                t.train_classes(),
+                opts.data,
+                split.train_classes
+            )))
+        }
+        Some(t) => t,
+        None => Trainer::new(&cfg, split.train_classes)?,
+    };
+    cfg.save(&opts.out.join("config.toml"))?;
+    let sampler = PkSampler::new(&split.train.labels)?;
+
+    let log_path = opts.out.join("train_log.jsonl");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(opts.resume)
+        .write(true)
+        .truncate(!opts.resume)
+        .open(&log_path)
+        .map_err(io(&log_path))?;
+    let started = Instant::now();
+    let first_step = trainer.step();
+    let mut losses = Vec::new();
+    while trainer.step() < cfg.steps {
+        let s = trainer.train_step(&split.train, &sampler);
+        if !s.loss_f.is_finite() {
+            return Err(TrainError::Data(format!(
+                "loss became {} at step {}; lower the learning rate",
+                s.loss_f, s.step
+            )));
+        }
+        losses.push(s.loss_f);
+        let line = serde_json::to_string(&s).map_err(|e| TrainError::Eval(e.to_string()))?;
+        writeln!(log, "{line}").map_err(io(&log_path))?;
+        on_step(&s);
+        if cfg.checkpoint_every > 0 && s.step % cfg.checkpoint_every == 0 {
+            trainer.save_checkpoint(&ck_dir)?;
+        }
+    }
+    let train_wall_s = started.elapsed().as_secs_f64();
+    let ran = trainer.step() - first_step;
+    trainer.save_checkpoint(&ck_dir)?;
+
+    let spec = input_spec(&cfg.feature);
+    let prov = Provenance {
+        method: cfg.method.name().into(),
+        data: split.name.clone(),
+    };
+    let (bytes, _spec) = export_feature_net(trainer.feature_net(), &spec, &prov)?;
+    let model_path = opts.out.join("model.onnx");
+    write_atomic(&model_path, &bytes)?;
+
+    let f = trainer.feature_net();
+    let burn = evaluate(&split.name, &split.eval, &cfg.recall_ks, cfg.seed, |sets| {
+        Ok(sets.iter().map(|s| embed_burn(f, s)).collect())
+    })?;
+    let tract = TractEmbedder::load(&model_path).map_err(|e| TrainError::Eval(e.to_string()))?;
+    let mut diff = 0f32;
+    let onnx_tract = evaluate(&split.name, &split.eval, &cfg.recall_ks, cfg.seed, |sets| {
+        sets.iter()
+            .map(|s| {
+                let e = embed_with(&tract, s)?;
+                diff = diff.max(max_abs_diff(&e, &embed_burn(f, s)));
+                Ok(e)
+            })
+            .collect()
+    })?;
+    let tenth = (losses.len() / 10).max(1);
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+    let summary = RunSummary {
+        method: cfg.method.name().into(),
+        data: split.name.clone(),
+        seed: cfg.seed,
+        steps: trainer.step(),
+        train_classes: split.train_classes,
+        train_wall_s,
+        ms_per_step: if ran > 0 {
+            train_wall_s * 1000.0 / ran as f64
+        } else {
+            0.0
+        },
+        loss_f_first_last: if losses.is_empty() {
+            (f32::NAN, f32::NAN)
+        } else {
+            (
+                mean(&losses[..tenth]),
+                mean(&losses[losses.len() - tenth..]),
+            )
+        },
+        burn,
+        onnx_tract,
+        onnx_vs_burn_max_abs_diff: diff,
+    };
+    let json = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Eval(e.to_string()))?;
+    let mpath = opts.out.join("metrics.json");
+    std::fs::write(&mpath, json).map_err(io(&mpath))?;
+    if diff > ONNX_TOLERANCE {
+        return Err(TrainError::Export(format!(
+            "the exported ONNX differs from burn by {diff:e} (> {ONNX_TOLERANCE:e})"
+        )));
+    }
+    Ok(summary)
+}
+
+/// Evaluates the ONNX model at `model` on the unseen classes of `data`, through tract.
+pub fn evaluate_onnx(model: &Path, data: &str, ks: &[usize], seed: u64) -> Result<EvalReport, TrainError> {
+    use htg_retrieval::embed::Embedder;
+    let tract = TractEmbedder::load(model).map_err(|e| TrainError::Eval(e.to_string()))?;
+    let split = DataSource::resolve(data)?.load(tract.spec(), None)?;
+    evaluate(&split.name, &split.eval, ks, seed, |sets| {
+        sets.iter().map(|s| embed_with(&tract, s)).collect()
+    })
+}
+
+/// The raw-pixel floor on the unseen classes of `data`, at `cfg`'s input size and colour.
+pub fn evaluate_raw_pixels(data: &str, cfg: &TrainConfig) -> Result<EvalReport, TrainError> {
+    let split = load_split(data, cfg, None)?;
+    let report = evaluate(&split.name, &split.eval, &cfg.recall_ks, cfg.seed, |sets| {
+        Ok(crate::eval::embed_raw_pixels(sets))
+    })?;
+    Ok(report)
+}
+
+/// Number of evaluation images, for messages.
+pub fn eval_size(p: &EvalProtocol) -> usize {
+    match p {
+        EvalProtocol::QueryGallery { query, gallery } => query.len() + gallery.len(),
+        EvalProtocol::LeaveOneOut(s) => s.len(),
+    }
+}
