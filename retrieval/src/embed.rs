@@ -188,6 +188,20 @@ impl TractEmbedder {
             reason: format!("{e:#}"),
         };
         let dir = path.parent().and_then(|p| p.to_str());
+        // Shapes an exporter recorded for intermediate values and outputs may name symbols
+        // (`batch`, `height`) other than the input fact set below, which tract then cannot
+        // unify (nudenet's YOLOv8). They are only hints: let tract infer them.
+        let mut proto = proto;
+        if let Some(g) = proto.graph.as_mut() {
+            g.value_info.clear();
+            for o in &mut g.output {
+                if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
+                    o.r#type.as_mut().and_then(|t| t.value.as_mut())
+                {
+                    t.shape = None;
+                }
+            }
+        }
         let parsed = tract_onnx::onnx().parse(&proto, dir).map_err(load_err)?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(EmbedError::Load {

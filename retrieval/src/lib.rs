@@ -8,6 +8,7 @@ pub mod embed;
 pub mod index;
 pub mod ingest;
 pub mod metrics;
+pub mod ort_backend;
 pub mod preprocess;
 pub mod spec;
 

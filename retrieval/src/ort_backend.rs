@@ -177,10 +177,9 @@ pub fn environment(library: &Path) -> Result<Environment, OrtError> {
     if !requested.is_file() {
         return Err(OrtError::LibraryMissing { path: requested });
     }
-    let one_line = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
     let builder = ort::init_from(&requested).map_err(|e| OrtError::Library {
         path: requested.clone(),
-        reason: one_line(e.to_string()),
+        reason: load_reason(&e),
     })?;
     let env = builder
         .with_name("htg")
@@ -188,15 +187,39 @@ pub fn environment(library: &Path) -> Result<Environment, OrtError> {
         .build()
         .map_err(|e| OrtError::Library {
             path: requested.clone(),
-            reason: one_line(format!("creating the environment failed: {e}")),
+            reason: one_line(&format!("creating the environment failed: {e}")),
         })?;
     *guard = Some((requested, env.clone()));
     Ok(env)
 }
 
+/// Collapses a message to one line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The loader's own words (`dlerror`), which libloading keeps in the error's source.
+fn dl_reason(e: &(dyn std::error::Error + 'static)) -> String {
+    one_line(&e.source().map_or_else(|| e.to_string(), |s| s.to_string()))
+}
+
+/// Why `ort::init_from` refused a library, without repeating its path.
+fn load_reason(e: &ort::LoadDynamicError) -> String {
+    match e {
+        ort::LoadDynamicError::Dlopen { error, .. } => dl_reason(error),
+        ort::LoadDynamicError::MissingApi { .. } => {
+            "it does not export OrtGetApiBase, so it is not ONNX Runtime".into()
+        }
+        ort::LoadDynamicError::BadVersion { version_str, .. } => format!(
+            "it is ONNX Runtime {version_str}, older than this build supports (>= 1.31; \
+             scripts/fetch-data.sh onnxruntime installs {ORT_VERSION})"
+        ),
+        other => one_line(&other.to_string()),
+    }
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
-    a == b
-        || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 /// Libraries the CUDA / TensorRT providers need, in load order (dependencies first). They are
@@ -238,7 +261,7 @@ fn preload_gpu_libs(library: &Path, provider: ExecutionProvider) -> Option<Strin
         let p = dir.join(name);
         if p.exists() {
             if let Err(e) = ort::util::preload_dylib(&p) {
-                return Some(format!("cannot load {}: {e}", p.display()));
+                return Some(format!("cannot load {}: {}", p.display(), dl_reason(&e)));
             }
         }
     }
@@ -287,7 +310,11 @@ impl OrtEmbedder {
                 ),
             }
         } else {
-            (cpu_session(&env, path, options)?, ExecutionProvider::Cpu, None)
+            (
+                cpu_session(&env, path, options)?,
+                ExecutionProvider::Cpu,
+                None,
+            )
         };
 
         let load_err = |reason: String| EmbedError::Load {
@@ -305,8 +332,14 @@ impl OrtEmbedder {
             _ => None,
         }
         .map(|b| b as usize);
-        if !session.outputs().iter().any(|o| o.name() == spec.output_name) {
-            return Err(load_err(format!("the session has no output {:?}", spec.output_name)).into());
+        if !session
+            .outputs()
+            .iter()
+            .any(|o| o.name() == spec.output_name)
+        {
+            return Err(
+                load_err(format!("the session has no output {:?}", spec.output_name)).into(),
+            );
         }
         Ok(OrtEmbedder {
             session: Mutex::new(session),
@@ -340,10 +373,7 @@ impl OrtEmbedder {
             .with_outputs(OutputSelector::no_default().with(spec.output_name.clone()));
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         let outputs = session
-            .run_with_options(
-                ort::inputs![spec.input_name.as_str() => tensor],
-                &options,
-            )
+            .run_with_options(ort::inputs![spec.input_name.as_str() => tensor], &options)
             .map_err(run_err)?;
         let value = outputs
             .get(spec.output_name.as_str())
@@ -384,7 +414,11 @@ fn base_builder(env: &Environment, options: &OrtOptions) -> ort::Result<SessionB
     Ok(b)
 }
 
-fn cpu_session(env: &Environment, path: &Path, options: &OrtOptions) -> Result<Session, EmbedError> {
+fn cpu_session(
+    env: &Environment,
+    path: &Path,
+    options: &OrtOptions,
+) -> Result<Session, EmbedError> {
     let load_err = |e: ort::Error| EmbedError::Load {
         path: path.to_path_buf(),
         backend: "ort",

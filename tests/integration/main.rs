@@ -8,6 +8,8 @@
 //! - `cli`: `htg index` / `htg search` / `htg inspect-model` end to end on fixture images.
 //! - `bad_input`: corrupt and odd files, missing and mismatched models, killed saves.
 //! - `emoji_slice`: 100 real emoji classes from both vendors (fetched into a cache).
+//! - `ort`: the ONNX Runtime backend: parity with tract (fixture, bundled and external models),
+//!   CLI end to end, library-loading errors, GPU fallback (GPU checks skip without a GPU).
 
 mod util;
 
@@ -16,4 +18,5 @@ mod cli;
 mod emoji_slice;
 mod formats;
 mod golden;
+mod ort;
 mod spec;
