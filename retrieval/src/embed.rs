@@ -219,8 +219,7 @@ impl TractEmbedder {
                 None => model.sym("N").into(),
             };
             let s = batch_shape(1, &spec);
-            let shape: TVec<TDim> =
-                tvec![n, s[1].to_dim(), s[2].to_dim(), s[3].to_dim()];
+            let shape: TVec<TDim> = tvec![n, s[1].to_dim(), s[2].to_dim(), s[3].to_dim()];
             model.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape))?;
             let plan = std::mem::take(model).into_optimized()?.into_runnable()?;
             Ok(plan)
@@ -253,7 +252,12 @@ impl TractEmbedder {
 fn fixed_batch_of(proto: &tract_onnx::pb::ModelProto, input: &str) -> Option<usize> {
     use tract_onnx::pb::tensor_shape_proto::dimension::Value;
     use tract_onnx::pb::type_proto;
-    let vi = proto.graph.as_ref()?.input.iter().find(|i| i.name == input)?;
+    let vi = proto
+        .graph
+        .as_ref()?
+        .input
+        .iter()
+        .find(|i| i.name == input)?;
     let type_proto::Value::TensorType(t) = vi.r#type.as_ref()?.value.as_ref()?;
     match t.shape.as_ref()?.dim.first()?.value {
         Some(Value::DimValue(b)) if b > 0 => Some(b as usize),

@@ -108,7 +108,10 @@ impl HnswParams {
     /// Rejects values that `hnsw_rs` would answer with `process::exit` or nonsense.
     pub fn validate(&self) -> Result<(), IndexError> {
         if !(2..=256).contains(&self.m) {
-            return Err(IndexError::Param(format!("m = {} is outside 2..=256", self.m)));
+            return Err(IndexError::Param(format!(
+                "m = {} is outside 2..=256",
+                self.m
+            )));
         }
         if self.ef_construction == 0 || self.ef_construction > 10_000 {
             return Err(IndexError::Param(format!(
@@ -135,7 +138,9 @@ pub struct SearchOptions {
 
 impl SearchOptions {
     fn accepts(&self, r: &Record) -> bool {
-        self.label.as_ref().is_none_or(|l| r.label.as_ref() == Some(l))
+        self.label
+            .as_ref()
+            .is_none_or(|l| r.label.as_ref() == Some(l))
             && self
                 .path_prefix
                 .as_ref()
@@ -182,12 +187,8 @@ pub trait SearchIndex: Send + Sync {
     /// Removes a record; `false` if it did not exist.
     fn remove(&mut self, id: u64) -> Result<bool, IndexError>;
     /// The `k` nearest live records, nearest first.
-    fn search(
-        &self,
-        query: &[f32],
-        k: usize,
-        opts: &SearchOptions,
-    ) -> Result<Vec<Hit>, IndexError>;
+    fn search(&self, query: &[f32], k: usize, opts: &SearchOptions)
+        -> Result<Vec<Hit>, IndexError>;
     /// Makes every acknowledged change durable.
     fn save(&mut self) -> Result<(), IndexError>;
 }
@@ -229,7 +230,13 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 }
 
 fn new_hnsw(params: HnswParams, capacity: usize) -> Hnsw<'static, f32, DistL2> {
-    Hnsw::new(params.m, capacity.max(1024), 16, params.ef_construction, DistL2 {})
+    Hnsw::new(
+        params.m,
+        capacity.max(1024),
+        16,
+        params.ef_construction,
+        DistL2 {},
+    )
 }
 
 /// Writes `bytes` to `path` and fsyncs it.

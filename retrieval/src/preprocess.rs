@@ -243,8 +243,7 @@ mod tests {
             let f = |c: u8| (c as f64 * a + 255.0 * (1.0 - a)).round() as u8;
             image::Rgb([f(p[0]), f(p[1]), f(p[2])])
         });
-        let resized =
-            image::imageops::resize(&composited, s.width, s.height, FilterType::Triangle);
+        let resized = image::imageops::resize(&composited, s.width, s.height, FilterType::Triangle);
         let grey = DynamicImage::ImageRgb8(resized.clone()).to_luma8();
         let c = s.color.channels();
         let (h, w) = (s.height as usize, s.width as usize);
@@ -284,7 +283,10 @@ mod tests {
                     .map(|(a, b)| (a - b).abs())
                     .fold(0f32, f32::max);
                 // The rounding of the alpha blend may differ by one grey level.
-                assert!(max < 1.0 / 255.0 / 0.224 + 1e-4, "{layout:?} {color:?}: {max}");
+                assert!(
+                    max < 1.0 / 255.0 / 0.224 + 1e-4,
+                    "{layout:?} {color:?}: {max}"
+                );
             }
         }
     }
@@ -330,7 +332,11 @@ mod tests {
             .unwrap();
         assert!(matches!(
             decode_with_limit(&png, 9_999),
-            Err(PreprocessError::TooLarge { width: 100, height: 100, .. })
+            Err(PreprocessError::TooLarge {
+                width: 100,
+                height: 100,
+                ..
+            })
         ));
         assert!(decode_with_limit(&png, 10_000).is_ok());
     }

@@ -79,7 +79,9 @@ pub enum SpecError {
         reason: String,
     },
     /// A value is neither given nor inferable.
-    #[error("model spec is missing {key} ({hint}); set it in the ONNX metadata_props or in {manifest}")]
+    #[error(
+        "model spec is missing {key} ({hint}); set it in the ONNX metadata_props or in {manifest}"
+    )]
     Missing {
         /// The metadata key (the manifest field is the same without `htg.`).
         key: &'static str,
@@ -293,8 +295,12 @@ impl PartialSpec {
             color: self
                 .color
                 .ok_or_else(|| missing(keys::COLOR, "3 channels may be rgb or bgr"))?,
-            scale: self.scale.ok_or_else(|| missing(keys::SCALE, not_inferable))?,
-            mean: self.mean.ok_or_else(|| missing(keys::MEAN, not_inferable))?,
+            scale: self
+                .scale
+                .ok_or_else(|| missing(keys::SCALE, not_inferable))?,
+            mean: self
+                .mean
+                .ok_or_else(|| missing(keys::MEAN, not_inferable))?,
             std: self.std.ok_or_else(|| missing(keys::STD, not_inferable))?,
             pooling: self
                 .pooling
@@ -347,7 +353,11 @@ impl GraphFacts {
                 .filter(|i| !initializers.contains(i.name.as_str()))
                 .map(|i| (i.name.clone(), dims_of(i)))
                 .collect(),
-            outputs: graph.output.iter().map(|o| (o.name.clone(), dims_of(o))).collect(),
+            outputs: graph
+                .output
+                .iter()
+                .map(|o| (o.name.clone(), dims_of(o)))
+                .collect(),
         }
     }
 
@@ -417,7 +427,12 @@ impl GraphFacts {
 impl ModelSpec {
     /// The `metadata_props` entries that make a model self-describing (written at export).
     pub fn metadata_props(&self) -> Vec<(String, String)> {
-        let join = |v: &[f32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        let join = |v: &[f32]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let word = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
         vec![
             (keys::INPUT_NAME.into(), self.input_name.clone()),
@@ -446,7 +461,9 @@ impl ModelSpec {
             )));
         }
         if self.std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
-            return Err(SpecError::Inconsistent("std values must be finite and non-zero".into()));
+            return Err(SpecError::Inconsistent(
+                "std values must be finite and non-zero".into(),
+            ));
         }
         if self.height == 0 || self.width == 0 || self.height > 8192 || self.width > 8192 {
             return Err(SpecError::Inconsistent(format!(
@@ -455,7 +472,9 @@ impl ModelSpec {
             )));
         }
         if self.embedding_dim == 0 {
-            return Err(SpecError::Inconsistent("embedding_dim must be positive".into()));
+            return Err(SpecError::Inconsistent(
+                "embedding_dim must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -474,12 +493,12 @@ impl ModelSpec {
     pub fn resolve_proto(onnx_path: &Path, proto: &pb::ModelProto) -> Result<ModelSpec, SpecError> {
         let manifest_path = manifest_path(onnx_path);
         let manifest = match std::fs::read_to_string(&manifest_path) {
-            Ok(text) => serde_json::from_str::<PartialSpec>(&text).map_err(|e| {
-                SpecError::Manifest {
+            Ok(text) => {
+                serde_json::from_str::<PartialSpec>(&text).map_err(|e| SpecError::Manifest {
                     path: manifest_path.clone(),
                     reason: e.to_string(),
-                }
-            })?,
+                })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => PartialSpec::default(),
             Err(e) => {
                 return Err(SpecError::Manifest {

@@ -76,9 +76,11 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} indexing [{bar:30}] {pos}/{len} files {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} indexing [{bar:30}] {pos}/{len} files {per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
@@ -88,8 +90,15 @@ pub fn run(args: Args) -> Result<()> {
         batch_size: args.batch_size,
         label_from_parent: args.label_from_parent,
     };
-    let report = index_folder(&mut index, embedder.as_ref(), &args.dir, &records, &opts, &progress)
-        .with_context(|| format!("indexing {}", args.dir.display()))?;
+    let report = index_folder(
+        &mut index,
+        embedder.as_ref(),
+        &args.dir,
+        &records,
+        &opts,
+        &progress,
+    )
+    .with_context(|| format!("indexing {}", args.dir.display()))?;
     bar.finish_and_clear();
     for (path, why) in &report.failed {
         eprintln!("skipped {}: {why}", path.display());

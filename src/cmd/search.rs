@@ -63,7 +63,11 @@ pub fn run(args: Args) -> Result<()> {
         label: args.label,
         path_prefix: None,
     };
-    let hits = index.search(q.row(0).as_slice().expect("row is contiguous"), args.k, &opts)?;
+    let hits = index.search(
+        q.row(0).as_slice().expect("row is contiguous"),
+        args.k,
+        &opts,
+    )?;
     let rows: Vec<Row> = hits
         .into_iter()
         .map(|h| Row {
@@ -78,7 +82,13 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         println!("{:>4}  {:>10}  {:>8}  path", "rank", "distance", "id");
         for (i, r) in rows.iter().enumerate() {
-            println!("{:>4}  {:>10.6}  {:>8}  {}", i + 1, r.distance, r.id, r.path);
+            println!(
+                "{:>4}  {:>10.6}  {:>8}  {}",
+                i + 1,
+                r.distance,
+                r.id,
+                r.path
+            );
         }
     }
     Ok(())

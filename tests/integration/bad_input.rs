@@ -12,12 +12,20 @@ fn bad_files_are_skipped_named_and_counted() {
     copy_files(&fixture("bad"), &dir);
     std::fs::write(dir.join("notes.txt"), "not an image extension").unwrap();
     let idx = tmp.path().join("idx");
-    let out = htg(&["index", s(&dir), "--index", s(&idx), "--model", s(&tiny_model())]);
+    let out = htg(&[
+        "index",
+        s(&dir),
+        "--index",
+        s(&idx),
+        "--model",
+        s(&tiny_model()),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     for bad in ["corrupt.png", "notanimage.jpg", "empty.png"] {
         assert!(
-            err.lines().any(|l| l.starts_with("skipped ") && l.contains(bad)),
+            err.lines()
+                .any(|l| l.starts_with("skipped ") && l.contains(bad)),
             "{bad} not named: {err}"
         );
     }
@@ -43,16 +51,38 @@ fn missing_things_give_one_line_errors() {
     let tmp = TempDir::new().unwrap();
     let idx = tmp.path().join("idx");
     one_line_error(
-        &["index", s(&fixture("images")), "--index", s(&idx), "--model", "/nonexistent/m.onnx"],
+        &[
+            "index",
+            s(&fixture("images")),
+            "--index",
+            s(&idx),
+            "--model",
+            "/nonexistent/m.onnx",
+        ],
         "/nonexistent/m.onnx",
     );
-    one_line_error(&["index", s(&fixture("images")), "--index", s(&idx)], "--model is required");
     one_line_error(
-        &["index", "/nonexistent/dir", "--index", s(&idx), "--model", s(&tiny_model())],
+        &["index", s(&fixture("images")), "--index", s(&idx)],
+        "--model is required",
+    );
+    one_line_error(
+        &[
+            "index",
+            "/nonexistent/dir",
+            "--index",
+            s(&idx),
+            "--model",
+            s(&tiny_model()),
+        ],
         "/nonexistent/dir",
     );
     one_line_error(
-        &["search", "--index", s(&idx), s(&fixture("images/26fa-google.png"))],
+        &[
+            "search",
+            "--index",
+            s(&idx),
+            s(&fixture("images/26fa-google.png")),
+        ],
         "no index at",
     );
     // A text file passed as a model.
@@ -66,7 +96,14 @@ fn missing_things_give_one_line_errors() {
 fn query_with_another_model_is_refused() {
     let tmp = TempDir::new().unwrap();
     let idx = tmp.path().join("idx");
-    htg_ok(&["index", s(&fixture("bad")), "--index", s(&idx), "--model", s(&tiny_model())]);
+    htg_ok(&[
+        "index",
+        s(&fixture("bad")),
+        "--index",
+        s(&idx),
+        "--model",
+        s(&tiny_model()),
+    ]);
     one_line_error(
         &[
             "search",
@@ -88,7 +125,14 @@ fn query_with_another_model_is_refused() {
 fn an_interrupted_save_leaves_the_previous_index_readable() {
     let tmp = TempDir::new().unwrap();
     let idx = tmp.path().join("idx");
-    htg_ok(&["index", s(&fixture("bad")), "--index", s(&idx), "--model", s(&tiny_model())]);
+    htg_ok(&[
+        "index",
+        s(&fixture("bad")),
+        "--index",
+        s(&idx),
+        "--model",
+        s(&tiny_model()),
+    ]);
     // Simulate a crash mid-save: a half-written generation and a torn CURRENT temp file.
     let torn = idx.join(".tmp-gen-999-1");
     std::fs::create_dir_all(&torn).unwrap();
@@ -105,7 +149,14 @@ fn an_interrupted_save_leaves_the_previous_index_readable() {
 fn killing_the_indexer_mid_run_never_corrupts_the_index() {
     let tmp = TempDir::new().unwrap();
     let idx = tmp.path().join("idx");
-    htg_ok(&["index", s(&fixture("bad")), "--index", s(&idx), "--model", s(&tiny_model())]);
+    htg_ok(&[
+        "index",
+        s(&fixture("bad")),
+        "--index",
+        s(&idx),
+        "--model",
+        s(&tiny_model()),
+    ]);
     let images = tmp.path().join("many");
     for i in 0..20 {
         copy_files(&fixture("images"), &images.join(format!("{i}")));

@@ -11,7 +11,14 @@ fn index_then_search_finds_the_query_first_and_reindex_embeds_nothing() {
     copy_files(&fixture("images"), &images);
     let idx = tmp.path().join("idx");
     let model = tiny_model();
-    let out = htg_ok(&["index", s(&images), "--index", s(&idx), "--model", s(&model)]);
+    let out = htg_ok(&[
+        "index",
+        s(&images),
+        "--index",
+        s(&idx),
+        "--model",
+        s(&model),
+    ]);
     assert!(out.contains("embedded 24 new"), "{out}");
 
     let query = images.join("1f999-google.png");
@@ -20,9 +27,21 @@ fn index_then_search_finds_the_query_first_and_reindex_embeds_nothing() {
     assert_eq!(hits.len(), 5);
     assert!(hits[0].0.ends_with("1f999-google.png"), "{json}");
     assert!(hits[0].1 < 1e-6, "{json}");
-    assert!(hits.windows(2).all(|w| w[0].1 <= w[1].1), "nearest first: {json}");
+    assert!(
+        hits.windows(2).all(|w| w[0].1 <= w[1].1),
+        "nearest first: {json}"
+    );
 
-    let exact = htg_ok(&["search", "--index", s(&idx), s(&query), "-k", "5", "--json", "--exact"]);
+    let exact = htg_ok(&[
+        "search",
+        "--index",
+        s(&idx),
+        s(&query),
+        "-k",
+        "5",
+        "--json",
+        "--exact",
+    ]);
     assert_eq!(parse_results(&exact)[0].2, hits[0].2);
 
     // Unchanged folder: nothing embedded.
@@ -31,7 +50,11 @@ fn index_then_search_finds_the_query_first_and_reindex_embeds_nothing() {
     assert!(again.contains("unchanged 24"), "{again}");
 
     // Change one file, copy another, delete a third.
-    std::fs::copy(images.join("26fa-google.png"), images.join("1f600-google.png")).unwrap();
+    std::fs::copy(
+        images.join("26fa-google.png"),
+        images.join("1f600-google.png"),
+    )
+    .unwrap();
     std::fs::copy(images.join("1f53c-google.png"), images.join("copy.png")).unwrap();
     std::fs::remove_file(images.join("1f49c-twitter.png")).unwrap();
     let third = htg_ok(&["index", s(&images), "--index", s(&idx)]);
@@ -72,7 +95,17 @@ fn index_reloads_in_a_new_process_and_text_output_ranks() {
     let hits = parse_results(&json);
     assert_eq!(hits.len(), 31);
     // rgb.bmp is pixel-identical to the PNG source: both at distance ~0.
-    let near: Vec<_> = hits.iter().filter(|h| h.1 < 1e-6).map(|h| h.0.clone()).collect();
-    assert!(near.iter().any(|p| p.ends_with("formats/rgb.bmp")), "{near:?}");
-    assert!(near.iter().any(|p| p.ends_with("/1f600-google.png")), "{near:?}");
+    let near: Vec<_> = hits
+        .iter()
+        .filter(|h| h.1 < 1e-6)
+        .map(|h| h.0.clone())
+        .collect();
+    assert!(
+        near.iter().any(|p| p.ends_with("formats/rgb.bmp")),
+        "{near:?}"
+    );
+    assert!(
+        near.iter().any(|p| p.ends_with("/1f600-google.png")),
+        "{near:?}"
+    );
 }

@@ -51,8 +51,11 @@ fn hundred_classes_both_vendors() {
     for vendor in ["google", "twitter"] {
         std::fs::create_dir_all(gallery.join(vendor)).unwrap();
         for n in &names {
-            std::fs::copy(emoji.join(vendor).join("64").join(n), gallery.join(vendor).join(n))
-                .unwrap();
+            std::fs::copy(
+                emoji.join(vendor).join("64").join(n),
+                gallery.join(vendor).join(n),
+            )
+            .unwrap();
         }
     }
     let idx = tmp.path().join("idx");
@@ -84,7 +87,14 @@ fn hundred_classes_both_vendors() {
     for id in index.records().keys() {
         let q = index.vector(*id).unwrap();
         let exact = index
-            .search(&q, 10, &SearchOptions { exact: true, ..Default::default() })
+            .search(
+                &q,
+                10,
+                &SearchOptions {
+                    exact: true,
+                    ..Default::default()
+                },
+            )
             .unwrap();
         let approx = index.search(&q, 10, &SearchOptions::default()).unwrap();
         let approx_ids: Vec<u64> = approx.iter().map(|h| h.id).collect();
@@ -96,9 +106,16 @@ fn hundred_classes_both_vendors() {
     assert!(recall >= 0.95, "recall {recall}");
 
     // Labels from the parent folder filter results.
-    let q = index.vector(*index.records().keys().next().unwrap()).unwrap();
-    let only = SearchOptions { label: Some("twitter".into()), ..Default::default() };
+    let q = index
+        .vector(*index.records().keys().next().unwrap())
+        .unwrap();
+    let only = SearchOptions {
+        label: Some("twitter".into()),
+        ..Default::default()
+    };
     let hits = index.search(&q, 10, &only).unwrap();
     assert_eq!(hits.len(), 10);
-    assert!(hits.iter().all(|h| h.record.label.as_deref() == Some("twitter")));
+    assert!(hits
+        .iter()
+        .all(|h| h.record.label.as_deref() == Some("twitter")));
 }

@@ -30,6 +30,9 @@ fn all_formats_embed_like_the_source() {
             .unwrap_or_else(|err| panic!("{name}: {err}"));
         let v = e.embed_images(&[img]).unwrap();
         let d = (&src - &v).mapv(|x| x * x).sum();
-        assert!(d <= unrelated * max as f32 + 1e-6, "{name}: d={d} unrelated={unrelated}");
+        assert!(
+            d <= unrelated * max as f32 + 1e-6,
+            "{name}: d={d} unrelated={unrelated}"
+        );
     }
 }

@@ -8,10 +8,9 @@ use crate::util::{fixture, tiny_model};
 
 #[test]
 fn tract_matches_onnxruntime_golden_output() {
-    let golden: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("models/tiny_golden.json")).unwrap(),
-    )
-    .unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("models/tiny_golden.json")).unwrap())
+            .unwrap();
     let shape: Vec<usize> = golden["input_shape"]
         .as_array()
         .unwrap()
@@ -22,7 +21,12 @@ fn tract_matches_onnxruntime_golden_output() {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
         .collect();
     let input = Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), flat).unwrap();
     let e = TractEmbedder::load(&tiny_model()).unwrap();
@@ -31,7 +35,12 @@ fn tract_matches_onnxruntime_golden_output() {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
         .collect();
     assert_eq!(raw.len(), want.len());
     let max = raw
@@ -57,7 +66,9 @@ fn batch_size_does_not_change_embeddings() {
     let all = e.embed_images(&imgs).unwrap();
     for (i, img) in imgs.iter().enumerate() {
         let one = e.embed_images(std::slice::from_ref(img)).unwrap();
-        let d = (&one.row(0) - &all.row(i)).mapv(f32::abs).fold(0f32, |a, b| a.max(*b));
+        let d = (&one.row(0) - &all.row(i))
+            .mapv(f32::abs)
+            .fold(0f32, |a, b| a.max(*b));
         assert!(d < 1e-5, "image {i}: {d}");
     }
 }

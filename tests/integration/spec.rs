@@ -21,7 +21,10 @@ fn metadata_gives_the_full_spec() {
 fn manifest_describes_an_nhwc_grey_model_with_a_rank4_output() {
     let path = fixture("models/tiny_nhwc_gap.onnx");
     let s = ModelSpec::resolve(&path).unwrap();
-    assert_eq!((s.layout, s.color, s.pooling), (Layout::Nhwc, Color::Grey, Pooling::Gap));
+    assert_eq!(
+        (s.layout, s.color, s.pooling),
+        (Layout::Nhwc, Color::Grey, Pooling::Gap)
+    );
     let e = TractEmbedder::load(&path).unwrap();
     let img = htg_retrieval::preprocess::load_image(&fixture("images/1f600-google.png")).unwrap();
     let v = e.embed_images(&[img.clone(), img]).unwrap();
@@ -31,11 +34,16 @@ fn manifest_describes_an_nhwc_grey_model_with_a_rank4_output() {
 
 #[test]
 fn graph_inference_fills_names_and_shape_but_missing_normalisation_is_named() {
-    let err = ModelSpec::resolve(&fixture("models/no_meta.onnx")).unwrap_err().to_string();
+    let err = ModelSpec::resolve(&fixture("models/no_meta.onnx"))
+        .unwrap_err()
+        .to_string();
     // Names, layout and size come from the graph; colour of a 3-channel input is ambiguous.
     assert!(err.contains("htg.color"), "{err}");
     assert!(err.contains("no_meta.json"), "{err}");
-    let out = htg(&["inspect-model", fixture("models/no_meta.onnx").to_str().unwrap()]);
+    let out = htg(&[
+        "inspect-model",
+        fixture("models/no_meta.onnx").to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let e = stderr(&out);
     assert_eq!(e.lines().count(), 1, "one line: {e}");
@@ -46,5 +54,8 @@ fn graph_inference_fills_names_and_shape_but_missing_normalisation_is_named() {
 fn inspect_model_prints_the_resolved_spec() {
     let out = crate::util::htg_ok(&["inspect-model", tiny_model().to_str().unwrap()]);
     assert!(out.contains("htg.layout") && out.contains("NCHW"), "{out}");
-    assert!(out.contains("htg.embedding_dim") && out.contains("32"), "{out}");
+    assert!(
+        out.contains("htg.embedding_dim") && out.contains("32"),
+        "{out}"
+    );
 }
