@@ -4,13 +4,18 @@
 //! progress bars and printing. Errors reach the user as one line on stderr with exit status 1.
 
 mod cmd;
+mod server;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "htg", version, about = "Hard Triplet Generation embeddings and similar-image search")]
+#[command(
+    name = "htg",
+    version,
+    about = "Hard Triplet Generation embeddings and similar-image search"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,6 +33,8 @@ enum Command {
     Train(cmd::train::Args),
     /// Evaluate a model's retrieval quality on unseen classes.
     Eval(cmd::eval::Args),
+    /// Serve similar-image search over HTTP (JSON API, web page, metrics).
+    Serve(cmd::serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +45,7 @@ fn main() -> ExitCode {
         Command::InspectModel(a) => cmd::inspect::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,4 +5,5 @@ pub mod index;
 pub mod inspect;
 pub mod model;
 pub mod search;
+pub mod serve;
 pub mod train;

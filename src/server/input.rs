@@ -45,8 +45,6 @@ pub async fn read_body(
 pub struct Part {
     /// The form field name.
     pub name: String,
-    /// The file name, for file fields.
-    pub filename: Option<String>,
     /// The bytes.
     pub data: Bytes,
 }
@@ -182,19 +180,19 @@ pub fn parse_multipart(body: &Bytes, boundary: &str) -> Result<Vec<Part>, ApiErr
         let data_len = finder
             .find(&body[data_start..])
             .ok_or_else(|| bad("closing boundary missing"))?;
-        let (name, filename) = disposition(headers)
+        let name = disposition(headers)
             .ok_or_else(|| bad("a part lacks `Content-Disposition: form-data; name=...`"))?;
         parts.push(Part {
             name,
-            filename,
             data: body.slice(data_start..data_start + data_len),
         });
         pos = data_start + data_len + next_delim.len();
     }
 }
 
-/// `name` and `filename` of a part's `Content-Disposition: form-data` header.
-fn disposition(headers: &str) -> Option<(String, Option<String>)> {
+/// The `name` of a part's `Content-Disposition: form-data` header (a `filename` is allowed and
+/// not needed: uploads are named by content hash).
+fn disposition(headers: &str) -> Option<String> {
     let line = headers.split("\r\n").find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.trim()
@@ -207,7 +205,6 @@ fn disposition(headers: &str) -> Option<(String, Option<String>)> {
         return None;
     }
     let mut name = None;
-    let mut filename = None;
     for p in params {
         let Some((k, v)) = p.split_once('=') else {
             continue;
@@ -218,13 +215,11 @@ fn disposition(headers: &str) -> Option<(String, Option<String>)> {
             .and_then(|v| v.strip_suffix('"'))
             .unwrap_or(v)
             .replace("\\\"", "\"");
-        match k.trim().to_ascii_lowercase().as_str() {
-            "name" => name = Some(v),
-            "filename" => filename = Some(v),
-            _ => {}
+        if k.trim().eq_ignore_ascii_case("name") {
+            name = Some(v);
         }
     }
-    Some((name?, filename))
+    name
 }
 
 /// Splits a header value on `;` outside quotes.
@@ -334,7 +329,6 @@ mod tests {
         let parts = parse_multipart(&body, "XyZ").unwrap();
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[0].name, "image");
-        assert_eq!(parts[0].filename.as_deref(), Some("a;b \"q\".png"));
         assert_eq!(&parts[0].data[..], png);
         assert_eq!(parts[1].text().unwrap(), "cat");
         assert!(parts[2].data.is_empty());

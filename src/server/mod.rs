@@ -27,7 +27,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Service as _;
-use actix_web::{web, App, HttpServer, ResponseError as _};
+use actix_web::{web, App, HttpServer};
 use htg_retrieval::{Embedder, LocalIndex, ModelSpec};
 
 pub use config::Config;

@@ -71,13 +71,15 @@ pub async fn embed(
     state.batcher.embed(tensors).await
 }
 
-/// Refuses vectors that would poison distance computations.
+/// Refuses vectors that would poison distance computations: non-finite values (JSON numbers
+/// beyond f32 become infinite) and values whose squares overflow (distances would be NaN).
 pub fn check_finite(v: &[f32]) -> Result<(), ApiError> {
-    if v.iter().all(|x| x.is_finite()) {
+    let norm2: f32 = v.iter().map(|x| x * x).sum();
+    if v.iter().all(|x| x.is_finite()) && norm2.is_finite() {
         Ok(())
     } else {
         Err(ApiError::Unprocessable(
-            "vector values must be finite numbers".into(),
+            "vector values must be finite and their squared sum must fit in f32".into(),
         ))
     }
 }

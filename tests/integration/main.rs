@@ -7,6 +7,8 @@
 //! - `formats`: every supported image encoding decodes and embeds like its PNG source.
 //! - `cli`: `htg index` / `htg search` / `htg inspect-model` end to end on fixture images.
 //! - `bad_input`: corrupt and odd files, missing and mismatched models, killed saves.
+//! - `http`: `htg serve` over real HTTP: every endpoint, every bad input, restart, SIGTERM.
+//! - `browser`: the search page in headless Chromium (playwright-core), with a screenshot.
 //! - `emoji_slice`: 100 real emoji classes from both vendors (fetched into a cache).
 //! - `ort`: the ONNX Runtime backend: parity with tract (fixture, bundled and external models),
 //!   CLI end to end, library-loading errors, GPU fallback (GPU checks skip without a GPU).
@@ -14,9 +16,11 @@
 mod util;
 
 mod bad_input;
+mod browser;
 mod cli;
 mod emoji_slice;
 mod formats;
 mod golden;
+mod http;
 mod ort;
 mod spec;
