@@ -78,7 +78,40 @@ impl BackendArgs {
     }
 }
 
-/// Picks the model: the `--model` flag, else the one recorded in the index, else an error.
+/// The bundled default model's bytes, when the binary was built with `models/default.onnx`.
+#[cfg(htg_default_model)]
+const BUNDLED: Option<&[u8]> = Some(include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/models/default.onnx"
+)));
+#[cfg(not(htg_default_model))]
+const BUNDLED: Option<&[u8]> = None;
+
+/// Writes the bundled model into the cache (once per content hash) and returns its path, so
+/// every runtime can load it from a file like any other model.
+fn bundled_model_path(bytes: &[u8]) -> Result<PathBuf> {
+    let cache = std::env::var_os("HTG_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/htg")))
+        .context("neither HTG_CACHE_DIR nor HOME is set, so the bundled model has nowhere to go")?
+        .join("models");
+    let sha = htg_retrieval::embed::sha256_hex(bytes);
+    let path = cache.join(format!("default-{}.onnx", &sha[..16]));
+    if !path.is_file() {
+        std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+        let tmp = cache.join(format!(
+            ".default-{}.{}.tmp",
+            &sha[..16],
+            std::process::id()
+        ));
+        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(path)
+}
+
+/// Picks the model: the `--model` flag, else the one recorded in the index, else the bundled
+/// default model.
 pub fn choose(flag: Option<&Path>, recorded: Option<&str>) -> Result<PathBuf> {
     if let Some(p) = flag {
         return Ok(p.to_path_buf());
@@ -86,7 +119,10 @@ pub fn choose(flag: Option<&Path>, recorded: Option<&str>) -> Result<PathBuf> {
     if let Some(p) = recorded {
         return Ok(PathBuf::from(p));
     }
-    anyhow::bail!("--model is required (there is no bundled default model yet)")
+    match BUNDLED {
+        Some(bytes) => bundled_model_path(bytes),
+        None => anyhow::bail!("--model is required (this build has no bundled default model)"),
+    }
 }
 
 /// Loads `path` on the backend the flags choose.

@@ -61,10 +61,17 @@ fn missing_things_give_one_line_errors() {
         ],
         "/nonexistent/m.onnx",
     );
-    one_line_error(
-        &["index", s(&fixture("images")), "--index", s(&idx)],
-        "--model is required",
-    );
+    if crate::util::root().join("models/default.onnx").is_file() {
+        // Without --model the bundled default model is used.
+        let out = htg_ok(&["index", s(&fixture("bad")), "--index", s(&idx)]);
+        assert!(out.contains("embedded 1 new"), "{out}");
+        std::fs::remove_dir_all(&idx).unwrap();
+    } else {
+        one_line_error(
+            &["index", s(&fixture("images")), "--index", s(&idx)],
+            "--model is required",
+        );
+    }
     one_line_error(
         &[
             "index",
