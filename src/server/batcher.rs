@@ -2,8 +2,9 @@
 //!
 //! Handlers never run the model: they queue a preprocessed image and await a oneshot reply, so
 //! actix workers stay free for I/O. Dedicated inference threads take whatever is queued (up to
-//! `max_size`), wait at most `max_delay_us` for more when the batch is not full, stack the
-//! images and call [`Embedder::embed_tensor`] once. Under load the queue fills while a batch
+//! `max_size`), wait at most `max_delay_us` for more when the batch is not full and other
+//! requests are being decoded (an idle server does not wait: a lone query pays no delay), stack
+//! the images and call [`Embedder::embed_tensor`] once. Under load the queue fills while a batch
 //! runs, so batches grow and throughput rises instead of requests queueing one by one (as
 //! Triton's dynamic batcher does). The queue is bounded: when it is full a request is refused
 //! with 503 rather than waiting without end.
@@ -34,7 +35,20 @@ pub struct Batcher {
     tx: Option<SyncSender<Job>>,
     threads: Vec<JoinHandle<()>>,
     waiting: Arc<AtomicUsize>,
+    coming: Arc<AtomicUsize>,
     capacity: usize,
+}
+
+/// Images announced by [`Batcher::announce`] and not yet queued; dropping it withdraws them.
+pub struct Announced {
+    coming: Arc<AtomicUsize>,
+    n: usize,
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        self.coming.fetch_sub(self.n, Ordering::Relaxed);
+    }
 }
 
 impl Batcher {
@@ -43,18 +57,20 @@ impl Batcher {
         let (tx, rx) = mpsc::sync_channel::<Job>(cfg.queue);
         let rx = Arc::new(Mutex::new(rx));
         let waiting = Arc::new(AtomicUsize::new(0));
+        let coming = Arc::new(AtomicUsize::new(0));
         let threads = (0..cfg.threads)
             .map(|i| {
                 let rx = Arc::clone(&rx);
                 let embedder = Arc::clone(&embedder);
                 let metrics = Arc::clone(&metrics);
                 let waiting = Arc::clone(&waiting);
+                let coming = Arc::clone(&coming);
                 let max_size = cfg.max_size;
                 let max_delay = Duration::from_micros(cfg.max_delay_us);
                 std::thread::Builder::new()
                     .name(format!("htg-infer-{i}"))
                     .spawn(move || {
-                        while let Some(batch) = gather(&rx, max_size, max_delay) {
+                        while let Some(batch) = gather(&rx, max_size, max_delay, &coming) {
                             waiting.fetch_sub(batch.len(), Ordering::Relaxed);
                             run_batch(embedder.as_ref(), batch, &metrics);
                         }
@@ -66,6 +82,7 @@ impl Batcher {
             tx: Some(tx),
             threads,
             waiting,
+            coming,
             capacity: cfg.queue,
         }
     }
@@ -73,6 +90,16 @@ impl Batcher {
     /// Images queued and not yet taken into a batch.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Announces `n` images that are being decoded and will be queued soon, so that a batch
+    /// being gathered waits for them; the announcement ends when the guard is dropped.
+    pub fn announce(&self, n: usize) -> Announced {
+        self.coming.fetch_add(n, Ordering::Relaxed);
+        Announced {
+            coming: Arc::clone(&self.coming),
+            n,
+        }
     }
 
     /// True while every inference thread is running.
@@ -83,8 +110,13 @@ impl Batcher {
     /// Embeds preprocessed images (one `[C, H, W]` or `[H, W, C]` array each, as the spec
     /// lays them out) and returns one unit vector per image, in order.
     ///
-    /// Images of one call are queued together, so they usually share a batch.
-    pub async fn embed(&self, inputs: Vec<Array3<f32>>) -> Result<Vec<Vec<f32>>, ApiError> {
+    /// Images of one call are queued together, so they usually share a batch. `announced` (from
+    /// [`Batcher::announce`]) is withdrawn once they are queued.
+    pub async fn embed(
+        &self,
+        inputs: Vec<Array3<f32>>,
+        announced: Option<Announced>,
+    ) -> Result<Vec<Vec<f32>>, ApiError> {
         let tx = self
             .tx
             .as_ref()
@@ -105,6 +137,7 @@ impl Batcher {
                 }
             }
         }
+        drop(announced);
         let mut out = Vec::with_capacity(replies.len());
         for rx in replies {
             match rx.await {
@@ -132,9 +165,15 @@ impl Drop for Batcher {
 }
 
 /// Takes the next batch: blocks for a first job, takes what is already queued, then waits up
-/// to `max_delay` for more while the batch is not full. `None` once the queue is closed and
-/// empty. The lock is held while gathering so that threads do not split a batch.
-fn gather(rx: &Mutex<Receiver<Job>>, max_size: usize, max_delay: Duration) -> Option<Vec<Job>> {
+/// to `max_delay` for more while the batch is not full and images are announced (`coming`).
+/// `None` once the queue is closed and empty. The lock is held while gathering so that threads
+/// do not split a batch.
+fn gather(
+    rx: &Mutex<Receiver<Job>>,
+    max_size: usize,
+    max_delay: Duration,
+    coming: &AtomicUsize,
+) -> Option<Vec<Job>> {
     let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
     let first = rx.recv().ok()?;
     let deadline = Instant::now() + max_delay;
@@ -149,12 +188,14 @@ fn gather(rx: &Mutex<Receiver<Job>>, max_size: usize, max_delay: Duration) -> Op
             Err(TryRecvError::Empty) => {}
         }
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || coming.load(Ordering::Relaxed) == 0 {
             break;
         }
-        match rx.recv_timeout(deadline - now) {
+        // Short waits, so that the batch closes as soon as nothing more is announced.
+        match rx.recv_timeout((deadline - now).min(Duration::from_micros(50))) {
             Ok(job) => batch.push(job),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
         }
     }
     Some(batch)
@@ -281,7 +322,7 @@ mod tests {
             let futs: Vec<_> = (0..16)
                 .map(|i| {
                     let b = Arc::clone(&b);
-                    tokio::spawn(async move { b.embed(vec![pixel(i as f32)]).await })
+                    tokio::spawn(async move { b.embed(vec![pixel(i as f32)], None).await })
                 })
                 .collect();
             let mut out = Vec::new();
@@ -300,6 +341,39 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_query_does_not_wait_but_an_announced_one_is_waited_for() {
+        let model = fake(Duration::from_millis(0));
+        let b = Arc::new(Batcher::start(
+            model.clone(),
+            &cfg(8, 300_000, 64),
+            Arc::new(Metrics::default()),
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        rt.block_on(b.embed(vec![pixel(1.0)], None)).unwrap();
+        assert!(
+            start.elapsed() < Duration::from_millis(150),
+            "nothing announced, yet the batch waited {:?}",
+            start.elapsed()
+        );
+        // An announced image joins the batch of one queued before it.
+        let ticket = b.announce(1);
+        let b2 = Arc::clone(&b);
+        let answers = rt.block_on(async move {
+            let first = tokio::spawn(async move { b2.embed(vec![pixel(2.0)], None).await });
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let second = b.embed(vec![pixel(3.0)], Some(ticket)).await;
+            (first.await.unwrap(), second)
+        });
+        assert_eq!(answers.0.unwrap()[0][0], 2.0);
+        assert_eq!(answers.1.unwrap()[0][0], 3.0);
+        assert_eq!(*model.sizes.lock().unwrap(), vec![1, 2]);
+    }
+
+    #[test]
     fn full_queue_is_refused_and_a_panic_answers_an_error() {
         let model = fake(Duration::from_millis(50));
         let b = Batcher::start(model, &cfg(4, 0, 2), Arc::new(Metrics::default()));
@@ -308,18 +382,18 @@ mod tests {
             .build()
             .unwrap();
         let err = rt
-            .block_on(b.embed(vec![pixel(-1.0)]))
+            .block_on(b.embed(vec![pixel(-1.0)], None))
             .expect_err("the fake panics on negative input");
         assert!(err.to_string().contains("panicked"), "{err}");
         // The thread survived the panic.
         assert_eq!(
-            rt.block_on(b.embed(vec![pixel(3.0)])).unwrap()[0],
+            rt.block_on(b.embed(vec![pixel(3.0)], None)).unwrap()[0],
             vec![3.0, 4.0]
         );
         assert!(b.alive());
         // More images in one call than the queue holds: refused, not blocked.
         let many: Vec<_> = (0..64).map(|i| pixel(i as f32)).collect();
-        match rt.block_on(b.embed(many)) {
+        match rt.block_on(b.embed(many, None)) {
             Err(ApiError::Overloaded(2)) => {}
             other => panic!("expected Overloaded, got {other:?}"),
         }

@@ -67,8 +67,10 @@ pub async fn embed(
     state: &web::Data<State>,
     images: Vec<Bytes>,
 ) -> Result<Vec<Vec<f32>>, ApiError> {
+    // While these decode, a batch being gathered waits for them (up to `max_delay_us`).
+    let announced = state.batcher.announce(images.len());
     let tensors = prepare(state, images).await?;
-    state.batcher.embed(tensors).await
+    state.batcher.embed(tensors, Some(announced)).await
 }
 
 /// Refuses vectors that would poison distance computations: non-finite values (JSON numbers
