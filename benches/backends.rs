@@ -8,6 +8,7 @@
 //! Run with `cargo bench --bench backends`. Environment:
 //! - `HTG_BENCH_MODEL`: ONNX model [default: `models/default.onnx` when present, else
 //!   `tests/fixtures/models/tiny.onnx`];
+//! - `HTG_BENCH_BATCHES`: comma-separated batch sizes [default `1,8,64`];
 //! - `HTG_BENCH_THREADS`: ONNX Runtime intra-op threads [default 1; tract runs one thread per
 //!   call, so 1 compares the engines, not the thread counts];
 //! - `ORT_DYLIB_PATH`: ONNX Runtime library [default: where `scripts/fetch-data.sh onnxruntime`
@@ -44,6 +45,13 @@ fn threads() -> usize {
         .unwrap_or(1)
 }
 
+fn batches() -> Vec<usize> {
+    std::env::var("HTG_BENCH_BATCHES")
+        .ok()
+        .and_then(|v| v.split(',').map(|b| b.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 64])
+}
+
 fn backends(c: &mut Criterion) {
     let model = model_path();
     let tract = TractEmbedder::load(&model).unwrap();
@@ -73,7 +81,7 @@ fn backends(c: &mut Criterion) {
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    for batch in [1usize, 8, 64] {
+    for batch in batches() {
         let imgs: Vec<_> = images.iter().cycle().take(batch).cloned().collect();
         let input = preprocess_batch(&imgs, tract.spec());
         g.throughput(Throughput::Elements(batch as u64));
