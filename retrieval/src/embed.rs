@@ -120,6 +120,15 @@ pub fn to_vectors(raw: ArrayD<f32>, spec: &ModelSpec) -> Result<Array2<f32>, Emb
                 got: shape.clone(),
                 reason: "empty spatial dimensions".into(),
             })?,
+        // Sequence outputs `[N, D, L]` (detectors such as YOLOv8): average over positions.
+        (Pooling::Gap, 3) => raw
+            .into_dimensionality::<ndarray::Ix3>()
+            .expect("rank checked")
+            .mean_axis(Axis(2))
+            .ok_or_else(|| EmbedError::OutputShape {
+                got: shape.clone(),
+                reason: "empty last dimension".into(),
+            })?,
         (Pooling::None, 4) if shape[2] == 1 && shape[3] == 1 => raw
             .into_shape_with_order((shape[0], shape[1]))
             .map_err(|e| EmbedError::OutputShape {
@@ -135,7 +144,7 @@ pub fn to_vectors(raw: ArrayD<f32>, spec: &ModelSpec) -> Result<Array2<f32>, Emb
         _ => {
             return Err(EmbedError::OutputShape {
                 got: shape,
-                reason: "expected rank 2 [N, D] or rank 4 [N, D, H, W]".into(),
+                reason: "expected rank 2 [N, D], or rank 3 [N, D, L] / rank 4 [N, D, H, W] with pooling = gap".into(),
             })
         }
     };
@@ -315,4 +324,48 @@ pub fn run_in_fixed_chunks(
     }
     let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
     ndarray::concatenate(Axis(0), &views).map_err(|e| EmbedError::Run(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Color, Layout};
+
+    fn spec(pooling: Pooling, dim: usize) -> ModelSpec {
+        ModelSpec {
+            input_name: "x".into(),
+            output_name: "y".into(),
+            layout: Layout::Nchw,
+            height: 8,
+            width: 8,
+            color: Color::Grey,
+            scale: 1.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+            pooling,
+            embedding_dim: dim,
+        }
+    }
+
+    #[test]
+    fn gap_averages_trailing_axes_of_rank3_and_rank4_outputs() {
+        let r3 =
+            ndarray::Array3::from_shape_fn((2, 3, 4), |(n, d, l)| (n * 100 + d * 10 + l) as f32);
+        let v = to_vectors(r3.into_dyn(), &spec(Pooling::Gap, 3)).unwrap();
+        assert_eq!(v.row(1).to_vec(), vec![101.5, 111.5, 121.5]);
+        let r4 =
+            ndarray::Array4::from_shape_fn((1, 2, 2, 2), |(_, d, h, w)| (d * 8 + h * 2 + w) as f32);
+        let v = to_vectors(r4.into_dyn(), &spec(Pooling::Gap, 2)).unwrap();
+        assert_eq!(v.row(0).to_vec(), vec![1.5, 9.5]);
+    }
+
+    #[test]
+    fn wrong_output_shapes_are_errors_not_panics() {
+        let r4 = ndarray::Array4::<f32>::zeros((1, 2, 3, 3)).into_dyn();
+        assert!(to_vectors(r4, &spec(Pooling::None, 2)).is_err());
+        let r2 = ndarray::Array2::<f32>::zeros((1, 5)).into_dyn();
+        assert!(to_vectors(r2, &spec(Pooling::None, 4)).is_err());
+        let r5 = ndarray::ArrayD::<f32>::zeros(vec![1, 1, 1, 1, 1]);
+        assert!(to_vectors(r5, &spec(Pooling::Gap, 1)).is_err());
+    }
 }

@@ -134,7 +134,7 @@ impl Color {
 pub enum Pooling {
     /// The output already is `[N, D]`.
     None,
-    /// The output is `[N, D, H, W]`; average over H and W.
+    /// The output is `[N, D, H, W]` (average over H and W) or `[N, D, L]` (average over L).
     Gap,
 }
 
@@ -413,7 +413,7 @@ impl GraphFacts {
                     out.pooling = Some(Pooling::None);
                     out.embedding_dim = d.map(|v| v as usize);
                 }
-                Some([_, d, _, _]) => {
+                Some([_, d, _]) | Some([_, d, _, _]) => {
                     out.pooling = Some(Pooling::Gap);
                     out.embedding_dim = d.map(|v| v as usize);
                 }
