@@ -85,6 +85,23 @@ pub struct FeatureConfig {
     pub blocks_per_stage: usize,
     /// Length of the embedding.
     pub embedding_dim: usize,
+    /// Spatial grid kept before the embedding layer: 1 = global average pooling (translation
+    /// invariant); g > 1 average-pools the last feature map to g×g and flattens it, keeping
+    /// coarse layout (where each colour and shape is), which matters for emoji. The last
+    /// stage's resolution must be divisible by g.
+    pub pool_grid: usize,
+}
+
+impl FeatureConfig {
+    /// Side of the last feature map: every stage after the first halves it (rounding up,
+    /// as a stride-2 3×3 convolution with padding 1 does).
+    pub fn final_resolution(&self) -> usize {
+        let mut r = self.input_size as usize;
+        for _ in 1..self.widths.len() {
+            r = r.div_ceil(2);
+        }
+        r
+    }
 }
 
 impl Default for FeatureConfig {
@@ -95,6 +112,7 @@ impl Default for FeatureConfig {
             widths: vec![16, 32, 64],
             blocks_per_stage: 1,
             embedding_dim: 64,
+            pool_grid: 4,
         }
     }
 }
@@ -119,6 +137,15 @@ pub struct HtgConfig {
     pub lr_d: f64,
     /// How the input triplets of G are taken from the batch.
     pub input_mining: Mining,
+    /// Largest shift G may apply to each coordinate (`shift · tanh(·)` on the residual).
+    /// D learns a many-way classifier slowly, so early on L_cls barely constrains G; an
+    /// unbounded G then inverts every triplet outright and F learns from off-manifold
+    /// points. Bounding the residual keeps generated triplets near the data.
+    pub g_max_shift: f32,
+    /// D updates per step on the same batch. G is trained against the latest D, so with one
+    /// update D mostly trails G; a few cheap extra updates (D is tiny next to F) let it
+    /// keep up.
+    pub d_steps: usize,
 }
 
 impl Default for HtgConfig {
@@ -128,10 +155,12 @@ impl Default for HtgConfig {
             d_hidden: 256,
             cls_weight: 1.0,
             g_margin: 0.2,
-            real_triplet_weight: 0.0,
+            real_triplet_weight: 1.0,
             lr_g: 1e-3,
-            lr_d: 1e-3,
+            lr_d: 1e-2,
             input_mining: Mining::Random,
+            g_max_shift: 0.1,
+            d_steps: 3,
         }
     }
 }
@@ -217,6 +246,7 @@ impl TrainConfig {
         if matches!(data, "fashion-mnist" | "mnist5k") {
             c.feature.input_size = 28;
             c.feature.color = InputColor::Grey;
+            c.feature.pool_grid = 1;
             c.classes_per_batch = 5;
             c.images_per_class = 12;
         }
@@ -273,6 +303,13 @@ impl TrainConfig {
         }
         if self.feature.embedding_dim == 0 || self.feature.input_size < 8 {
             return bad("feature.embedding_dim must be positive and feature.input_size >= 8");
+        }
+        let last = self.feature.final_resolution();
+        if self.feature.pool_grid == 0 || last % self.feature.pool_grid != 0 {
+            return Err(TrainError::Config(format!(
+                "feature.pool_grid {} must divide the last feature map size {last}",
+                self.feature.pool_grid
+            )));
         }
         if !(self.margin.is_finite() && self.margin >= 0.0) {
             return bad("margin must be finite and non-negative");

@@ -245,21 +245,21 @@ mod tests {
 
     #[test]
     fn mining_picks_by_hand() {
-        // 1-D points: 0:(0,L0) 1:(1,L0) 2:(3,L0) 3:(2,L1) 4:(10,L1)
-        let x = [0.0f32, 1.0, 3.0, 2.0, 10.0];
+        // 1-D points: 0:(0,L0) 1:(1,L0) 2:(3.5,L0) 3:(2,L1) 4:(10,L1)
+        let x = [0.0f32, 1.0, 3.5, 2.0, 10.0];
         let emb: Vec<f32> = x.to_vec();
         let labels = [0, 0, 0, 1, 1];
         let dist = distance_matrix(&emb, 5, 1);
         let mut rng = StdRng::seed_from_u64(0);
         let bh = mine(Mining::Batchhard, &labels, &dist, &mut rng);
-        // anchor 0: farthest positive 2 (d=9), nearest negative 3 (d=4)
+        // anchor 0: farthest positive 2 (d=12.25), nearest negative 3 (d=4)
         assert_eq!((bh.a[0], bh.p[0], bh.n[0]), (0, 2, 3));
-        // anchor 3: only positive 4, nearest negative 2 (d=1)
-        assert_eq!((bh.a[3], bh.p[3], bh.n[3]), (3, 4, 2));
+        // anchor 3: only positive 4, nearest negative 1 (d=1; point 2 is at d=2.25)
+        assert_eq!((bh.a[3], bh.p[3], bh.n[3]), (3, 4, 1));
         let sh = mine(Mining::Semihard, &labels, &dist, &mut rng);
         // anchor 0, positive 1 (d=1): nearest negative with d>1 is 3 (d=4)
         assert_eq!((sh.a[0], sh.p[0], sh.n[0]), (0, 1, 3));
-        // anchor 0, positive 2 (d=9): no negative farther than 9 except 4 (d=100)
+        // anchor 0, positive 2 (d=12.25): the only negative farther is 4 (d=100)
         assert_eq!((sh.a[1], sh.p[1], sh.n[1]), (0, 2, 4));
         assert_eq!(sh.len(), 3 * 2 + 2);
         let r = mine(Mining::Random, &labels, &dist, &mut rng);

@@ -9,10 +9,11 @@ use std::f64::consts::SQRT_2;
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, AvgPool2d, AvgPool2dConfig};
 use burn::nn::{
     BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d, Relu,
 };
+use burn::tensor::activation::tanh;
 use burn::tensor::{Device, Tensor};
 use htg_retrieval::spec::{Color, Layout, ModelSpec, Pooling};
 
@@ -110,14 +111,16 @@ impl Block {
 }
 
 /// F: a small residual CNN for 28–64 px inputs: a 3×3 stem, one stage per width (each
-/// after the first halves the resolution), global average pooling and a linear embedding.
+/// after the first halves the resolution), pooling to a g×g grid (g = 1: global average
+/// pooling), flattening and a linear embedding.
 #[derive(Module, Debug)]
 pub struct FeatureNet {
     stem: Conv2d,
     stem_bn: BatchNorm,
     relu: Relu,
     blocks: Vec<Block>,
-    pool: AdaptiveAvgPool2d,
+    gap: Option<AdaptiveAvgPool2d>,
+    grid: Option<AvgPool2d>,
     head: Linear,
 }
 
@@ -138,13 +141,16 @@ impl FeatureNet {
                 c = w;
             }
         }
+        let g = cfg.pool_grid.max(1);
+        let k = (cfg.final_resolution() / g).max(1);
         Self {
             stem: conv3(cin, w0, 1, device),
             stem_bn: BatchNormConfig::new(w0).init(device),
             relu: Relu::new(),
             blocks,
-            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
-            head: LinearConfig::new(c, cfg.embedding_dim).init(device),
+            gap: (g == 1).then(|| AdaptiveAvgPool2dConfig::new([1, 1]).init()),
+            grid: (g > 1).then(|| AvgPool2dConfig::new([k, k]).with_strides([k, k]).init()),
+            head: LinearConfig::new(c * g * g, cfg.embedding_dim).init(device),
         }
     }
 
@@ -156,7 +162,12 @@ impl FeatureNet {
         for b in &self.blocks {
             x = b.forward(x);
         }
-        let x = self.pool.forward(x).flatten(1, 3);
+        let x = match (&self.gap, &self.grid) {
+            (Some(p), _) => p.forward(x),
+            (None, Some(p)) => p.forward(x),
+            (None, None) => x,
+        };
+        let x = x.flatten(1, 3);
         self.head.forward(x)
     }
 }
@@ -175,17 +186,20 @@ pub struct Generator {
     fc1: Linear,
     fc2: Linear,
     relu: Relu,
+    max_shift: f32,
 }
 
 impl Generator {
-    /// G for embeddings of length `dim` with a hidden layer of `hidden` units.
-    pub fn new(dim: usize, hidden: usize, device: &Device) -> Self {
+    /// G for embeddings of length `dim` with a hidden layer of `hidden` units; each residual
+    /// coordinate is bounded by `max_shift` (`max_shift · tanh`).
+    pub fn new(dim: usize, hidden: usize, max_shift: f32, device: &Device) -> Self {
         Self {
             fc1: LinearConfig::new(3 * dim, hidden).init(device),
             fc2: LinearConfig::new(hidden, 3 * dim)
                 .with_initializer(Initializer::Zeros)
                 .init(device),
             relu: Relu::new(),
+            max_shift,
         }
     }
 
@@ -198,7 +212,8 @@ impl Generator {
     ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
         let d = a.dims()[1];
         let x = Tensor::cat(vec![a, p, n], 1);
-        let y = x.clone() + self.fc2.forward(self.relu.forward(self.fc1.forward(x)));
+        let delta = tanh(self.fc2.forward(self.relu.forward(self.fc1.forward(x.clone()))));
+        let y = x + delta.mul_scalar(self.max_shift);
         let part = |i: usize| l2_normalize(y.clone().narrow(1, i * d, d));
         (part(0), part(1), part(2))
     }

@@ -108,7 +108,12 @@ impl Trainer {
         device.seed(cfg.seed);
         let f = FeatureNet::new(&cfg.feature, &device);
         let adv = (cfg.method == Method::Htg).then(|| Adversary {
-            g: Generator::new(cfg.feature.embedding_dim, cfg.htg.g_hidden, &device),
+            g: Generator::new(
+                cfg.feature.embedding_dim,
+                cfg.htg.g_hidden,
+                cfg.htg.g_max_shift,
+                &device,
+            ),
             d: Discriminator::new(
                 cfg.feature.embedding_dim,
                 cfg.htg.d_hidden,
@@ -227,32 +232,32 @@ impl Trainer {
         let (ga, gp, gn) = adv.g.forward(a.clone(), p.clone(), n.clone());
         let fake = Tensor::cat(vec![ga, gp, gn], 0).detach();
         let real = Tensor::cat(vec![a.clone(), p.clone(), n.clone()], 0);
-        let logits_real = adv.d.forward(real);
-        let logits_fake = adv.d.forward(fake);
-        let real_host = host(logits_real.clone());
-        let fake_host = host(logits_fake.clone());
-        let argmax_is_fake = |row: &[f32]| {
-            let m = row
-                .iter()
-                .enumerate()
-                .max_by(|x, y| x.1.total_cmp(y.1))
-                .map_or(0, |(i, _)| i);
-            m == k
+        for _ in 0..hc.d_steps.max(1) {
+            let logits_real = adv.d.forward(real.clone());
+            let logits_fake = adv.d.forward(fake.clone());
+            let loss_d = cross_entropy(logits_real, &tri_labels)
+                + cross_entropy(logits_fake, &fake_labels).mul_scalar(hc.cls_weight);
+            s.loss_d = Some(scalar(&loss_d));
+            let grads = GradientsParams::from_grads(loss_d.backward(), &adv.d);
+            adv.d = adv.opt_d.step(hc.lr_d, adv.d.clone(), grads);
+        }
+
+        // D's real-vs-fake accuracy on this batch right after its update ("fake" when the
+        // fake class gets probability > 1/2). Measured before the update it would mostly
+        // score G, which was just trained against the previous D.
+        let real_host = host(adv.d.forward(real));
+        let fake_host = host(adv.d.forward(fake));
+        let says_fake = |row: &[f32]| {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = row.iter().map(|v| (v - m).exp()).sum();
+            (row[k] - m).exp() / z > 0.5
         };
         let correct = real_host
             .chunks_exact(k + 1)
-            .filter(|r| !argmax_is_fake(r))
+            .filter(|r| !says_fake(r))
             .count()
-            + fake_host
-                .chunks_exact(k + 1)
-                .filter(|r| argmax_is_fake(r))
-                .count();
+            + fake_host.chunks_exact(k + 1).filter(|r| says_fake(r)).count();
         s.d_real_fake_acc = Some(correct as f32 / (6 * n_t).max(1) as f32);
-        let loss_d = cross_entropy(logits_real, &tri_labels)
-            + cross_entropy(logits_fake, &fake_labels).mul_scalar(hc.cls_weight);
-        s.loss_d = Some(scalar(&loss_d));
-        let grads = GradientsParams::from_grads(loss_d.backward(), &adv.d);
-        adv.d = adv.opt_d.step(hc.lr_d, adv.d.clone(), grads);
 
         // G: inverted triplet loss + b·L_cls (D must still recognise the real labels).
         let (ga, gp, gn) = adv.g.forward(a, p, n);
@@ -356,6 +361,9 @@ fn scalar(t: &Tensor<1>) -> f32 {
 }
 
 fn save_module<M: Module>(m: &M, path: &Path) -> Result<(), TrainError> {
+    // Batch-norm running statistics hold their latest update aside until synced; `valid()`
+    // syncs them (the clone shares the state), so the file gets the current values.
+    drop(m.valid());
     let mut store = BurnpackStore::from_file(path).overwrite(true);
     m.save_into(&mut store)
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
