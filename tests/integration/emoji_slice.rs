@@ -8,7 +8,7 @@ use std::process::Command;
 use htg_retrieval::{Embedder, LocalIndex, SearchIndex, SearchOptions, TractEmbedder};
 use tempfile::TempDir;
 
-use crate::util::{htg_ok, parse_results, root, s, tiny_model};
+use crate::util::{htg_ok, parse_results, root, s};
 
 fn emoji_dir() -> Result<PathBuf, String> {
     let cache = std::env::var("HTG_CACHE_DIR")
@@ -59,16 +59,9 @@ fn hundred_classes_both_vendors() {
         }
     }
     let idx = tmp.path().join("idx");
-    let model = tiny_model();
-    let out = htg_ok(&[
-        "index",
-        s(&gallery),
-        "--index",
-        s(&idx),
-        "--model",
-        s(&model),
-        "--label-from-parent",
-    ]);
+    // The bundled default model (no --model); its bytes are models/default.onnx.
+    let model = root().join("models/default.onnx");
+    let out = htg_ok(&["index", s(&gallery), "--index", s(&idx), "--label-from-parent"]);
     assert!(out.contains("embedded 200 new"), "{out}");
 
     // The Google image of an emoji finds itself first.
