@@ -83,7 +83,10 @@ pub struct RetrievalMetrics {
 impl RetrievalMetrics {
     /// Recall@K for one K, if it was computed.
     pub fn recall(&self, k: usize) -> Option<f64> {
-        self.recall_at.iter().find(|(kk, _)| *kk == k).map(|(_, r)| *r)
+        self.recall_at
+            .iter()
+            .find(|(kk, _)| *kk == k)
+            .map(|(_, r)| *r)
     }
 }
 
@@ -290,7 +293,9 @@ pub fn kmeans(
 ) -> Result<Vec<usize>, MetricsError> {
     let n = data.nrows();
     if n == 0 {
-        return Err(MetricsError::Empty { what: "k-means data" });
+        return Err(MetricsError::Empty {
+            what: "k-means data",
+        });
     }
     if k == 0 {
         return Err(MetricsError::Empty {

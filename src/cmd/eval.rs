@@ -43,8 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("{}: {}", report.data, report.protocol);
     println!("{}", report.table());
     let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&args.json, json)
-        .with_context(|| format!("writing {}", args.json.display()))?;
+    std::fs::write(&args.json, json).with_context(|| format!("writing {}", args.json.display()))?;
     println!("wrote {}", args.json.display());
     Ok(())
 }

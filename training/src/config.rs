@@ -305,7 +305,7 @@ impl TrainConfig {
             return bad("feature.embedding_dim must be positive and feature.input_size >= 8");
         }
         let last = self.feature.final_resolution();
-        if self.feature.pool_grid == 0 || last % self.feature.pool_grid != 0 {
+        if self.feature.pool_grid == 0 || !last.is_multiple_of(self.feature.pool_grid) {
             return Err(TrainError::Config(format!(
                 "feature.pool_grid {} must divide the last feature map size {last}",
                 self.feature.pool_grid

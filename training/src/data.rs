@@ -64,7 +64,9 @@ impl ImageSet {
         spec: &ModelSpec,
     ) -> Result<ImageSet, TrainError> {
         if images.len() != labels.len() {
-            return Err(TrainError::Data("images and labels differ in length".into()));
+            return Err(TrainError::Data(
+                "images and labels differ in length".into(),
+            ));
         }
         let batch = htg_retrieval::preprocess::preprocess_batch(images, spec);
         let s = batch.shape();
@@ -429,7 +431,14 @@ fn load_mnist5k(
     let text = String::from_utf8(read_maybe_gz(&path)?)
         .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
     let (imgs, labels) = parse_mnist_csv(&text)?;
-    numeric_split(imgs.clone(), labels.clone(), imgs, labels, spec, max_classes)
+    numeric_split(
+        imgs.clone(),
+        labels.clone(),
+        imgs,
+        labels,
+        spec,
+        max_classes,
+    )
 }
 
 fn load_all(paths: &[PathBuf]) -> Result<Vec<DynamicImage>, TrainError> {
@@ -494,15 +503,16 @@ fn load_folder(
         )));
     }
     let half = classes.len() / 2;
-    let gather = |cs: &[(String, Vec<PathBuf>)]| -> Result<(Vec<DynamicImage>, Vec<usize>), TrainError> {
-        let mut paths = Vec::new();
-        let mut labels = Vec::new();
-        for (i, (_, files)) in cs.iter().enumerate() {
-            paths.extend(files.iter().cloned());
-            labels.extend(std::iter::repeat_n(i, files.len()));
-        }
-        Ok((load_all(&paths)?, labels))
-    };
+    let gather =
+        |cs: &[(String, Vec<PathBuf>)]| -> Result<(Vec<DynamicImage>, Vec<usize>), TrainError> {
+            let mut paths = Vec::new();
+            let mut labels = Vec::new();
+            for (i, (_, files)) in cs.iter().enumerate() {
+                paths.extend(files.iter().cloned());
+                labels.extend(std::iter::repeat_n(i, files.len()));
+            }
+            Ok((load_all(&paths)?, labels))
+        };
     let (ti, tl) = gather(&classes[..half])?;
     let (ei, el) = gather(&classes[half..])?;
     Ok(ZeroShotSplit {
@@ -744,11 +754,15 @@ mod tests {
         std::fs::create_dir(dir.path().join("a")).unwrap();
         write_png(&dir.path().join("a/1.png"), 10, 10, 1);
         write_png(&dir.path().join("a/2.png"), 10, 10, 2);
-        let e = load_folder(dir.path(), &spec, None).unwrap_err().to_string();
+        let e = load_folder(dir.path(), &spec, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1 class folder"), "{e}");
         // An empty class: clear error naming it.
         std::fs::create_dir(dir.path().join("empty")).unwrap();
-        let e = load_folder(dir.path(), &spec, None).unwrap_err().to_string();
+        let e = load_folder(dir.path(), &spec, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"empty\"") && e.contains("no images"), "{e}");
         std::fs::remove_dir(dir.path().join("empty")).unwrap();
         // Four classes with mixed sizes: resized, not rejected.
@@ -800,6 +814,9 @@ mod tests {
             jitter: 0.0,
         };
         let mut rng = StdRng::seed_from_u64(0);
-        assert_eq!(make_batch(&set, &[1, 0], &aug, &mut rng)[..60], set.data[60..]);
+        assert_eq!(
+            make_batch(&set, &[1, 0], &aug, &mut rng)[..60],
+            set.data[60..]
+        );
     }
 }

@@ -147,7 +147,12 @@ pub fn evaluate(
             )?;
             let all = concatenate(Axis(0), &[q.view(), g.view()])
                 .map_err(|e| TrainError::Eval(e.to_string()))?;
-            let labels: Vec<usize> = query.labels.iter().chain(&gallery.labels).copied().collect();
+            let labels: Vec<usize> = query
+                .labels
+                .iter()
+                .chain(&gallery.labels)
+                .copied()
+                .collect();
             (m, metrics::clustering_nmi(all.view(), &labels, seed)?)
         }
         EvalProtocol::LeaveOneOut(set) => {

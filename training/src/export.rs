@@ -62,8 +62,7 @@ pub fn add_metadata(
     spec: &ModelSpec,
     prov: &Provenance,
 ) -> Result<(Vec<u8>, ModelSpec), TrainError> {
-    let mut proto =
-        pb::ModelProto::decode(bytes).map_err(|e| TrainError::Export(e.to_string()))?;
+    let mut proto = pb::ModelProto::decode(bytes).map_err(|e| TrainError::Export(e.to_string()))?;
     let graph = proto
         .graph
         .as_ref()

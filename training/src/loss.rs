@@ -41,10 +41,7 @@ pub fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
         onehot[i * c + t] = 1.0;
     }
     let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [b, c]), &device);
-    (log_softmax(logits, 1) * onehot)
-        .sum_dim(1)
-        .neg()
-        .mean()
+    (log_softmax(logits, 1) * onehot).sum_dim(1).neg().mean()
 }
 
 /// Rows `idx` of `x` (gradients flow back to `x`).
@@ -110,16 +107,13 @@ pub fn distance_matrix(emb: &[f32], b: usize, d: usize) -> Vec<f32> {
 /// - `Batchhard`: per anchor, the farthest positive and the nearest negative.
 ///
 /// Anchors without a positive or a negative in the batch are skipped.
-pub fn mine(
-    mining: Mining,
-    labels: &[usize],
-    dist: &[f32],
-    rng: &mut StdRng,
-) -> Triplets {
+pub fn mine(mining: Mining, labels: &[usize], dist: &[f32], rng: &mut StdRng) -> Triplets {
     let b = labels.len();
     let mut t = Triplets::default();
     for a in 0..b {
-        let pos: Vec<usize> = (0..b).filter(|&j| j != a && labels[j] == labels[a]).collect();
+        let pos: Vec<usize> = (0..b)
+            .filter(|&j| j != a && labels[j] == labels[a])
+            .collect();
         let neg: Vec<usize> = (0..b).filter(|&j| labels[j] != labels[a]).collect();
         if pos.is_empty() || neg.is_empty() {
             continue;
@@ -150,11 +144,7 @@ pub fn mine(
                         .copied()
                         .filter(|&n| d(n) > dap)
                         .min_by(|&x, &y| d(x).total_cmp(&d(y)))
-                        .or_else(|| {
-                            neg.iter()
-                                .copied()
-                                .max_by(|&x, &y| d(x).total_cmp(&d(y)))
-                        })
+                        .or_else(|| neg.iter().copied().max_by(|&x, &y| d(x).total_cmp(&d(y))))
                         .expect("non-empty");
                     t.push(a, p, n);
                 }
@@ -233,7 +223,8 @@ mod tests {
         //   (0,0,0)@0 = ln 3; (0,ln3,0)@1 = ln5 - ln3; (0,0,0)@1 = ln 3
         let fake_logits = vec![0.0, 0.0, 0.0, 0.0, l3, 0.0, 0.0, 0.0, 0.0];
         let l_cls = (3f32.ln() + (5f32.ln() - l3) + l3) / 3.0;
-        let lg = inverted_triplet_loss(a, p, n, 0.5) + cross_entropy(logits(fake_logits.clone()), &[0, 1, 1]).mul_scalar(b);
+        let lg = inverted_triplet_loss(a, p, n, 0.5)
+            + cross_entropy(logits(fake_logits.clone()), &[0, 1, 1]).mul_scalar(b);
         assert!((scalar(lg) - (5.0 / 3.0 + b * l_cls)).abs() < 1e-5);
         // D: the same logits at "fake" (class 2): every row has CE = ln 3 except row 1
         // (0,ln3,0)@2 = ln 5. Real logits all zero -> ln 3.

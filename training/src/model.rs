@@ -100,7 +100,9 @@ impl Block {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.relu.forward(self.bn1.forward(self.conv1.forward(x.clone())));
+        let y = self
+            .relu
+            .forward(self.bn1.forward(self.conv1.forward(x.clone())));
         let y = self.bn2.forward(self.conv2.forward(y));
         let s = match &self.shortcut {
             Some(s) => s.bn.forward(s.conv.forward(x)),
@@ -212,7 +214,10 @@ impl Generator {
     ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
         let d = a.dims()[1];
         let x = Tensor::cat(vec![a, p, n], 1);
-        let delta = tanh(self.fc2.forward(self.relu.forward(self.fc1.forward(x.clone()))));
+        let delta = tanh(
+            self.fc2
+                .forward(self.relu.forward(self.fc1.forward(x.clone()))),
+        );
         let y = x + delta.mul_scalar(self.max_shift);
         let part = |i: usize| l2_normalize(y.clone().narrow(1, i * d, d));
         (part(0), part(1), part(2))

@@ -134,7 +134,7 @@ pub fn train_and_export(
         let line = serde_json::to_string(&s).map_err(|e| TrainError::Eval(e.to_string()))?;
         writeln!(log, "{line}").map_err(io(&log_path))?;
         on_step(&s);
-        if cfg.checkpoint_every > 0 && s.step % cfg.checkpoint_every == 0 {
+        if cfg.checkpoint_every > 0 && s.step.is_multiple_of(cfg.checkpoint_every) {
             trainer.save_checkpoint(&ck_dir)?;
         }
     }
@@ -192,7 +192,8 @@ pub fn train_and_export(
         onnx_tract,
         onnx_vs_burn_max_abs_diff: diff,
     };
-    let json = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Eval(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Eval(e.to_string()))?;
     let mpath = opts.out.join("metrics.json");
     std::fs::write(&mpath, json).map_err(io(&mpath))?;
     if diff > ONNX_TOLERANCE {
@@ -204,7 +205,12 @@ pub fn train_and_export(
 }
 
 /// Evaluates the ONNX model at `model` on the unseen classes of `data`, through tract.
-pub fn evaluate_onnx(model: &Path, data: &str, ks: &[usize], seed: u64) -> Result<EvalReport, TrainError> {
+pub fn evaluate_onnx(
+    model: &Path,
+    data: &str,
+    ks: &[usize],
+    seed: u64,
+) -> Result<EvalReport, TrainError> {
     use htg_retrieval::embed::Embedder;
     let tract = TractEmbedder::load(model).map_err(|e| TrainError::Eval(e.to_string()))?;
     let split = DataSource::resolve(data)?.load(tract.spec(), None)?;

@@ -256,7 +256,10 @@ impl Trainer {
             .chunks_exact(k + 1)
             .filter(|r| !says_fake(r))
             .count()
-            + fake_host.chunks_exact(k + 1).filter(|r| says_fake(r)).count();
+            + fake_host
+                .chunks_exact(k + 1)
+                .filter(|r| says_fake(r))
+                .count();
         s.d_real_fake_acc = Some(correct as f32 / (6 * n_t).max(1) as f32);
 
         // G: inverted triplet loss + b·L_cls (D must still recognise the real labels).
@@ -282,8 +285,8 @@ impl Trainer {
         ));
         let mut loss_f = triplet_loss(ga, gp, gn, self.cfg.margin);
         if hc.real_triplet_weight > 0.0 {
-            loss_f = loss_f
-                + triplet_loss(a, p, n, self.cfg.margin).mul_scalar(hc.real_triplet_weight);
+            loss_f =
+                loss_f + triplet_loss(a, p, n, self.cfg.margin).mul_scalar(hc.real_triplet_weight);
         }
         s.loss_f = scalar(&loss_f);
         let grads = GradientsParams::from_grads(loss_f.backward(), &self.f);

@@ -96,9 +96,18 @@ fn htg_trains_on_real_emoji_and_exports_faithfully() {
     let acc = mean(&|s| s.d_real_fake_acc.unwrap());
     let gap = mean(&|s| s.hardness_out.unwrap() - s.hardness_in);
     eprintln!("triplet loss on real triplets {before:.4} -> {after:.4}; D real/fake acc {acc:.3}; hardness gain {gap:.4}");
-    assert!(after < before, "training loss did not fall: {before} -> {after}");
-    assert!(acc > 0.5, "D's real-vs-fake accuracy {acc} is not above chance");
-    assert!(gap > 0.0, "G's triplets are not harder than its inputs: {gap}");
+    assert!(
+        after < before,
+        "training loss did not fall: {before} -> {after}"
+    );
+    assert!(
+        acc > 0.5,
+        "D's real-vs-fake accuracy {acc} is not above chance"
+    );
+    assert!(
+        gap > 0.0,
+        "G's triplets are not harder than its inputs: {gap}"
+    );
 
     // Export and compare burn with the ONNX file on tract, on the unseen classes.
     let dir = tempfile::tempdir().unwrap();
@@ -106,16 +115,23 @@ fn htg_trains_on_real_emoji_and_exports_faithfully() {
         method: "htg".into(),
         data: "emoji".into(),
     };
-    let (bytes, spec) = export_feature_net(t.feature_net(), &input_spec(&cfg.feature), &prov).unwrap();
+    let (bytes, spec) =
+        export_feature_net(t.feature_net(), &input_spec(&cfg.feature), &prov).unwrap();
     let path = dir.path().join("model.onnx");
     write_atomic(&path, &bytes).unwrap();
     let resolved = htg_retrieval::spec::ModelSpec::resolve(&path).unwrap();
-    assert_eq!(resolved, spec, "metadata round-trips through the spec resolver");
+    assert_eq!(
+        resolved, spec,
+        "metadata round-trips through the spec resolver"
+    );
     let tract = TractEmbedder::load(&path).unwrap();
     let EvalProtocol::QueryGallery { query, .. } = &split.eval else {
         panic!("emoji evaluates query vs gallery")
     };
-    let diff = max_abs_diff(&embed_with(&tract, query).unwrap(), &embed_burn(t.feature_net(), query));
+    let diff = max_abs_diff(
+        &embed_with(&tract, query).unwrap(),
+        &embed_burn(t.feature_net(), query),
+    );
     eprintln!("ONNX (tract) vs burn max |diff| = {diff:e}");
     assert!(diff < 1e-4, "ONNX differs from burn by {diff}");
     // F still runs after export (the exporter traced a clone).
@@ -143,7 +159,12 @@ fn resume_continues_the_same_run() {
             sb = Some(b.train_step(&split.train, &sampler));
         }
         let (sa, sb) = (sa.unwrap(), sb.unwrap());
-        assert!((sa.loss_f - sb.loss_f).abs() < 1e-5, "{method:?}: {} vs {}", sa.loss_f, sb.loss_f);
+        assert!(
+            (sa.loss_f - sb.loss_f).abs() < 1e-5,
+            "{method:?}: {} vs {}",
+            sa.loss_f,
+            sb.loss_f
+        );
         let diff = max_abs_diff(
             &embed_burn(a.feature_net(), &split.train),
             &embed_burn(b.feature_net(), &split.train),
@@ -155,6 +176,8 @@ fn resume_continues_the_same_run() {
 #[test]
 fn resume_from_missing_checkpoint_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Trainer::load_checkpoint(&dir.path().join("nope")).err().unwrap();
+    let e = Trainer::load_checkpoint(&dir.path().join("nope"))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("no checkpoint to resume"), "{e}");
 }
