@@ -61,7 +61,13 @@ fn hundred_classes_both_vendors() {
     let idx = tmp.path().join("idx");
     // The bundled default model (no --model); its bytes are models/default.onnx.
     let model = root().join("models/default.onnx");
-    let out = htg_ok(&["index", s(&gallery), "--index", s(&idx), "--label-from-parent"]);
+    let out = htg_ok(&[
+        "index",
+        s(&gallery),
+        "--index",
+        s(&idx),
+        "--label-from-parent",
+    ]);
     assert!(out.contains("embedded 200 new"), "{out}");
 
     // The Google image of an emoji finds itself first.
