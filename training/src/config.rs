@@ -255,7 +255,16 @@ impl TrainConfig {
 
     /// Parses TOML, rejecting unknown keys, then validates.
     pub fn from_toml_str(s: &str) -> Result<TrainConfig, TrainError> {
-        let c: TrainConfig = toml::from_str(s).map_err(|e| TrainError::Config(e.to_string()))?;
+        let c: TrainConfig = toml::from_str(s).map_err(|e| {
+            // One line: toml's Display draws a multi-line source excerpt.
+            let line = e
+                .span()
+                .map(|r| s[..r.start.min(s.len())].matches('\n').count() + 1);
+            TrainError::Config(match line {
+                Some(l) => format!("line {l}: {}", e.message()),
+                None => e.message().to_string(),
+            })
+        })?;
         c.validate()?;
         Ok(c)
     }
@@ -335,6 +344,10 @@ mod tests {
         assert_eq!(TrainConfig::from_toml_str(&s).unwrap(), c);
         let e = TrainConfig::from_toml_str("seed = 1\nlearning_rat = 0.1\n").unwrap_err();
         assert!(e.to_string().contains("learning_rat"), "{e}");
+        assert!(
+            e.to_string().contains("line 2") && !e.to_string().contains('\n'),
+            "{e}"
+        );
         let e = TrainConfig::from_toml_str("[htg]\nbogus = 1\n").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         let c = TrainConfig::from_toml_str("method = \"triplet-batchhard\"\nsteps = 5\n").unwrap();
