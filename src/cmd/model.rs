@@ -10,8 +10,9 @@ use htg_retrieval::{Embedder, TractEmbedder};
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct BackendArgs {
     /// Inference runtime: tract (built in) or ort (ONNX Runtime, loaded from --ort-lib).
-    #[arg(long, value_enum, default_value_t = Backend::Tract)]
-    pub backend: Backend,
+    /// [default: tract; for `htg serve`, the config's `backend` key]
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
     /// ONNX Runtime library for --backend ort [default: $ORT_DYLIB_PATH, else the library
     /// that scripts/fetch-data.sh onnxruntime (or scripts/setup-gpu.sh for a GPU) installs]
     #[arg(long, value_name = "PATH")]
@@ -127,7 +128,7 @@ pub fn choose(flag: Option<&Path>, recorded: Option<&str>) -> Result<PathBuf> {
 
 /// Loads `path` on the backend the flags choose.
 pub fn load(path: &Path, backend: &BackendArgs) -> Result<Box<dyn Embedder>> {
-    match backend.backend {
+    match backend.backend.unwrap_or_default() {
         Backend::Tract => {
             if backend.ep != Ep::Cpu || backend.require_gpu {
                 anyhow::bail!("--ep and --require-gpu need --backend ort");

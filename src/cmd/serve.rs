@@ -41,7 +41,14 @@ pub fn run(args: Args) -> Result<()> {
     }
     let index = LocalIndex::open(&args.index)?;
     let model_path = model::choose(args.model.as_deref(), index.model_path())?;
-    let embedder = model::load(&model_path, &args.backend)?;
+    let mut backend = args.backend.clone();
+    if backend.backend.is_none() {
+        backend.backend = Some(match config.backend.as_str() {
+            "ort" => model::Backend::Ort,
+            _ => model::Backend::Tract,
+        });
+    }
+    let embedder = model::load(&model_path, &backend)?;
     index.check_model(embedder.model_id())?;
     server::serve(config, index, Arc::from(embedder))?;
     Ok(())

@@ -95,6 +95,8 @@ pub struct Config {
     pub max_batch_queries: usize,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_timeout_s: u64,
+    /// Inference runtime when `--backend` is not given: `tract` or `ort`.
+    pub backend: String,
     /// Dynamic batching.
     pub batch: BatchConfig,
 }
@@ -110,6 +112,7 @@ impl Default for Config {
             max_k: 1000,
             max_batch_queries: 64,
             shutdown_timeout_s: 10,
+            backend: "tract".into(),
             batch: BatchConfig {
                 max_size: 32,
                 max_delay_us: 500,
@@ -182,6 +185,11 @@ impl Config {
             self.addr.parse::<SocketAddr>().is_ok(),
             "addr",
             format!("{:?} is not an address like 127.0.0.1:8080", self.addr),
+        )?;
+        check(
+            matches!(self.backend.as_str(), "tract" | "ort"),
+            "backend",
+            format!("{:?} is not tract or ort", self.backend),
         )?;
         check(
             self.workers <= 256,
@@ -404,6 +412,7 @@ mod tests {
             ("HTG__BATCH", "1", "not settable from the environment"),
             ("HTG__BATCH__THREADS", "0", "`batch.threads`"),
             ("HTG__", "1", "unknown config key"),
+            ("HTG__BACKEND", "onnx", "\"onnx\" is not tract or ort"),
         ];
         for (k, v, want) in env_cases {
             let err = Config::load(None, env(&[(k, v)])).unwrap_err().to_string();
