@@ -36,6 +36,18 @@ fn bad_files_are_skipped_named_and_counted() {
     assert_eq!(LocalIndex::open(&idx).unwrap().len(), 1);
 }
 
+/// Indexes `tests/fixtures/bad` (one good image) with the tiny model into `idx`.
+fn index_bad_folder(idx: &std::path::Path) {
+    htg_ok(&[
+        "index",
+        s(&fixture("bad")),
+        "--index",
+        s(idx),
+        "--model",
+        s(&tiny_model()),
+    ]);
+}
+
 fn one_line_error(args: &[&str], needle: &str) {
     let out = htg(args);
     assert!(!out.status.success(), "{args:?} should fail");
@@ -103,14 +115,7 @@ fn missing_things_give_one_line_errors() {
 fn query_with_another_model_is_refused() {
     let tmp = TempDir::new().unwrap();
     let idx = tmp.path().join("idx");
-    htg_ok(&[
-        "index",
-        s(&fixture("bad")),
-        "--index",
-        s(&idx),
-        "--model",
-        s(&tiny_model()),
-    ]);
+    index_bad_folder(&idx);
     one_line_error(
         &[
             "search",
@@ -132,14 +137,7 @@ fn query_with_another_model_is_refused() {
 fn an_interrupted_save_leaves_the_previous_index_readable() {
     let tmp = TempDir::new().unwrap();
     let idx = tmp.path().join("idx");
-    htg_ok(&[
-        "index",
-        s(&fixture("bad")),
-        "--index",
-        s(&idx),
-        "--model",
-        s(&tiny_model()),
-    ]);
+    index_bad_folder(&idx);
     // Simulate a crash mid-save: a half-written generation and a torn CURRENT temp file.
     let torn = idx.join(".tmp-gen-999-1");
     std::fs::create_dir_all(&torn).unwrap();
@@ -156,14 +154,7 @@ fn an_interrupted_save_leaves_the_previous_index_readable() {
 fn killing_the_indexer_mid_run_never_corrupts_the_index() {
     let tmp = TempDir::new().unwrap();
     let idx = tmp.path().join("idx");
-    htg_ok(&[
-        "index",
-        s(&fixture("bad")),
-        "--index",
-        s(&idx),
-        "--model",
-        s(&tiny_model()),
-    ]);
+    index_bad_folder(&idx);
     let images = tmp.path().join("many");
     for i in 0..20 {
         copy_files(&fixture("images"), &images.join(format!("{i}")));

@@ -6,6 +6,16 @@ use ndarray::{Array4, ArrayD};
 
 use crate::util::{fixture, tiny_model};
 
+/// A JSON array of number arrays, flattened row after row.
+fn rows_flat(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter())
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
 #[test]
 fn tract_matches_onnxruntime_golden_output() {
     let golden: serde_json::Value =
@@ -17,31 +27,11 @@ fn tract_matches_onnxruntime_golden_output() {
         .iter()
         .map(|v| v.as_u64().unwrap() as usize)
         .collect();
-    let flat: Vec<f32> = golden["input"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-        })
-        .collect();
+    let flat: Vec<f32> = rows_flat(&golden["input"]);
     let input = Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), flat).unwrap();
     let e = TractEmbedder::load(&tiny_model()).unwrap();
     let raw: ArrayD<f32> = e.run(input.view()).unwrap();
-    let want: Vec<f32> = golden["output"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-        })
-        .collect();
+    let want: Vec<f32> = rows_flat(&golden["output"]);
     assert_eq!(raw.len(), want.len());
     let max = raw
         .iter()
