@@ -3,6 +3,7 @@
 //! The binary is a thin layer over `htg-training` and `htg-retrieval`: argument parsing,
 //! progress bars and printing. Errors reach the user as one line on stderr with exit status 1.
 
+mod bench;
 mod cmd;
 mod server;
 
@@ -35,6 +36,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Serve similar-image search over HTTP (JSON API, web page, metrics).
     Serve(cmd::serve::Args),
+    /// Measure: index recall/QPS/latency against peers, embedding speed, retrieval quality.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

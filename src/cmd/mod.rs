@@ -1,5 +1,6 @@
 //! One module per subcommand; `model` holds what several of them share.
 
+pub mod bench;
 pub mod eval;
 pub mod index;
 pub mod inspect;

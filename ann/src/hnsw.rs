@@ -1,0 +1,363 @@
+//! HNSW builds and searches through `hnsw_rs`, with a choice of distance kernel, timed the way
+//! `htg bench index` reports them.
+
+use std::path::Path;
+use std::time::Instant;
+
+use hnsw_rs::prelude::{AnnT, DistDot, DistL2, Distance, Hnsw};
+use rayon::prelude::*;
+
+use crate::npy::Matrix;
+use crate::{exact, AnnError};
+
+/// The distance HNSW is built and searched with. On l2-normalised vectors all three rank
+/// neighbours identically, so recall is comparable; they differ in cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// `hnsw_rs`'s `DistL2` (SIMD via `simdeez`, then a square root): what `htg index` uses.
+    L2,
+    /// `hnsw_rs`'s `DistDot` (`1 - a·b`), valid only on unit vectors.
+    Dot,
+    /// Our squared L2 kernel ([`exact::l2_sq`]): no square root, inlined AVX2 loop.
+    L2Sq,
+}
+
+impl Metric {
+    /// Every metric, in report order.
+    pub const ALL: [Metric; 3] = [Metric::L2, Metric::Dot, Metric::L2Sq];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::L2 => "l2",
+            Metric::Dot => "dot",
+            Metric::L2Sq => "l2sq",
+        }
+    }
+
+    /// Parses [`Metric::name`].
+    pub fn parse(s: &str) -> Result<Metric, AnnError> {
+        Metric::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| AnnError::Param(format!("unknown distance {s:?} (l2, dot, l2sq)")))
+    }
+}
+
+/// Squared Euclidean distance as an `hnsw_rs` distance: [`exact::l2_sq`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct L2Sq;
+
+impl Distance<f32> for L2Sq {
+    #[inline]
+    fn eval(&self, va: &[f32], vb: &[f32]) -> f32 {
+        exact::l2_sq(va, vb)
+    }
+}
+
+/// Build parameters of one sweep point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildParams {
+    /// Links per node (hnswlib's M; layer 0 keeps 2M).
+    pub m: usize,
+    /// Candidate list size while inserting.
+    pub ef_construction: usize,
+    /// Distance kernel.
+    pub metric: Metric,
+}
+
+impl BuildParams {
+    /// Rejects values `hnsw_rs` answers with `process::exit` (M > 256) or nonsense.
+    pub fn validate(&self) -> Result<(), AnnError> {
+        if !(2..=256).contains(&self.m) {
+            return Err(AnnError::Param(format!(
+                "M = {} is outside 2..=256 (hnsw_rs exits the process above 256)",
+                self.m
+            )));
+        }
+        if !(1..=10_000).contains(&self.ef_construction) {
+            return Err(AnnError::Param(format!(
+                "ef_construction = {} is outside 1..=10000",
+                self.ef_construction
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A built graph, whichever the distance.
+pub enum Index {
+    /// Built with `DistL2`.
+    L2(Hnsw<'static, f32, DistL2>),
+    /// Built with `DistDot`.
+    Dot(Hnsw<'static, f32, DistDot>),
+    /// Built with [`L2Sq`].
+    L2Sq(Hnsw<'static, f32, L2Sq>),
+}
+
+/// Maximum number of layers, as `htg index` builds.
+const MAX_LAYER: usize = 16;
+
+fn insert_all<D: Distance<f32> + Send + Sync>(h: &Hnsw<'static, f32, D>, data: &Matrix<f32>) {
+    let items: Vec<(&[f32], usize)> = data
+        .data
+        .chunks_exact(data.cols)
+        .enumerate()
+        .map(|(i, v)| (v, i))
+        .collect();
+    // One parallel batch on the current rayon pool, as `LocalIndex::insert_many` does.
+    h.parallel_insert_slice(&items);
+}
+
+impl Index {
+    /// Builds over every row of `data` (ids are row numbers) on the current rayon pool.
+    pub fn build(data: &Matrix<f32>, p: BuildParams) -> Result<Index, AnnError> {
+        p.validate()?;
+        if data.rows == 0 || data.cols == 0 {
+            return Err(AnnError::Mismatch("no vectors to index".into()));
+        }
+        if p.metric == Metric::Dot && !unit_rows(data) {
+            return Err(AnnError::Param(
+                "distance dot needs l2-normalised vectors; use l2 or l2sq".into(),
+            ));
+        }
+        let n = data.rows;
+        Ok(match p.metric {
+            Metric::L2 => {
+                let h = Hnsw::new(p.m, n, MAX_LAYER, p.ef_construction, DistL2 {});
+                insert_all(&h, data);
+                Index::L2(h)
+            }
+            Metric::Dot => {
+                let h = Hnsw::new(p.m, n, MAX_LAYER, p.ef_construction, DistDot {});
+                insert_all(&h, data);
+                Index::Dot(h)
+            }
+            Metric::L2Sq => {
+                let h = Hnsw::new(p.m, n, MAX_LAYER, p.ef_construction, L2Sq);
+                insert_all(&h, data);
+                Index::L2Sq(h)
+            }
+        })
+    }
+
+    /// Ids of the `k` nearest rows found with candidate list `ef`, nearest first.
+    ///
+    /// Not `#[inline]` on purpose: it must be compiled here, at this crate's opt-level.
+    pub fn search(&self, q: &[f32], k: usize, ef: usize) -> Vec<usize> {
+        let found = match self {
+            Index::L2(h) => h.search(q, k, ef),
+            Index::Dot(h) => h.search(q, k, ef),
+            Index::L2Sq(h) => h.search(q, k, ef),
+        };
+        found.into_iter().map(|n| n.d_id).collect()
+    }
+
+    /// Writes the graph and data as `hnsw_rs` persists them into `dir`; returns the bytes
+    /// written (the index size on disk).
+    pub fn dump(&self, dir: &Path) -> Result<u64, AnnError> {
+        std::fs::create_dir_all(dir).map_err(crate::io_err("create", dir))?;
+        let r = match self {
+            Index::L2(h) => h.file_dump(dir, "bench"),
+            Index::Dot(h) => h.file_dump(dir, "bench"),
+            Index::L2Sq(h) => h.file_dump(dir, "bench"),
+        };
+        let base = r.map_err(|e| AnnError::Io {
+            op: "dump HNSW into",
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(format!("{e:#}")),
+        })?;
+        let mut bytes = 0;
+        for entry in std::fs::read_dir(dir).map_err(crate::io_err("list", dir))? {
+            let entry = entry.map_err(crate::io_err("list", dir))?;
+            if entry.file_name().to_string_lossy().starts_with(&base) {
+                bytes += entry.metadata().map_err(crate::io_err("stat", dir))?.len();
+            }
+        }
+        Ok(bytes)
+    }
+}
+
+fn unit_rows(m: &Matrix<f32>) -> bool {
+    m.data
+        .chunks_exact(m.cols.max(1))
+        .all(|r| (exact::dot(r, r) - 1.0).abs() < 1e-3)
+}
+
+/// What answers queries in a timed pass: an HNSW graph at some `ef`, or brute force.
+#[derive(Clone, Copy)]
+pub enum Engine<'a> {
+    /// HNSW search with this candidate list size.
+    Hnsw(&'a Index, usize),
+    /// Exact search over these base vectors.
+    Exact(&'a Matrix<f32>),
+}
+
+impl Engine<'_> {
+    /// The `k` nearest ids of `q`; `scratch` is exact search's reusable distance buffer.
+    pub fn search(&self, q: &[f32], k: usize, scratch: &mut Vec<(f32, u32)>) -> Vec<usize> {
+        match self {
+            Engine::Hnsw(index, ef) => index.search(q, k, *ef),
+            Engine::Exact(base) => exact::knn(base, q, k, scratch)
+                .into_iter()
+                .map(|i| i as usize)
+                .collect(),
+        }
+    }
+
+    fn dim(&self) -> usize {
+        match self {
+            Engine::Hnsw(index, _) => index_dim(index),
+            Engine::Exact(base) => base.cols,
+        }
+    }
+}
+
+/// What searching every query, serially, gave.
+pub struct SerialRun {
+    /// Ids found per query (first pass).
+    pub found: Vec<Vec<usize>>,
+    /// Latency of every query of every pass, nanoseconds.
+    pub latencies_ns: Vec<u64>,
+    /// Queries answered over all passes.
+    pub queries: usize,
+    /// Wall time of all passes, seconds.
+    pub seconds: f64,
+}
+
+/// Searches each query in turn on the calling thread, timing each; repeats the whole query set
+/// until `min_seconds` have passed (at least once), after a warm-up of up to 100 queries.
+pub fn search_serial(
+    engine: Engine,
+    queries: &Matrix<f32>,
+    k: usize,
+    min_seconds: f64,
+) -> Result<SerialRun, AnnError> {
+    check_queries(engine.dim(), queries)?;
+    let mut scratch = Vec::new();
+    for i in 0..queries.rows.min(100) {
+        std::hint::black_box(engine.search(queries.row(i), k, &mut scratch));
+    }
+    let mut found = Vec::with_capacity(queries.rows);
+    let mut latencies_ns = Vec::with_capacity(queries.rows);
+    let start = Instant::now();
+    let mut answered = 0;
+    loop {
+        for i in 0..queries.rows {
+            let t = Instant::now();
+            let ids = engine.search(queries.row(i), k, &mut scratch);
+            latencies_ns.push(t.elapsed().as_nanos() as u64);
+            if found.len() < queries.rows {
+                found.push(ids);
+            }
+        }
+        answered += queries.rows;
+        if start.elapsed().as_secs_f64() >= min_seconds {
+            break;
+        }
+    }
+    Ok(SerialRun {
+        found,
+        latencies_ns,
+        queries: answered,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Searches all queries spread over the current rayon pool, repeating the set until
+/// `min_seconds` have passed; returns queries per second.
+pub fn search_parallel(
+    engine: Engine,
+    queries: &Matrix<f32>,
+    k: usize,
+    min_seconds: f64,
+) -> Result<f64, AnnError> {
+    check_queries(engine.dim(), queries)?;
+    let start = Instant::now();
+    let mut answered = 0;
+    loop {
+        let total: usize = (0..queries.rows)
+            .into_par_iter()
+            .map_init(Vec::new, |scratch, i| {
+                engine.search(queries.row(i), k, scratch).len()
+            })
+            .sum();
+        std::hint::black_box(total);
+        answered += queries.rows;
+        if start.elapsed().as_secs_f64() >= min_seconds {
+            break;
+        }
+    }
+    Ok(answered as f64 / start.elapsed().as_secs_f64())
+}
+
+fn index_dim(index: &Index) -> usize {
+    match index {
+        Index::L2(h) => h.get_point_indexation().get_data_dimension(),
+        Index::Dot(h) => h.get_point_indexation().get_data_dimension(),
+        Index::L2Sq(h) => h.get_point_indexation().get_data_dimension(),
+    }
+}
+
+fn check_queries(dim: usize, queries: &Matrix<f32>) -> Result<(), AnnError> {
+    if dim != 0 && queries.cols != dim {
+        return Err(AnnError::Mismatch(format!(
+            "queries have dimension {}, the index {dim}",
+            queries.cols
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::{clustered, SynthParams};
+    use crate::{exact, stats};
+
+    #[test]
+    fn every_metric_finds_the_exact_neighbours_of_a_small_set() {
+        let (base, queries) = clustered(&SynthParams {
+            n: 500,
+            queries: 20,
+            dim: 16,
+            clusters: 5,
+            spread: 0.5,
+            seed: 3,
+        })
+        .unwrap();
+        let gt = exact::ground_truth(&base, &queries, 10).unwrap();
+        for metric in Metric::ALL {
+            let p = BuildParams {
+                m: 16,
+                ef_construction: 100,
+                metric,
+            };
+            let idx = Index::build(&base, p).unwrap();
+            let run = search_serial(Engine::Hnsw(&idx, 200), &queries, 10, 0.0).unwrap();
+            let r = stats::recall(&run.found, &gt, 10);
+            assert!(r > 0.98, "{metric:?}: recall {r}");
+        }
+        let run = search_serial(Engine::Exact(&base), &queries, 10, 0.0).unwrap();
+        assert_eq!(stats::recall(&run.found, &gt, 10), 1.0);
+        assert!(search_parallel(Engine::Exact(&base), &queries, 10, 0.0).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn bad_parameters_are_errors_not_exits() {
+        let data = Matrix {
+            rows: 2,
+            cols: 2,
+            data: vec![3.0, 0.0, 0.0, 2.0],
+        };
+        let p = |m, metric| BuildParams {
+            m,
+            ef_construction: 10,
+            metric,
+        };
+        assert!(Index::build(&data, p(257, Metric::L2)).is_err());
+        assert!(Index::build(&data, p(1, Metric::L2)).is_err());
+        let e = Index::build(&data, p(8, Metric::Dot)).err().unwrap();
+        assert!(e.to_string().contains("normalised"), "{e}");
+    }
+}

@@ -1,0 +1,498 @@
+//! `htg bench index` and the data sets it reads.
+//!
+//! The parent validates everything, makes or reads a data set directory, then runs each build
+//! point as `htg bench point` in a child process: one build's allocations cannot inflate the
+//! next one's peak memory, and a child measures what a fresh process needs, as the Python peers
+//! do. Children print one [`BuildResult`] as JSON on stdout.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use htg_ann::dataset::{self, Dataset, SynthParams};
+use htg_ann::hnsw::{self, BuildParams, Engine, Index, Metric};
+use htg_ann::npy::{self, Matrix};
+use htg_ann::{exact, stats};
+use htg_retrieval::{LocalIndex, SearchIndex};
+use serde::{Deserialize, Serialize};
+
+use super::machine::{self, Machine};
+use super::report::{self, BuildResult, DatasetInfo, IndexReport, RunInfo, SearchResult};
+use crate::cmd::bench::{ExportArgs, IndexArgs, PointArgs, Source, SynthArgs};
+
+/// Neighbours asked per query: recall@10 needs 10.
+const K: usize = 10;
+
+/// `dataset.json`: where a data set directory came from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DatasetMeta {
+    /// Short name for reports and plots.
+    pub name: String,
+    /// How it was made.
+    pub source: String,
+    /// Seed of the generator or the query hold-out.
+    pub seed: u64,
+}
+
+fn read_meta(dir: &Path) -> DatasetMeta {
+    std::fs::read(dir.join("dataset.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| DatasetMeta {
+            name: dir
+                .file_name()
+                .map_or("dataset".into(), |n| n.to_string_lossy().to_string()),
+            source: "unknown".into(),
+            seed: 0,
+        })
+}
+
+/// Computes exact ground truth and writes the directory.
+fn write_dataset(
+    dir: &Path,
+    base: Matrix<f32>,
+    queries: Matrix<f32>,
+    gt_depth: usize,
+    meta: &DatasetMeta,
+) -> Result<Dataset> {
+    if gt_depth < K {
+        bail!("--gt-depth {gt_depth} is below {K}, the depth recall@10 needs");
+    }
+    let depth = gt_depth.min(base.rows);
+    let t = Instant::now();
+    let gt = exact::ground_truth(&base, &queries, depth)?;
+    let d = Dataset { base, queries, gt };
+    d.validate()?;
+    d.save(dir)?;
+    let json = serde_json::to_vec_pretty(meta)?;
+    std::fs::write(dir.join("dataset.json"), json)
+        .with_context(|| format!("writing {}", dir.join("dataset.json").display()))?;
+    eprintln!(
+        "data set {}: {} base x {}, {} queries, exact top-{depth} in {:.1} s -> {}",
+        meta.name,
+        d.base.rows,
+        d.base.cols,
+        d.queries.rows,
+        t.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(d)
+}
+
+/// Vectors of an htg index (id order) or a .npy file, as a matrix, with a name and a source.
+fn read_vectors(source: &Source) -> Result<(Matrix<f32>, String, String)> {
+    if let Some(idx) = &source.index {
+        let index = LocalIndex::open(idx)?;
+        let dim = index.dim();
+        let mut data = Vec::with_capacity(index.len() * dim);
+        for id in index.records().keys() {
+            let v = index
+                .vector(*id)
+                .with_context(|| format!("index {} lost the vector of id {id}", idx.display()))?;
+            data.extend_from_slice(&v);
+        }
+        let name = idx
+            .file_name()
+            .map_or("index".into(), |n| n.to_string_lossy().to_string());
+        let m = Matrix {
+            rows: index.len(),
+            cols: dim,
+            data,
+        };
+        let origin = format!("vectors of htg index {name}");
+        return Ok((m, name, origin));
+    }
+    if let Some(file) = &source.vectors {
+        let m: Matrix<f32> = npy::read(file)?;
+        let name = file
+            .file_stem()
+            .map_or("vectors".into(), |n| n.to_string_lossy().to_string());
+        return Ok((m, name.clone(), format!("vectors file {name}.npy")));
+    }
+    bail!("one of --dataset, --index or --vectors is required")
+}
+
+/// Base and queries from --index/--vectors (with --queries or a hold-out).
+fn split_source(
+    source: &Source,
+    queries: Option<&Path>,
+    holdout: usize,
+    seed: u64,
+) -> Result<(Matrix<f32>, Matrix<f32>, DatasetMeta)> {
+    let (vectors, name, origin) = read_vectors(source)?;
+    if vectors.rows == 0 || vectors.cols == 0 {
+        bail!("{origin} holds no vectors");
+    }
+    let (base, q, how) = match queries {
+        Some(qf) => {
+            let q: Matrix<f32> = npy::read(qf)?;
+            if q.cols != vectors.cols {
+                bail!(
+                    "{} has dimension {}, the vectors {}",
+                    qf.display(),
+                    q.cols,
+                    vectors.cols
+                );
+            }
+            (vectors, q, "separate queries".to_string())
+        }
+        None => {
+            let n = vectors.rows;
+            let (b, q) = dataset::hold_out(&vectors, holdout, seed)
+                .with_context(|| format!("{origin} has {n} vectors; lower --holdout"))?;
+            (b, q, format!("{holdout} held-out queries, seed {seed}"))
+        }
+    };
+    Ok((
+        base,
+        q,
+        DatasetMeta {
+            name,
+            source: format!("{origin}; {how}"),
+            seed,
+        },
+    ))
+}
+
+/// `htg bench dataset synth`.
+pub fn run_synth(a: SynthArgs) -> Result<()> {
+    let p = SynthParams {
+        n: a.n,
+        queries: a.queries,
+        dim: a.dim,
+        clusters: a.clusters,
+        spread: a.spread,
+        seed: a.seed,
+    };
+    let (base, queries) = dataset::clustered(&p)?;
+    let meta = DatasetMeta {
+        name: format!("synth-{}x{}", a.n, a.dim),
+        source: format!(
+            "clustered synthetic: {} Gaussian clusters, spread {}, l2-normalised, {} queries from the same mixture",
+            a.clusters, a.spread, a.queries
+        ),
+        seed: a.seed,
+    };
+    write_dataset(&a.out, base, queries, a.gt_depth, &meta)?;
+    Ok(())
+}
+
+/// `htg bench dataset export`.
+pub fn run_export(a: ExportArgs) -> Result<()> {
+    if a.source.dataset.is_some() {
+        bail!("bench dataset export reads --index or --vectors, not --dataset");
+    }
+    let (base, queries, meta) = split_source(&a.source, None, a.holdout, a.seed)?;
+    write_dataset(&a.out, base, queries, a.gt_depth, &meta)?;
+    Ok(())
+}
+
+/// Removes a temporary directory when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(tag: &str) -> Result<TempDir> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let p = std::env::temp_dir().join(format!("htg-bench-{tag}-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+    Ok(TempDir(p))
+}
+
+fn validate(a: &IndexArgs) -> Result<Vec<Metric>> {
+    let metrics = a
+        .distance
+        .iter()
+        .map(|d| Metric::parse(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    for &m in &a.m {
+        for &efc in &a.ef_construction {
+            BuildParams {
+                m,
+                ef_construction: efc,
+                metric: Metric::L2,
+            }
+            .validate()?;
+        }
+    }
+    if a.ef.is_empty() || a.m.is_empty() || a.ef_construction.is_empty() || metrics.is_empty() {
+        bail!("--m, --ef-construction, --ef and --distance each need at least one value");
+    }
+    if let Some(&ef) = a.ef.iter().find(|&&ef| ef == 0 || ef > 100_000) {
+        bail!("ef = {ef} is outside 1..=100000");
+    }
+    if a.threads == Some(0) {
+        bail!("--threads must be at least 1");
+    }
+    if !(a.min_seconds.is_finite() && (0.0..=600.0).contains(&a.min_seconds)) {
+        bail!("--min-seconds must be within 0..=600");
+    }
+    Ok(metrics)
+}
+
+/// `htg bench index`.
+pub fn run_index(a: IndexArgs) -> Result<()> {
+    let metrics = validate(&a)?;
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let machine = Machine::detect();
+    let unix_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+
+    // The data set directory every child (and the peers) read.
+    let mut _temp = None;
+    let dir = match &a.source.dataset {
+        Some(d) => {
+            Dataset::load(d)?;
+            d.clone()
+        }
+        None => {
+            let (base, queries, meta) =
+                split_source(&a.source, a.queries.as_deref(), a.holdout, a.seed)?;
+            let dir = match &a.save_dataset {
+                Some(d) => d.clone(),
+                None => {
+                    let t = temp_dir("data")?;
+                    let p = t.0.clone();
+                    _temp = Some(t);
+                    p
+                }
+            };
+            write_dataset(&dir, base, queries, 100, &meta)?;
+            dir
+        }
+    };
+    let data = Dataset::load(&dir)?;
+    let meta = read_meta(&dir);
+    let normalized = data.normalized();
+    if metrics.contains(&Metric::Dot) && !normalized {
+        bail!(
+            "--distance dot needs l2-normalised vectors, and {} are not",
+            meta.name
+        );
+    }
+    let info = DatasetInfo {
+        name: meta.name.clone(),
+        n: data.base.rows,
+        dim: data.base.cols,
+        queries: data.queries.rows,
+        normalized,
+    };
+    drop(data);
+
+    let exe = std::env::current_exe().context("locating the htg binary")?;
+    let efs =
+        a.ef.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+    let mut points: Vec<(String, String, usize, usize)> = Vec::new();
+    if !a.no_exact {
+        points.push(("exact".into(), "l2sq".into(), 0, 0));
+    }
+    for metric in &metrics {
+        for &m in &a.m {
+            for &efc in &a.ef_construction {
+                points.push(("hnsw_rs".into(), metric.name().into(), m, efc));
+            }
+        }
+    }
+    let mut builds = Vec::new();
+    for (i, (library, distance, m, efc)) in points.iter().enumerate() {
+        eprintln!(
+            "[{}/{}] {library} {distance} M={m} efc={efc} ...",
+            i + 1,
+            points.len()
+        );
+        let dump = if a.disk_size && library != "exact" {
+            Some(temp_dir("dump")?)
+        } else {
+            None
+        };
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "bench",
+            "point",
+            "--library",
+            library,
+            "--distance",
+            distance,
+        ])
+        .arg("--dataset")
+        .arg(&dir)
+        .args(["--m", &m.to_string(), "--ef-construction", &efc.to_string()])
+        .args(["--ef", &efs, "--threads", &threads.to_string()])
+        .args(["--min-seconds", &a.min_seconds.to_string()]);
+        if let Some(d) = &dump {
+            cmd.arg("--dump-dir").arg(&d.0);
+        }
+        let out = cmd.output().context("starting a bench child process")?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err.lines().last().unwrap_or("no message").trim();
+            bail!(
+                "build point {library} {distance} M={m} efc={efc} failed ({}): {}",
+                out.status,
+                last.trim_start_matches("error: ")
+            );
+        }
+        let b: BuildResult =
+            serde_json::from_slice(&out.stdout).context("reading a bench child's result")?;
+        eprintln!(
+            "    built in {:.2} s, peak {:.0} MiB; best R@10 {:.4}",
+            b.build_s,
+            b.peak_rss_mib,
+            b.searches
+                .iter()
+                .map(|s| s.recall_at_10)
+                .fold(0.0, f64::max)
+        );
+        builds.push(b);
+    }
+
+    let report = IndexReport {
+        schema: report::SCHEMA.into(),
+        dataset: info,
+        machine,
+        run: RunInfo {
+            tool: "htg".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: machine::git_commit(),
+            seed: a.seed,
+            k: K,
+            threads,
+            min_seconds: a.min_seconds,
+            command: std::env::args().collect(),
+            unix_time,
+        },
+        builds,
+    };
+    println!(
+        "{} ({} x {}, {} queries), {} threads, load {:?}",
+        report.dataset.name,
+        report.dataset.n,
+        report.dataset.dim,
+        report.dataset.queries,
+        threads,
+        report.machine.load_avg
+    );
+    print!("{}", report::table(&report.builds));
+    if let Some(parent) = a.json.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(&a.json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", a.json.display()))?;
+    println!("wrote {}", a.json.display());
+    let plots = match &a.plots {
+        Some(p) if p.as_os_str() == "-" => None,
+        Some(p) => Some(p.clone()),
+        None => Some(
+            a.json
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        ),
+    };
+    if let Some(dir) = plots {
+        let prefix = a
+            .json
+            .file_stem()
+            .map_or("bench".into(), |s| s.to_string_lossy().to_string());
+        for p in super::plot::draw(&[report], &dir, &prefix)? {
+            println!("wrote {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// `htg bench point`: one build and its searches, JSON on stdout.
+pub fn run_point(a: PointArgs) -> Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads.max(1))
+        .build_global()
+        .context("starting the thread pool")?;
+    let data = Dataset::load(&a.dataset)?;
+    let rss_before = machine::rss_mib();
+    let metric = Metric::parse(&a.distance)?;
+    let (index, build_s, bytes) = match a.library.as_str() {
+        "exact" => (None, 0.0, 0),
+        "hnsw_rs" => {
+            let t = Instant::now();
+            let index = Index::build(
+                &data.base,
+                BuildParams {
+                    m: a.m,
+                    ef_construction: a.ef_construction,
+                    metric,
+                },
+            )?;
+            let build_s = t.elapsed().as_secs_f64();
+            let bytes = match &a.dump_dir {
+                Some(d) => index.dump(d)?,
+                None => 0,
+            };
+            (Some(index), build_s, bytes)
+        }
+        other => bail!("unknown library {other:?} (hnsw_rs, exact)"),
+    };
+    let efs: Vec<usize> = if index.is_some() {
+        a.ef.clone()
+    } else {
+        vec![0]
+    };
+    let mut searches = Vec::new();
+    for ef in efs {
+        let engine = match &index {
+            Some(i) => Engine::Hnsw(i, ef.max(K)),
+            None => Engine::Exact(&data.base),
+        };
+        let serial = hnsw::search_serial(engine, &data.queries, K, a.min_seconds)?;
+        let qps_all = hnsw::search_parallel(engine, &data.queries, K, a.min_seconds)?;
+        let us = |p: f64| stats::percentile(&serial.latencies_ns, p) as f64 / 1000.0;
+        searches.push(SearchResult {
+            // The effective candidate list: hnsw_rs searches with max(ef, k).
+            ef: if index.is_some() { ef.max(K) } else { 0 },
+            recall_at_1: stats::recall(&serial.found, &data.gt, 1),
+            recall_at_10: stats::recall(&serial.found, &data.gt, K),
+            qps_1t: serial.queries as f64 / serial.seconds,
+            qps_all,
+            p50_us: us(50.0),
+            p95_us: us(95.0),
+            p99_us: us(99.0),
+        });
+    }
+    let result = BuildResult {
+        library: a.library.clone(),
+        library_version: if a.library == "exact" {
+            format!("htg {}", env!("CARGO_PKG_VERSION"))
+        } else {
+            "0.3.5".into()
+        },
+        distance: a.distance.clone(),
+        m: if index.is_some() { a.m } else { 0 },
+        ef_construction: if index.is_some() {
+            a.ef_construction
+        } else {
+            0
+        },
+        build_s,
+        index_bytes: bytes,
+        peak_rss_mib: machine::peak_rss_mib(),
+        rss_before_build_mib: rss_before,
+        searches,
+    };
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
