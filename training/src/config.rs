@@ -49,6 +49,18 @@ impl Method {
     }
 }
 
+/// How F's learning rate changes over the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// `lr` at every step.
+    Constant,
+    /// Linear warm-up over `lr_warmup_steps`, then a cosine decay from `lr` to 0 at `steps`.
+    /// Short runs end far from a minimum with a constant rate; decaying it lets the last
+    /// steps settle, for every method alike.
+    Cosine,
+}
+
 /// Which triplets are taken from a P×K batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -146,6 +158,10 @@ pub struct HtgConfig {
     /// update D mostly trails G; a few cheap extra updates (D is tiny next to F) let it
     /// keep up.
     pub d_steps: usize,
+    /// Steps at the start in which F learns from the real triplets only, while D and G
+    /// already train. Early on D cannot yet name the real classes, so L_cls does not keep
+    /// G's triplets label-preserving; this lets D catch up before G's triplets shape F.
+    pub warmup_steps: usize,
 }
 
 impl Default for HtgConfig {
@@ -161,6 +177,7 @@ impl Default for HtgConfig {
             input_mining: Mining::Random,
             g_max_shift: 0.1,
             d_steps: 3,
+            warmup_steps: 0,
         }
     }
 }
@@ -207,6 +224,10 @@ pub struct TrainConfig {
     pub margin: f32,
     /// Learning rate of F (Adam).
     pub lr: f64,
+    /// How F's learning rate changes over the run.
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear warm-up of F's learning rate (cosine schedule only).
+    pub lr_warmup_steps: usize,
     /// Architecture of F.
     pub feature: FeatureConfig,
     /// HTG settings (ignored by the triplet baselines).
@@ -229,6 +250,8 @@ impl Default for TrainConfig {
             images_per_class: 2,
             margin: 0.2,
             lr: 1e-3,
+            lr_schedule: LrSchedule::Constant,
+            lr_warmup_steps: 0,
             feature: FeatureConfig::default(),
             htg: HtgConfig::default(),
             augment: AugmentConfig::default(),
@@ -251,6 +274,22 @@ impl TrainConfig {
             c.images_per_class = 12;
         }
         c
+    }
+
+    /// F's learning rate at `step` (1-based) under the schedule.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        match self.lr_schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Cosine => {
+                let w = self.lr_warmup_steps;
+                if step <= w {
+                    return self.lr * step as f64 / w as f64;
+                }
+                let span = self.steps.saturating_sub(w).max(1) as f64;
+                let t = ((step - w) as f64 / span).min(1.0);
+                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
     }
 
     /// Parses TOML, rejecting unknown keys, then validates.
@@ -326,6 +365,9 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.htg.lr_g > 0.0 && self.htg.lr_d > 0.0) {
             return bad("learning rates must be positive");
         }
+        if self.lr_schedule == LrSchedule::Cosine && self.lr_warmup_steps >= self.steps {
+            return bad("lr_warmup_steps must be below steps");
+        }
         if self.recall_ks.is_empty() || self.recall_ks.contains(&0) {
             return bad("recall_ks must be non-empty and >= 1");
         }
@@ -354,5 +396,24 @@ mod tests {
         assert_eq!(c.method, Method::TripletBatchhard);
         assert_eq!(c.steps, 5);
         assert!(TrainConfig::from_toml_str("steps = 0\n").is_err());
+    }
+
+    #[test]
+    fn cosine_schedule_warms_up_then_decays_to_zero() {
+        let c = TrainConfig::from_toml_str(
+            "steps = 110\nlr = 0.01\nlr_schedule = \"cosine\"\nlr_warmup_steps = 10\n",
+        )
+        .unwrap();
+        assert!((c.lr_at(5) - 0.005).abs() < 1e-12);
+        assert!((c.lr_at(10) - 0.01).abs() < 1e-12);
+        assert!((c.lr_at(60) - 0.005).abs() < 1e-12, "{}", c.lr_at(60));
+        assert!(c.lr_at(110).abs() < 1e-12);
+        assert!(c.lr_at(80) < c.lr_at(40));
+        assert_eq!(TrainConfig::default().lr_at(7), TrainConfig::default().lr);
+        let e = TrainConfig::from_toml_str(
+            "steps = 10\nlr_schedule = \"cosine\"\nlr_warmup_steps = 10\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("lr_warmup_steps"), "{e}");
     }
 }

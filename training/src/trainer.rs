@@ -196,7 +196,7 @@ impl Trainer {
             ..StepStats::default()
         };
         if self.cfg.method == Method::Htg {
-            self.htg_update(emb, &labels, &t, &mut stats);
+            self.htg_update(step, emb, &labels, &t, &mut stats);
         } else {
             let loss = triplet_loss(
                 rows(emb.clone(), &t.a),
@@ -206,7 +206,7 @@ impl Trainer {
             );
             stats.loss_f = scalar(&loss);
             let grads = GradientsParams::from_grads(loss.backward(), &self.f);
-            self.f = self.opt_f.step(self.cfg.lr, self.f.clone(), grads);
+            self.f = self.opt_f.step(self.cfg.lr_at(step), self.f.clone(), grads);
         }
         self.step = step;
         stats
@@ -214,7 +214,14 @@ impl Trainer {
 
     /// D, then G, then F, as in Zhao et al.: D on detached real and generated embeddings,
     /// G against the updated D, F through the updated G.
-    fn htg_update(&mut self, emb: Tensor<2>, labels: &[usize], t: &Triplets, s: &mut StepStats) {
+    fn htg_update(
+        &mut self,
+        step: usize,
+        emb: Tensor<2>,
+        labels: &[usize],
+        t: &Triplets,
+        s: &mut StepStats,
+    ) {
         let adv = self.adv.as_mut().expect("HTG trainer has G and D");
         let hc = &self.cfg.htg;
         let k = self.train_classes;
@@ -283,14 +290,18 @@ impl Trainer {
             &row_sq_dists(&ha, &hp, dim),
             &row_sq_dists(&ha, &hn, dim),
         ));
-        let mut loss_f = triplet_loss(ga, gp, gn, self.cfg.margin);
-        if hc.real_triplet_weight > 0.0 {
-            loss_f =
-                loss_f + triplet_loss(a, p, n, self.cfg.margin).mul_scalar(hc.real_triplet_weight);
-        }
+        let real_loss = triplet_loss(a, p, n, self.cfg.margin);
+        let loss_f = if step <= hc.warmup_steps {
+            // Warm-up: F learns from the real triplets alone while D learns the classes.
+            real_loss
+        } else if hc.real_triplet_weight > 0.0 {
+            triplet_loss(ga, gp, gn, self.cfg.margin) + real_loss.mul_scalar(hc.real_triplet_weight)
+        } else {
+            triplet_loss(ga, gp, gn, self.cfg.margin)
+        };
         s.loss_f = scalar(&loss_f);
         let grads = GradientsParams::from_grads(loss_f.backward(), &self.f);
-        self.f = self.opt_f.step(self.cfg.lr, self.f.clone(), grads);
+        self.f = self.opt_f.step(self.cfg.lr_at(step), self.f.clone(), grads);
     }
 
     /// Writes weights, optimiser states, progress and the config into `dir`.
