@@ -86,6 +86,8 @@ pub fn draw(reports: &[IndexReport], dir: &Path, prefix: &str) -> Result<Vec<Pat
             .map_err(plot_err(&path))?;
         chart
             .configure_mesh()
+            .light_line_style(WHITE)
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("recall@10")
             .y_desc("queries/s, one thread (log)")
             .draw()
@@ -137,6 +139,8 @@ pub fn draw(reports: &[IndexReport], dir: &Path, prefix: &str) -> Result<Vec<Pat
             .map_err(plot_err(&path))?;
         chart
             .configure_mesh()
+            .light_line_style(WHITE)
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("recall@10")
             .y_desc("microseconds per query (log)")
             .draw()

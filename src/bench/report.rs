@@ -114,9 +114,8 @@ pub struct SearchResult {
 impl IndexReport {
     /// Reads and checks a report (htg's or a peer's).
     pub fn load(path: &Path) -> Result<IndexReport> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let r: IndexReport = serde_json::from_str(&text)
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let r: IndexReport = serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not an htg bench index report", path.display()))?;
         if r.schema != SCHEMA {
             anyhow::bail!(
@@ -176,10 +175,10 @@ pub fn table(builds: &[BuildResult]) -> String {
 
 /// For each library/distance: the fastest single-thread point with recall@10 >= `target`, and
 /// the build that gave it.
-pub fn best_at_recall<'a>(
-    builds: &'a [BuildResult],
+pub fn best_at_recall(
+    builds: &[BuildResult],
     target: f64,
-) -> Vec<(String, &'a BuildResult, &'a SearchResult)> {
+) -> Vec<(String, &BuildResult, &SearchResult)> {
     let mut best: Vec<(String, &BuildResult, &SearchResult)> = Vec::new();
     for b in builds {
         let key = format!("{}/{}", b.library, b.distance);
@@ -230,7 +229,7 @@ pub fn ratio_table(builds: &[BuildResult], target: f64) -> String {
     if !ours.is_empty() && !peers.is_empty() {
         let _ = writeln!(
             s,
-            "\nhtg (hnsw_rs) / peer at recall@10 >= {target} (above 1: htg is faster / larger):\n"
+            "\nhtg (hnsw_rs) / peer at recall@10 >= {target} (QPS above 1: htg faster; build time and memory above 1: htg slower, larger):\n"
         );
         let _ = writeln!(
             s,

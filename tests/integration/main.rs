@@ -10,12 +10,14 @@
 //! - `http`: `htg serve` over real HTTP: every endpoint, every bad input, restart, SIGTERM.
 //! - `browser`: the search page in headless Chromium (playwright-core), with a screenshot.
 //! - `emoji_slice`: 100 real emoji classes from both vendors (fetched into a cache).
+//! - `bench`: `htg bench` sweeps, reports, plots and their bad input.
 //! - `ort`: the ONNX Runtime backend: parity with tract (fixture, bundled and external models),
 //!   CLI end to end, library-loading errors, GPU fallback (GPU checks skip without a GPU).
 
 mod util;
 
 mod bad_input;
+mod bench;
 mod browser;
 mod cli;
 mod emoji_slice;

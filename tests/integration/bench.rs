@@ -1,0 +1,344 @@
+//! `htg bench`: a tiny sweep gives a valid report and plots; bad input is one clear line with
+//! exit status 1, never a panic.
+
+use std::path::Path;
+
+use htg_ann::npy;
+use tempfile::TempDir;
+
+use crate::util::{fixture, htg, htg_ok, s, stderr, tiny_model};
+
+fn synth(dir: &Path, n: usize) {
+    htg_ok(&[
+        "bench",
+        "dataset",
+        "synth",
+        "--out",
+        s(dir),
+        "--n",
+        &n.to_string(),
+        "--queries",
+        "40",
+        "--dim",
+        "16",
+        "--clusters",
+        "8",
+        "--seed",
+        "3",
+    ]);
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON report")
+}
+
+/// Asserts a failed run: status 1, one `error:` line, no panic.
+fn assert_clean_failure(args: &[&str], expect: &str) {
+    let out = htg(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "htg {args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: "), "{err}");
+    assert!(last.contains(expect), "expected {expect:?} in {last:?}");
+}
+
+#[test]
+fn tiny_sweep_reports_recall_qps_latency_memory_and_plots() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 1500);
+    for f in ["base.npy", "queries.npy", "gt.npy", "dataset.json"] {
+        assert!(data.join(f).is_file(), "{f}");
+    }
+    let json = tmp.path().join("out/r.json");
+    let plots = tmp.path().join("plots");
+    let table = htg_ok(&[
+        "bench",
+        "index",
+        "--dataset",
+        s(&data),
+        "--m",
+        "8,12",
+        "--ef-construction",
+        "40",
+        "--ef",
+        "10,64",
+        "--distance",
+        "l2,dot,l2sq",
+        "--min-seconds",
+        "0",
+        "--json",
+        s(&json),
+        "--plots",
+        s(&plots),
+    ]);
+    assert!(
+        table.contains("| hnsw_rs | dot | 12 | 40 | 64 |"),
+        "{table}"
+    );
+    let r = report(&json);
+    assert_eq!(r["schema"], "htg-bench-index/1");
+    assert_eq!(r["dataset"]["n"], 1500);
+    assert_eq!(r["dataset"]["normalized"], true);
+    assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert!(r["run"]["command"].as_array().unwrap().len() > 3);
+    let builds = r["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 1 + 3 * 2, "exact + 3 distances x 2 M");
+    let exact = &builds[0];
+    assert_eq!(exact["library"], "exact");
+    assert_eq!(exact["searches"][0]["recall_at_10"], 1.0);
+    assert_eq!(exact["searches"][0]["recall_at_1"], 1.0);
+    for b in builds {
+        assert!(b["peak_rss_mib"].as_f64().unwrap() > 1.0, "{b}");
+        if b["library"] == "hnsw_rs" {
+            assert!(b["build_s"].as_f64().unwrap() > 0.0);
+            assert!(b["index_bytes"].as_u64().unwrap() > 1500 * 16 * 4);
+        }
+        for q in b["searches"].as_array().unwrap() {
+            for key in ["recall_at_1", "recall_at_10"] {
+                let v = q[key].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&v), "{key} {v}");
+            }
+            assert!(q["qps_1t"].as_f64().unwrap() > 0.0);
+            assert!(q["qps_all"].as_f64().unwrap() > 0.0);
+            let (p50, p99) = (q["p50_us"].as_f64().unwrap(), q["p99_us"].as_f64().unwrap());
+            assert!(p50 > 0.0 && p50 <= p99, "{q}");
+        }
+    }
+    let best = builds
+        .iter()
+        .filter(|b| b["library"] == "hnsw_rs")
+        .flat_map(|b| b["searches"].as_array().unwrap())
+        .map(|q| q["recall_at_10"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(best > 0.9, "HNSW at ef=64 on 1500 points: {best}");
+    for f in ["r-recall-qps.svg", "r-latency.svg"] {
+        let svg = std::fs::read_to_string(plots.join(f)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("hnsw_rs/dot"),
+            "{f}"
+        );
+    }
+
+    // A peer report in the same schema is plotted and compared with htg's.
+    let mut peer = r.clone();
+    peer["run"]["tool"] = "ann_peers.py".into();
+    for b in peer["builds"].as_array_mut().unwrap() {
+        b["library"] = "hnswlib".into();
+    }
+    let peer_json = tmp.path().join("peer.json");
+    std::fs::write(&peer_json, peer.to_string()).unwrap();
+    let out = htg_ok(&[
+        "bench",
+        "plot",
+        s(&json),
+        s(&peer_json),
+        "--out",
+        s(&plots),
+        "--prefix",
+        "both",
+    ]);
+    assert!(out.contains("| hnsw_rs/l2 | hnswlib/l2 |"), "{out}");
+    assert!(plots.join("both-recall-qps.svg").is_file());
+}
+
+#[test]
+fn vectors_and_index_sources_hold_out_queries() {
+    let tmp = TempDir::new().unwrap();
+    // Unnormalised vectors: l2 works, dot is refused before anything runs.
+    let v: Vec<f32> = (0..300 * 8)
+        .map(|i| ((i * 37 % 101) as f32) - 50.0)
+        .collect();
+    let vf = tmp.path().join("v.npy");
+    npy::write(&vf, 300, 8, &v).unwrap();
+    let json = tmp.path().join("v.json");
+    let saved = tmp.path().join("saved");
+    htg_ok(&[
+        "bench",
+        "index",
+        "--vectors",
+        s(&vf),
+        "--holdout",
+        "30",
+        "--m",
+        "8",
+        "--ef",
+        "32",
+        "--min-seconds",
+        "0",
+        "--json",
+        s(&json),
+        "--plots",
+        "-",
+        "--save-dataset",
+        s(&saved),
+    ]);
+    let r = report(&json);
+    assert_eq!(
+        (r["dataset"]["n"].as_u64(), r["dataset"]["queries"].as_u64()),
+        (Some(270), Some(30))
+    );
+    assert!(saved.join("gt.npy").is_file());
+    assert_clean_failure(
+        &[
+            "bench",
+            "index",
+            "--vectors",
+            s(&vf),
+            "--holdout",
+            "30",
+            "--distance",
+            "dot",
+            "--json",
+            s(&json),
+        ],
+        "l2-normalised",
+    );
+
+    // The vectors stored in an htg index.
+    let idx = tmp.path().join("idx");
+    htg_ok(&[
+        "index",
+        s(&fixture("images")),
+        "--index",
+        s(&idx),
+        "--model",
+        s(&tiny_model()),
+    ]);
+    let json = tmp.path().join("i.json");
+    htg_ok(&[
+        "bench",
+        "index",
+        "--index",
+        s(&idx),
+        "--holdout",
+        "4",
+        "--m",
+        "4",
+        "--ef",
+        "10",
+        "--min-seconds",
+        "0",
+        "--json",
+        s(&json),
+        "--plots",
+        "-",
+    ]);
+    let r = report(&json);
+    assert_eq!(r["dataset"]["queries"], 4);
+    assert!(
+        r["dataset"]["n"].as_u64().unwrap() >= 20,
+        "{}",
+        r["dataset"]
+    );
+    assert_eq!(r["builds"][0]["searches"][0]["recall_at_10"], 1.0);
+}
+
+#[test]
+fn bad_input_is_one_line_and_status_1() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 200);
+    let json = tmp.path().join("r.json");
+    let j = s(&json);
+    assert_clean_failure(
+        &[
+            "bench",
+            "index",
+            "--dataset",
+            s(&tmp.path().join("missing")),
+            "--json",
+            j,
+        ],
+        "missing",
+    );
+    assert_clean_failure(
+        &[
+            "bench",
+            "index",
+            "--dataset",
+            s(&data),
+            "--m",
+            "300",
+            "--json",
+            j,
+        ],
+        "M = 300 is outside 2..=256",
+    );
+    assert_clean_failure(
+        &[
+            "bench",
+            "index",
+            "--dataset",
+            s(&data),
+            "--ef",
+            "0",
+            "--json",
+            j,
+        ],
+        "ef = 0",
+    );
+    assert_clean_failure(
+        &[
+            "bench",
+            "index",
+            "--dataset",
+            s(&data),
+            "--distance",
+            "cosine",
+            "--json",
+            j,
+        ],
+        "unknown distance",
+    );
+    assert_clean_failure(
+        &[
+            "bench",
+            "index",
+            "--vectors",
+            s(&tmp.path().join("nope.npy")),
+            "--json",
+            j,
+        ],
+        "nope.npy",
+    );
+
+    // Queries of another dimension than the base.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    for f in ["base.npy", "gt.npy"] {
+        std::fs::copy(data.join(f), bad.join(f)).unwrap();
+    }
+    npy::write(&bad.join("queries.npy"), 40, 3, &[0.5f32; 120]).unwrap();
+    assert_clean_failure(
+        &["bench", "index", "--dataset", s(&bad), "--json", j],
+        "dimension",
+    );
+    // A 1-D array where a matrix belongs.
+    let mut one_d = std::fs::read(data.join("queries.npy")).unwrap();
+    let shape_at = one_d.windows(8).position(|w| w == b"(40, 16)").unwrap();
+    one_d.splice(shape_at..shape_at + 8, b"(640,)  ".iter().copied());
+    std::fs::write(bad.join("queries.npy"), &one_d).unwrap();
+    assert_clean_failure(
+        &["bench", "index", "--dataset", s(&bad), "--json", j],
+        "expected 2",
+    );
+    // Not an npy file at all.
+    std::fs::write(bad.join("queries.npy"), b"hello").unwrap();
+    assert_clean_failure(
+        &["bench", "index", "--dataset", s(&bad), "--json", j],
+        "not a .npy file",
+    );
+    // Truth ids outside the base set.
+    std::fs::copy(data.join("queries.npy"), bad.join("queries.npy")).unwrap();
+    npy::write(&bad.join("gt.npy"), 40, 10, &[500i32; 400]).unwrap();
+    assert_clean_failure(
+        &["bench", "index", "--dataset", s(&bad), "--json", j],
+        "names row 500",
+    );
+    assert_clean_failure(
+        &["bench", "plot", s(&data.join("base.npy"))],
+        "not an htg bench index report",
+    );
+}
