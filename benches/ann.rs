@@ -4,8 +4,8 @@
 //! seeded clustered synthetic set (10k x 128, l2-normalised) that `htg bench dataset synth`
 //! writes. The `hnsw/*/caller-opt` series instantiates `hnsw_rs` in this bench crate, i.e. at
 //! the opt-level of the crate that names `Hnsw<f32, D>` (1 in the dev profile), beside the same
-//! search compiled in `htg-ann` at opt-level 3: the difference is what the compiler setting of
-//! the instantiating crate costs.
+//! search compiled in `htg-ann` at opt-level 3 (measured: no difference beyond noise, since
+//! the search is bound by memory loads; see docs/BENCHMARKS.md).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hnsw_rs::prelude::{DistDot, DistL2, Distance, Hnsw};

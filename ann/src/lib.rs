@@ -1,9 +1,9 @@
 //! Measurement kernels behind `htg bench index`.
 //!
 //! A separate crate so that the dev profile can compile it at `opt-level = 3` (see the root
-//! `Cargo.toml`): `hnsw_rs` is generic over the distance, so its search and insert loops are
-//! compiled in the crate that names `Hnsw<f32, D>`. Benchmarking them in a crate built at
-//! `opt-level = 1` would measure the compiler setting, not the library.
+//! `Cargo.toml`), as a release build would: `hnsw_rs` is generic over the distance, so its
+//! search and insert loops are compiled in the crate that names `Hnsw<f32, D>`, here; and the
+//! exact-search kernels are about 4x slower at opt-level 1 (docs/BENCHMARKS.md).
 //!
 //! - [`npy`]: read and write the `.npy` files a data set directory holds, shared with the
 //!   Python peers in `benches/peers/`;

@@ -7,7 +7,7 @@ and writes the JSON schema `htg-bench-index/1` that `htg bench index` writes, so
 `htg bench plot htg.json peers.json` draws and compares them together.
 
 Each build runs in a child process (this script with --one-point), as htg's do, so peak memory
-(ru_maxrss) is per build. Definitions match htg's (ann/src/stats.rs, ann/src/hnsw.rs):
+(VmHWM) is per build. Definitions match htg's (ann/src/stats.rs, ann/src/hnsw.rs):
 - recall@k: mean overlap of the first k ids with the first k true ids;
 - QPS 1t: one query per call on one thread, repeated until --min-seconds; latency percentiles
   from those calls (nearest rank). Each call crosses from Python into C++: a few microseconds
@@ -48,6 +48,12 @@ def rss_mib():
 
 
 def peak_rss_mib():
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child would report
+    # its parent's peak (the parent holds the data set while it waits).
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -327,7 +333,7 @@ def main():
             "k": K,
             "threads": args.threads,
             "min_seconds": args.min_seconds,
-            "command": sys.argv,
+            "command": ["benches/peers/ann_peers.py"] + sys.argv[1:],
             "unix_time": int(time.time()),
         },
         "builds": [],

@@ -38,6 +38,13 @@ struct EmbedReport {
     rows: Vec<Row>,
 }
 
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().to_string(),
+    )
+}
+
 fn default_images() -> Option<PathBuf> {
     let data = std::env::var_os("HTG_DATA_DIR")
         .map(PathBuf::from)
@@ -155,9 +162,14 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     if let Some(path) = &a.json {
         let report = EmbedReport {
             schema: "htg-bench-embed/1",
-            model: model_path.display().to_string(),
+            // File names and the model's hash, not local paths.
+            model: format!(
+                "{} (sha256 {})",
+                file_name(&model_path),
+                &embedder.model_id().sha256
+            ),
             backend: embedder.backend().to_string(),
-            images_dir: dir.display().to_string(),
+            images_dir: file_name(&dir),
             machine: Machine::detect(),
             git_commit: machine::git_commit(),
             rows,

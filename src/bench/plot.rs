@@ -86,7 +86,7 @@ pub fn draw(reports: &[IndexReport], dir: &Path, prefix: &str) -> Result<Vec<Pat
             .map_err(plot_err(&path))?;
         chart
             .configure_mesh()
-            .light_line_style(WHITE)
+            .max_light_lines(0)
             .y_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("recall@10")
             .y_desc("queries/s, one thread (log)")
@@ -129,7 +129,7 @@ pub fn draw(reports: &[IndexReport], dir: &Path, prefix: &str) -> Result<Vec<Pat
         root.fill(&WHITE).map_err(plot_err(&path))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                format!("latency p50 (line) and p99 (dots) vs recall@10: {name}"),
+                format!("latency p50 (lines) and p99 (crosses) vs recall@10: {name}"),
                 ("sans-serif", 16),
             )
             .margin(10)
@@ -139,7 +139,7 @@ pub fn draw(reports: &[IndexReport], dir: &Path, prefix: &str) -> Result<Vec<Pat
             .map_err(plot_err(&path))?;
         chart
             .configure_mesh()
-            .light_line_style(WHITE)
+            .max_light_lines(0)
             .y_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("recall@10")
             .y_desc("microseconds per query (log)")

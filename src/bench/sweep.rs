@@ -373,7 +373,10 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
             k: K,
             threads,
             min_seconds: a.min_seconds,
-            command: std::env::args().collect(),
+            // The program as `htg`, not its local path.
+            command: std::iter::once("htg".to_string())
+                .chain(std::env::args().skip(1))
+                .collect(),
             unix_time,
         },
         builds,

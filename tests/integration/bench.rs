@@ -342,3 +342,57 @@ fn bad_input_is_one_line_and_status_1() {
         "not an htg bench index report",
     );
 }
+
+#[test]
+fn embed_reports_images_per_second_by_stage() {
+    let tmp = TempDir::new().unwrap();
+    let json = tmp.path().join("e.json");
+    let out = htg_ok(&[
+        "bench",
+        "embed",
+        "--model",
+        s(&tiny_model()),
+        "--images",
+        s(&fixture("images")),
+        "--batches",
+        "1,4",
+        "--limit",
+        "8",
+        "--json",
+        s(&json),
+    ]);
+    assert!(out.contains("| 4 |"), "{out}");
+    let r = report(&json);
+    assert_eq!(r["schema"], "htg-bench-embed/1");
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert_eq!(row["images"], 8);
+        assert!(row["images_per_s"].as_f64().unwrap() > 0.0);
+        assert!(row["inference_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_clean_failure(
+        &[
+            "bench",
+            "embed",
+            "--model",
+            s(&tiny_model()),
+            "--images",
+            s(&fixture("images")),
+            "--batches",
+            "0",
+        ],
+        "--batches",
+    );
+    assert_clean_failure(
+        &[
+            "bench",
+            "embed",
+            "--model",
+            s(&tiny_model()),
+            "--images",
+            s(&tmp.path().join("none")),
+        ],
+        "no image folder",
+    );
+}
