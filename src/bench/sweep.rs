@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::machine::{self, Machine};
 use super::report::{self, BuildResult, DatasetInfo, IndexReport, RunInfo, SearchResult};
-use crate::cmd::bench::{ExportArgs, IndexArgs, PointArgs, Source, SynthArgs};
+use crate::cmd::bench::{EmbedDataArgs, ExportArgs, IndexArgs, PointArgs, Source, SynthArgs};
 
 /// Neighbours asked per query: recall@10 needs 10.
 const K: usize = 10;
@@ -184,6 +184,65 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         bail!("bench dataset export reads --index or --vectors, not --dataset");
     }
     let (base, queries, meta) = split_source(&a.source, None, a.holdout, a.seed)?;
+    write_dataset(&a.out, base, queries, a.gt_depth, &meta)?;
+    Ok(())
+}
+
+/// `htg bench dataset embed`: a named data set through a model, as training evaluates it.
+pub fn run_embed_data(a: EmbedDataArgs) -> Result<()> {
+    use htg_training::data::{DataSource, EvalProtocol, ImageSet};
+    let model_path = crate::cmd::model::choose(a.model.as_deref(), None)?;
+    let embedder = crate::cmd::model::load(&model_path, &a.backend)?;
+    let source = DataSource::resolve(&a.data)?;
+    let split = source.load(embedder.spec(), None)?;
+    let mut sets: Vec<&ImageSet> = vec![&split.train];
+    match &split.eval {
+        EvalProtocol::QueryGallery { query, gallery } => sets.extend([query, gallery]),
+        EvalProtocol::LeaveOneOut(s) => sets.push(s),
+    }
+    let total: usize = sets.iter().map(|s| s.len()).sum();
+    let limit = a.limit.unwrap_or(total).min(total);
+    let dim = embedder.spec().embedding_dim;
+    let mut data = Vec::with_capacity(limit * dim);
+    let t = Instant::now();
+    let mut left = limit;
+    for set in sets {
+        if left == 0 {
+            break;
+        }
+        let v = htg_training::eval::embed_with(embedder.as_ref(), set)?;
+        let take = v.nrows().min(left);
+        for row in v.outer_iter().take(take) {
+            data.extend(row.iter().copied());
+        }
+        left -= take;
+    }
+    eprintln!(
+        "embedded {limit} images of {} in {:.1} s",
+        split.name,
+        t.elapsed().as_secs_f64()
+    );
+    let vectors = Matrix {
+        rows: limit,
+        cols: dim,
+        data,
+    };
+    let (base, queries) = dataset::hold_out(&vectors, a.holdout, a.seed)
+        .with_context(|| format!("{} gave {limit} vectors; lower --holdout", split.name))?;
+    let model = model_path
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy().to_string());
+    let meta = DatasetMeta {
+        name: format!("{}-{model}", split.name),
+        source: format!(
+            "{limit} images of {} embedded by {model} ({}); {} held-out queries, seed {}",
+            split.name,
+            embedder.backend(),
+            a.holdout,
+            a.seed
+        ),
+        seed: a.seed,
+    };
     write_dataset(&a.out, base, queries, a.gt_depth, &meta)?;
     Ok(())
 }

@@ -141,6 +141,37 @@ pub enum DatasetCommand {
     Synth(SynthArgs),
     /// Vectors stored in an htg index (or a .npy file), with held-out queries.
     Export(ExportArgs),
+    /// Embeddings of a named data set (emoji, fashion-mnist, mnist5k, a class folder) by a
+    /// model, loaded and preprocessed as training's evaluation does, with held-out queries.
+    Embed(EmbedDataArgs),
+}
+
+/// Arguments of `htg bench dataset embed`.
+#[derive(clap::Args, Debug)]
+pub struct EmbedDataArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Data set: `emoji`, `fashion-mnist`, `mnist5k` (under $HTG_DATA_DIR) or a class-per-subfolder
+    /// folder.
+    #[arg(long)]
+    pub data: String,
+    /// ONNX model [default: the bundled model].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Embed at most this many images (the first ones of the train, then evaluation, sets).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Vectors held out as queries.
+    #[arg(long, default_value_t = 1000)]
+    pub holdout: usize,
+    /// Exact neighbours kept per query in gt.npy.
+    #[arg(long, default_value_t = 100)]
+    pub gt_depth: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 /// Arguments of `htg bench dataset synth`.
@@ -235,6 +266,7 @@ pub fn run(args: Args) -> Result<()> {
         Command::Point(a) => bench::sweep::run_point(a),
         Command::Dataset(DatasetCommand::Synth(a)) => bench::sweep::run_synth(a),
         Command::Dataset(DatasetCommand::Export(a)) => bench::sweep::run_export(a),
+        Command::Dataset(DatasetCommand::Embed(a)) => bench::sweep::run_embed_data(a),
         Command::Plot(a) => bench::plot::run(a),
         Command::Embed(a) => bench::embed::run(a),
         Command::Quality(a) => super::eval::run(a),

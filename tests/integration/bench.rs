@@ -396,3 +396,57 @@ fn embed_reports_images_per_second_by_stage() {
         "no image folder",
     );
 }
+
+#[test]
+fn dataset_embed_embeds_a_class_folder_as_training_loads_it() {
+    let tmp = TempDir::new().unwrap();
+    let classes = tmp.path().join("classes");
+    let mut pngs: Vec<_> = std::fs::read_dir(fixture("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    pngs.sort();
+    for (i, p) in pngs.iter().take(16).enumerate() {
+        let dir = classes.join(format!("c{}", i % 4));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let out = tmp.path().join("ds");
+    htg_ok(&[
+        "bench",
+        "dataset",
+        "embed",
+        "--data",
+        s(&classes),
+        "--model",
+        s(&tiny_model()),
+        "--out",
+        s(&out),
+        "--holdout",
+        "4",
+    ]);
+    let base: npy::Matrix<f32> = npy::read(&out.join("base.npy")).unwrap();
+    let gt: npy::Matrix<i32> = npy::read(&out.join("gt.npy")).unwrap();
+    assert_eq!(base.rows, 12);
+    assert_eq!((gt.rows, gt.cols), (4, 12));
+    let meta = report(&out.join("dataset.json"));
+    assert!(
+        meta["name"].as_str().unwrap().contains("tiny.onnx"),
+        "{meta}"
+    );
+    assert_clean_failure(
+        &[
+            "bench",
+            "dataset",
+            "embed",
+            "--data",
+            "no-such-set",
+            "--model",
+            s(&tiny_model()),
+            "--out",
+            s(&out),
+        ],
+        "no-such-set",
+    );
+}
