@@ -117,16 +117,22 @@ pub struct PointArgs {
     /// `hnsw_rs` or `exact`.
     #[arg(long)]
     pub library: String,
+    /// Distance kernel (l2, dot, l2sq).
     #[arg(long, default_value = "l2")]
     pub distance: String,
+    /// Links per node.
     #[arg(long, default_value_t = 16)]
     pub m: usize,
+    /// Build candidate list size.
     #[arg(long, default_value_t = 200)]
     pub ef_construction: usize,
+    /// Query candidate list sizes.
     #[arg(long, value_delimiter = ',', default_value = "64")]
     pub ef: Vec<usize>,
+    /// Threads for building and the all-threads pass.
     #[arg(long)]
     pub threads: usize,
+    /// Minimum seconds per timed pass.
     #[arg(long, default_value_t = 0.5)]
     pub min_seconds: f64,
     /// Where to persist the index to measure its size; none: skip.
@@ -170,6 +176,7 @@ pub struct EmbedDataArgs {
     /// Exact neighbours kept per query in gt.npy.
     #[arg(long, default_value_t = 100)]
     pub gt_depth: usize,
+    /// Seed of the data (synth) or of the query hold-out.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
@@ -198,6 +205,7 @@ pub struct SynthArgs {
     /// Exact neighbours kept per query in gt.npy.
     #[arg(long, default_value_t = 100)]
     pub gt_depth: usize,
+    /// Seed of the data (synth) or of the query hold-out.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
@@ -216,6 +224,7 @@ pub struct ExportArgs {
     /// Exact neighbours kept per query in gt.npy.
     #[arg(long, default_value_t = 100)]
     pub gt_depth: usize,
+    /// Seed of the data (synth) or of the query hold-out.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
