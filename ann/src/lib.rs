@@ -3,7 +3,7 @@
 //! A separate crate so that the dev profile can compile it at `opt-level = 3` (see the root
 //! `Cargo.toml`), as a release build would: `hnsw_rs` is generic over the distance, so its
 //! search and insert loops are compiled in the crate that names `Hnsw<f32, D>`, here; and the
-//! exact-search kernels are about 4x slower at opt-level 1 (docs/BENCHMARKS.md).
+//! exact-search kernels and ground truth are straight-line code whose speed depends on it.
 //!
 //! - [`npy`]: read and write the `.npy` files a data set directory holds, shared with the
 //!   Python peers in `benches/peers/`;

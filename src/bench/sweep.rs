@@ -333,6 +333,14 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
         }
     };
     let data = Dataset::load(&dir)?;
+    if data.gt.cols < K.min(data.base.rows) {
+        bail!(
+            "{} has {} neighbours per query; recall@10 needs {}",
+            dir.join(dataset::GT).display(),
+            data.gt.cols,
+            K.min(data.base.rows)
+        );
+    }
     let meta = read_meta(&dir);
     let normalized = data.normalized();
     if metrics.contains(&Metric::Dot) && !normalized {

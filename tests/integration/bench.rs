@@ -330,6 +330,13 @@ fn bad_input_is_one_line_and_status_1() {
         &["bench", "index", "--dataset", s(&bad), "--json", j],
         "not a .npy file",
     );
+    // Truth too shallow for recall@10.
+    std::fs::copy(data.join("queries.npy"), bad.join("queries.npy")).unwrap();
+    npy::write(&bad.join("gt.npy"), 40, 5, &[1i32; 200]).unwrap();
+    assert_clean_failure(
+        &["bench", "index", "--dataset", s(&bad), "--json", j],
+        "recall@10 needs 10",
+    );
     // Truth ids outside the base set.
     std::fs::copy(data.join("queries.npy"), bad.join("queries.npy")).unwrap();
     npy::write(&bad.join("gt.npy"), 40, 10, &[500i32; 400]).unwrap();
