@@ -35,7 +35,8 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools wheel pybind11
+# Build tools for hnswlib's source distribution, pinned too.
+"$VENV/bin/python" -m pip install --quiet "pip==26.3" "setuptools==84.2.1" "wheel==0.48.0" "pybind11==3.1.0"
 "$VENV/bin/python" -m pip install --quiet "${PINS[@]}"
 "$VENV/bin/python" - <<'PY'
 import faiss, hnswlib, numpy, usearch

@@ -1,5 +1,6 @@
 //! `htg bench`: a tiny sweep gives a valid report and plots; bad input is one clear line with
-//! exit status 1, never a panic.
+//! exit status 1, never a panic; embed and data set commands; the Python peers' report (when
+//! scripts/setup-peers.sh has installed them) has the same schema.
 
 use std::path::Path;
 
@@ -456,4 +457,92 @@ fn dataset_embed_embeds_a_class_folder_as_training_loads_it() {
         ],
         "no-such-set",
     );
+}
+
+/// The peers' Python (scripts/setup-peers.sh), when installed: `$HTG_PEERS_PYTHON`, else the
+/// venv under `$HTG_CACHE_DIR` (default ~/.cache/htg).
+fn peers_python() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("HTG_PEERS_PYTHON") {
+        return Some(p.into());
+    }
+    let cache = std::env::var_os("HTG_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/htg")))?;
+    let py = cache.join("peers-venv/bin/python");
+    py.is_file().then_some(py)
+}
+
+#[test]
+fn peers_script_writes_the_same_schema_when_installed() {
+    let Some(py) = peers_python() else {
+        eprintln!("skipped: no peers venv (scripts/setup-peers.sh)");
+        return;
+    };
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 800);
+    let ours = tmp.path().join("htg.json");
+    htg_ok(&[
+        "bench",
+        "index",
+        "--dataset",
+        s(&data),
+        "--m",
+        "8",
+        "--ef-construction",
+        "40",
+        "--ef",
+        "10,32",
+        "--no-exact",
+        "--min-seconds",
+        "0",
+        "--json",
+        s(&ours),
+        "--plots",
+        "-",
+    ]);
+    let theirs = tmp.path().join("peers.json");
+    let out = std::process::Command::new(py)
+        .arg(crate::util::root().join("benches/peers/ann_peers.py"))
+        .args([
+            "--dataset",
+            s(&data),
+            "--libraries",
+            "hnswlib,faiss,usearch",
+            "--m",
+            "8",
+        ])
+        .args([
+            "--ef-construction",
+            "40",
+            "--ef",
+            "10,32",
+            "--min-seconds",
+            "0",
+        ])
+        .args(["--json", s(&theirs)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = report(&theirs);
+    assert_eq!(r["schema"], "htg-bench-index/1");
+    assert_eq!(r["builds"].as_array().unwrap().len(), 3);
+    for b in r["builds"].as_array().unwrap() {
+        let best = b["searches"][1]["recall_at_10"].as_f64().unwrap();
+        assert!(best > 0.9 && best <= 1.0, "{b}");
+    }
+    let table = htg_ok(&[
+        "bench",
+        "plot",
+        s(&ours),
+        s(&theirs),
+        "--out",
+        s(tmp.path()),
+    ]);
+    for peer in ["hnswlib/l2sq", "faiss/l2sq", "usearch/l2sq"] {
+        assert!(
+            table.contains(&format!("| hnsw_rs/l2 | {peer} |")),
+            "{table}"
+        );
+    }
 }
