@@ -29,11 +29,10 @@ impl Dataset {
     /// Reads and cross-checks the three files of `dir`.
     pub fn load(dir: &Path) -> Result<Dataset, AnnError> {
         if !dir.is_dir() {
-            return Err(AnnError::Io {
-                op: "open data set",
-                path: dir.to_path_buf(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            });
+            return Err(AnnError::Mismatch(format!(
+                "data set directory {} does not exist (make one with `htg bench dataset`)",
+                dir.display()
+            )));
         }
         let base: Matrix<f32> = npy::read(&dir.join(BASE))?;
         let queries: Matrix<f32> = npy::read(&dir.join(QUERIES))?;

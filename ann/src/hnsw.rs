@@ -165,7 +165,7 @@ impl Index {
         let base = r.map_err(|e| AnnError::Io {
             op: "dump HNSW into",
             path: dir.to_path_buf(),
-            source: std::io::Error::other(format!("{e:#}")),
+            err: std::io::Error::other(format!("{e:#}")),
         })?;
         let mut bytes = 0;
         for entry in std::fs::read_dir(dir).map_err(crate::io_err("list", dir))? {

@@ -22,15 +22,16 @@ pub mod stats;
 /// Why a measurement input was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AnnError {
-    /// Filesystem failure, with the path involved.
-    #[error("{op} {path}: {source}")]
+    /// Filesystem failure, with the path involved. The I/O error is part of the message and
+    /// deliberately not a `source`, so `anyhow`'s `{:#}` does not print it twice.
+    #[error("{op} {path}: {err}")]
     Io {
         /// What was attempted.
         op: &'static str,
         /// Path involved.
         path: std::path::PathBuf,
         /// Underlying error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// A `.npy` file is malformed or has an unexpected dtype or shape.
     #[error("{path}: {reason}")]
@@ -52,9 +53,9 @@ pub(crate) fn io_err<'a>(
     op: &'static str,
     path: &'a std::path::Path,
 ) -> impl FnOnce(std::io::Error) -> AnnError + 'a {
-    move |source| AnnError::Io {
+    move |err| AnnError::Io {
         op,
         path: path.to_path_buf(),
-        source,
+        err,
     }
 }
