@@ -1,87 +1,17 @@
-//! Distance kernels and brute-force k-NN: the ground truth of every recall figure, and the
-//! kernels of our own HNSW distance ([`crate::hnsw::Metric::L2Sq`]).
-//!
-//! The kernels are plain loops over 8 independent accumulators, which the compiler vectorises;
-//! on x86-64 a copy compiled for AVX2+FMA is chosen at run time, as `anndists` does with
-//! `simdeez`, but without the square root or a non-inlined call per distance.
+//! Brute-force k-NN: the ground truth of every recall figure. The distance kernels live in
+//! [`crate::kernels`]; `l2_sq` and `dot` are re-exported here for existing callers.
 
 use rayon::prelude::*;
 
 use crate::npy::Matrix;
 use crate::AnnError;
 
-#[inline(always)]
-fn l2_sq_generic(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..8 {
-            let d = x[i] - y[i];
-            acc[i] += d * d;
-        }
-    }
-    let mut s = 0.0;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += (x - y) * (x - y);
-    }
-    s + acc.iter().sum::<f32>()
-}
+/// Squared Euclidean distance over the common length of `a` and `b`; kept here for the
+/// callers that predate [`crate::kernels`].
+pub use crate::kernels::l2_sq;
 
-#[inline(always)]
-fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = 0.0;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y;
-    }
-    s + acc.iter().sum::<f32>()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn l2_sq_avx2(a: &[f32], b: &[f32]) -> f32 {
-    l2_sq_generic(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_generic(a, b)
-}
-
-/// Squared Euclidean distance over the common length of `a` and `b`.
-#[inline]
-pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        return unsafe { l2_sq_avx2(a, b) };
-    }
-    l2_sq_generic(a, b)
-}
-
-/// Inner product over the common length of `a` and `b`.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        return unsafe { dot_avx2(a, b) };
-    }
-    dot_generic(a, b)
-}
+/// Inner product over the common length of `a` and `b`; kept here as [`l2_sq`] is.
+pub use crate::kernels::dot;
 
 /// The `k` rows of `base` nearest to `query` by squared L2, nearest first, ties by id.
 ///

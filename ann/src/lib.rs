@@ -1,21 +1,27 @@
-//! Measurement kernels behind `htg bench index`.
+//! The vector engine: the ground floor under `htg-retrieval`, and the measurement kernels
+//! behind `htg bench index`.
+//!
+//! - [`graph`]: our own HNSW graph — flat cache-friendly layout, parallel and concurrent
+//!   inserts through `&self`, filters and tombstones inside the traversal (with an exact scan
+//!   for small allowed sets), compaction, optional 8-bit quantised traversal with `f32`
+//!   rescoring, and a checksummed file format opened with `mmap`;
+//! - [`kernels`]: the one set of distance kernels (`f32` and 8-bit), compiled for AVX-512,
+//!   AVX2+FMA and the base ISA and chosen once at run time;
+//! - [`exact`]: brute-force k-NN, the ground truth of every recall figure;
+//! - [`hnsw`]: timed HNSW builds and searches for benchmarks, over `hnsw_rs` or [`graph`];
+//! - [`npy`], [`dataset`]: the `.npy` data set directories shared with the Python peers in
+//!   `benches/peers/`, and the seeded clustered synthetic set;
+//! - [`stats`]: recall and latency percentiles.
 //!
 //! A separate crate so that the dev profile can compile it at `opt-level = 3` (see the root
-//! `Cargo.toml`), as a release build would: `hnsw_rs` is generic over the distance, so its
-//! search and insert loops are compiled in the crate that names `Hnsw<f32, D>`, here; and the
-//! exact-search kernels and ground truth are straight-line code whose speed depends on it.
-//!
-//! - [`npy`]: read and write the `.npy` files a data set directory holds, shared with the
-//!   Python peers in `benches/peers/`;
-//! - [`dataset`]: the seeded clustered synthetic set, held-out query splits and exact ground
-//!   truth;
-//! - [`hnsw`]: HNSW builds and searches with a choice of distance kernel;
-//! - [`exact`]: brute-force k-NN and the distance kernels it and our own HNSW distance use;
-//! - [`stats`]: recall and latency percentiles.
+//! `Cargo.toml`), as a release build would: search loops and kernels are straight-line code
+//! whose speed depends on it, and `hnsw_rs`'s generic loops are instantiated here.
 
 pub mod dataset;
 pub mod exact;
+pub mod graph;
 pub mod hnsw;
+pub mod kernels;
 pub mod npy;
 pub mod stats;
 
@@ -47,6 +53,33 @@ pub enum AnnError {
     /// A parameter is out of range.
     #[error("invalid parameter: {0}")]
     Param(String),
+    /// Every slot reserved for the graph is taken: the caller grows it with
+    /// [`graph::Graph::reserve`] (under its write lock) and retries.
+    #[error("the index is full ({capacity} vectors); reserve room before inserting")]
+    Full {
+        /// Slots the graph has.
+        capacity: usize,
+    },
+    /// An id that names no vector of the graph.
+    #[error("id {id} is not in the index ({len} ids)")]
+    UnknownId {
+        /// The id asked for.
+        id: u64,
+        /// Ids the graph has handed out.
+        len: usize,
+    },
+    /// The graph's storage is a read-only file map; [`graph::Graph::reserve`] copies it into
+    /// memory, after which it can change.
+    #[error("the index is mapped read-only from its file; reserve room to make it writable")]
+    ReadOnly,
+    /// An index file is truncated, altered, or from another format version.
+    #[error("{path}: not a valid index file: {reason}")]
+    Format {
+        /// File involved.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 pub(crate) fn io_err<'a>(

@@ -1,0 +1,516 @@
+use super::*;
+use crate::dataset::Rng;
+use crate::dataset::{clustered, SynthParams};
+use crate::exact;
+use proptest::prelude::*;
+
+fn data(n: usize, dim: usize, seed: u64) -> (Matrix<f32>, Matrix<f32>) {
+    clustered(&SynthParams {
+        n,
+        queries: 50,
+        dim,
+        clusters: 20,
+        spread: 0.6,
+        seed,
+    })
+    .unwrap()
+}
+
+fn params(seed: u64) -> GraphParams {
+    GraphParams {
+        m: 12,
+        ef_construction: 100,
+        distance: Distance::L2Sq,
+        seed,
+    }
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+/// Exact top-k among ids passing `ok`.
+fn truth(base: &Matrix<f32>, q: &[f32], k: usize, ok: impl Fn(u32) -> bool) -> Vec<u32> {
+    let mut all: Vec<(f32, u32)> = (0..base.rows as u32)
+        .filter(|&i| ok(i))
+        .map(|i| (exact::l2_sq(q, base.row(i as usize)), i))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    all.into_iter().take(k).map(|p| p.1).collect()
+}
+
+fn recall(found: &[(u32, f32)], truth: &[u32]) -> f64 {
+    if truth.is_empty() {
+        return 1.0;
+    }
+    found.iter().filter(|(id, _)| truth.contains(id)).count() as f64 / truth.len() as f64
+}
+
+fn mean_recall(
+    g: &Graph,
+    base: &Matrix<f32>,
+    queries: &Matrix<f32>,
+    ef: usize,
+    filter: Option<&Filter>,
+    ok: &dyn Fn(u32) -> bool,
+) -> f64 {
+    let mut r = 0.0;
+    for i in 0..queries.rows {
+        let q = queries.row(i);
+        let found = g.search(q, 10, ef, filter).unwrap();
+        assert!(found.windows(2).all(|w| w[0].1 <= w[1].1), "not sorted");
+        for &(id, d) in &found {
+            assert!(ok(id), "returned excluded id {id}");
+            assert!((d - exact::l2_sq(q, base.row(id as usize))).abs() < 1e-4);
+        }
+        r += recall(&found, &truth(base, q, 10, ok));
+    }
+    r / queries.rows as f64
+}
+
+#[test]
+fn parallel_build_reaches_high_recall() {
+    let (base, queries) = data(3000, 32, 1);
+    let g = pool(2).install(|| Graph::build(&base, params(7))).unwrap();
+    assert_eq!(g.len(), 3000);
+    let r = mean_recall(&g, &base, &queries, 64, None, &|_| true);
+    assert!(r >= 0.97, "recall {r}");
+}
+
+#[test]
+fn one_thread_builds_are_identical() {
+    let (base, queries) = data(1500, 16, 2);
+    let p = pool(1);
+    let a = p.install(|| Graph::build(&base, params(3))).unwrap();
+    let b = p.install(|| Graph::build(&base, params(3))).unwrap();
+    let dir = std::env::temp_dir().join(format!("htg-ann-det-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    a.save(&dir.join("a")).unwrap();
+    b.save(&dir.join("b")).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("a")).unwrap(),
+        std::fs::read(dir.join("b")).unwrap()
+    );
+    for i in 0..queries.rows {
+        let q = queries.row(i);
+        assert_eq!(
+            a.search(q, 10, 40, None).unwrap(),
+            b.search(q, 10, 40, None).unwrap()
+        );
+    }
+    // Another seed draws other levels, so another graph.
+    let c = p.install(|| Graph::build(&base, params(4))).unwrap();
+    c.save(&dir.join("c")).unwrap();
+    assert_ne!(
+        std::fs::read(dir.join("a")).unwrap(),
+        std::fs::read(dir.join("c")).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn inserts_one_by_one_and_concurrently_with_searches() {
+    let (base, queries) = data(2000, 24, 3);
+    let g = Graph::new(24, params(1), 2000).unwrap();
+    for i in 0..500 {
+        assert_eq!(g.insert(base.row(i)).unwrap(), i as u32);
+    }
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let (g, base) = (&g, &base);
+            s.spawn(move || {
+                for i in (500 + t..2000).step_by(2) {
+                    g.insert(base.row(i)).unwrap();
+                }
+            });
+        }
+        let (g, queries) = (&g, &queries);
+        s.spawn(move || {
+            for _ in 0..5 {
+                for i in 0..queries.rows {
+                    let r = g.search(queries.row(i), 10, 32, None).unwrap();
+                    assert!(r.len() <= 10);
+                }
+            }
+        });
+    });
+    assert_eq!(g.len(), 2000);
+    // Ids were handed out in claim order, not row order: compare by vectors.
+    let mut rows = Matrix {
+        rows: 2000,
+        cols: 24,
+        data: Vec::new(),
+    };
+    for i in 0..2000 {
+        rows.data.extend_from_slice(g.vector(i).unwrap());
+    }
+    let r = mean_recall(&g, &rows, &queries, 64, None, &|_| true);
+    assert!(r >= 0.95, "recall {r}");
+    assert!(matches!(
+        g.insert(base.row(0)),
+        Err(AnnError::Full { capacity: 2000 })
+    ));
+}
+
+#[test]
+fn reserve_grows_and_keeps_the_graph() {
+    let (base, queries) = data(1000, 16, 4);
+    let mut g = Graph::new(16, params(1), 10).unwrap();
+    for i in 0..10 {
+        g.insert(base.row(i)).unwrap();
+    }
+    g.reserve(990).unwrap();
+    assert_eq!(g.capacity(), 1000);
+    for i in 10..1000 {
+        g.insert(base.row(i)).unwrap();
+    }
+    let r = mean_recall(&g, &base, &queries, 64, None, &|_| true);
+    assert!(r >= 0.95, "recall {r}");
+}
+
+#[test]
+fn deleted_ids_are_never_returned_and_compaction_drops_them() {
+    let (base, queries) = data(2000, 16, 5);
+    let g = Graph::build(&base, params(2)).unwrap();
+    let mut rng = Rng::new(9);
+    let mut dead = IdSet::new();
+    while dead.len() < 600 {
+        let id = rng.below(2000) as u32;
+        assert_eq!(g.delete(id).unwrap(), dead.insert(id));
+    }
+    assert_eq!(g.tombstones(), 600);
+    assert!(g.needs_compaction(0.25) && !g.needs_compaction(0.5));
+    let r = mean_recall(&g, &base, &queries, 64, None, &|id| !dead.contains(id));
+    assert!(r >= 0.95, "recall {r}");
+    assert!(matches!(g.delete(2000), Err(AnnError::UnknownId { .. })));
+
+    let (c, map) = g.compact().unwrap();
+    assert_eq!(c.len(), 1400);
+    assert_eq!(c.tombstones(), 0);
+    for (old, new) in map.iter().enumerate() {
+        assert_eq!(new.is_none(), dead.contains(old as u32));
+        if let Some(new) = new {
+            assert_eq!(c.vector(*new).unwrap(), base.row(old));
+        }
+    }
+    let back: Vec<u32> = (0..2000u32).filter(|&i| !dead.contains(i)).collect();
+    for i in 0..queries.rows {
+        let q = queries.row(i);
+        let found: Vec<u32> = c
+            .search(q, 10, 64, None)
+            .unwrap()
+            .iter()
+            .map(|&(id, _)| back[id as usize])
+            .collect();
+        let t = truth(&base, q, 10, |id| !dead.contains(id));
+        let hits = found.iter().filter(|id| t.contains(id)).count();
+        assert!(hits >= 8, "query {i}: {hits}/10");
+    }
+}
+
+#[test]
+fn filtered_search_keeps_recall_at_every_selectivity() {
+    let (base, queries) = data(5000, 16, 6);
+    let g = pool(2).install(|| Graph::build(&base, params(5))).unwrap();
+    let mut rng = Rng::new(11);
+    for sel in [0.01, 0.1, 0.5] {
+        let set: IdSet = (0..5000u32).filter(|_| rng.uniform() < sel).collect();
+        let ok = |id: u32| set.contains(id);
+        for plan in [Plan::Auto, Plan::Graph, Plan::Exact] {
+            if plan == Plan::Graph && sel < 0.05 {
+                continue; // the plan Auto avoids: a traversal that must skip 99% of nodes
+            }
+            let f = Filter::set(&set).with_plan(plan);
+            let r = mean_recall(&g, &base, &queries, 64, Some(&f), &ok);
+            assert!(r >= 0.95, "selectivity {sel} {plan:?}: recall {r}");
+            let f = Filter::predicate(&ok, None).with_plan(plan);
+            let r = mean_recall(&g, &base, &queries, 64, Some(&f), &ok);
+            assert!(
+                r >= 0.95,
+                "selectivity {sel} {plan:?} predicate: recall {r}"
+            );
+        }
+    }
+    // Filters and tombstones combine.
+    let set: IdSet = (0..2500u32).collect();
+    for id in (0..5000).step_by(3) {
+        g.delete(id).unwrap();
+    }
+    let ok = |id: u32| set.contains(id) && !id.is_multiple_of(3);
+    let f = Filter::set(&set).with_plan(Plan::Graph);
+    let r = mean_recall(&g, &base, &queries, 64, Some(&f), &ok);
+    assert!(r >= 0.95, "recall {r}");
+    // Nothing allowed: nothing returned.
+    let empty = IdSet::new();
+    let f = Filter::set(&empty);
+    assert!(g
+        .search(queries.row(0), 10, 64, Some(&f))
+        .unwrap()
+        .is_empty());
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("htg-ann-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("index.htg")
+}
+
+#[test]
+fn saved_and_mapped_graphs_answer_identically() {
+    let (base, queries) = data(1500, 20, 7);
+    let g = Graph::build(&base, params(6)).unwrap();
+    g.delete(3).unwrap();
+    let path = tmp("roundtrip");
+    let size = g.save(&path).unwrap();
+    assert_eq!(size, std::fs::metadata(&path).unwrap().len());
+    let mut h = Graph::open(&path).unwrap();
+    assert!(h.is_mapped());
+    assert_eq!((h.len(), h.dim(), h.tombstones()), (1500, 20, 1));
+    assert_eq!(h.params(), g.params());
+    assert!(h.heap_bytes() < g.heap_bytes() / 2);
+    for i in 0..queries.rows {
+        let q = queries.row(i);
+        assert_eq!(
+            g.search(q, 10, 50, None).unwrap(),
+            h.search(q, 10, 50, None).unwrap()
+        );
+    }
+    assert!(matches!(h.insert(base.row(0)), Err(AnnError::ReadOnly)));
+    h.reserve(1).unwrap();
+    assert!(!h.is_mapped());
+    assert_eq!(h.insert(base.row(0)).unwrap(), 1500);
+    assert_eq!(h.search(base.row(0), 2, 50, None).unwrap().len(), 2);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn damaged_files_are_refused() {
+    let (base, _) = data(300, 8, 8);
+    let mut g = Graph::build(&base, params(1)).unwrap();
+    g.quantize().unwrap();
+    let path = tmp("damage");
+    g.save(&path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    assert!(Graph::open(&path).is_ok());
+    let bad = path.with_extension("bad");
+    let refuse = |bytes: &[u8], what: &str| {
+        std::fs::write(&bad, bytes).unwrap();
+        match Graph::open(&bad) {
+            Err(AnnError::Format { reason, .. }) => reason,
+            Err(e) => panic!("{what}: unexpected error {e}"),
+            Ok(_) => panic!("{what}: accepted"),
+        }
+    };
+    for cut in [0, 7, 100, 511, 512, good.len() / 2, good.len() - 1] {
+        refuse(&good[..cut], &format!("truncated at {cut}"));
+    }
+    let mut step = good.len() / 97;
+    step = step.max(1);
+    for at in (0..good.len()).step_by(step) {
+        let mut b = good.clone();
+        b[at] ^= 0x20;
+        // Padding between sections is not covered by any checksum.
+        if let Ok(g2) = std::panic::catch_unwind(|| {
+            std::fs::write(&bad, &b).unwrap();
+            Graph::open(&bad)
+        }) {
+            if g2.is_ok() {
+                // Only padding bytes may be flipped harmlessly.
+                assert!(at >= 512, "header byte {at} flipped unnoticed");
+            }
+        } else {
+            panic!("flipping byte {at} panicked");
+        }
+    }
+    let mut b = good.clone();
+    b[8] = 2;
+    let reason = refuse(&b, "version");
+    assert!(reason.contains("version"), "{reason}");
+    assert!(refuse(b"not an index", "junk").contains("header"));
+    assert!(matches!(
+        Graph::open(&path.with_extension("none")),
+        Err(AnnError::Io { .. })
+    ));
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn quantised_search_rescored_keeps_recall_and_survives_a_round_trip() {
+    let (base, queries) = data(3000, 32, 9);
+    let mut g = Graph::build(&base, params(8)).unwrap();
+    let before = g.heap_bytes();
+    g.quantize().unwrap();
+    assert!(g.is_quantized());
+    let r = mean_recall(&g, &base, &queries, 64, None, &|_| true);
+    assert!(r >= 0.95, "recall {r}");
+    let path = tmp("quant");
+    g.save(&path).unwrap();
+    let h = Graph::open(&path).unwrap();
+    assert!(h.is_quantized());
+    for i in 0..queries.rows {
+        let q = queries.row(i);
+        assert_eq!(
+            g.search(q, 10, 64, None).unwrap(),
+            h.search(q, 10, 64, None).unwrap()
+        );
+    }
+    // Mapped, the f32 vectors stay in the page cache: the heap holds little.
+    assert!(
+        h.heap_bytes() * 4 < before,
+        "{} vs {before}",
+        h.heap_bytes()
+    );
+    // Inserting after quantisation encodes the new vector too.
+    let mut h = h;
+    h.reserve(1).unwrap();
+    let id = h.insert(queries.row(0)).unwrap();
+    assert_eq!(h.search(queries.row(0), 1, 64, None).unwrap()[0].0, id);
+    let mut d = Graph::new(
+        4,
+        GraphParams {
+            distance: Distance::Dot,
+            ..params(1)
+        },
+        4,
+    )
+    .unwrap();
+    assert!(d.quantize().is_err());
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    assert!(Graph::new(0, params(1), 10).is_err());
+    assert!(Graph::new(4, GraphParams { m: 1, ..params(1) }, 10).is_err());
+    assert!(Graph::new(
+        4,
+        GraphParams {
+            m: 300,
+            ..params(1)
+        },
+        10
+    )
+    .is_err());
+    let g = Graph::new(4, params(1), 10).unwrap();
+    assert!(g.search(&[0.0; 4], 5, 10, None).unwrap().is_empty());
+    assert!(matches!(g.insert(&[0.0; 3]), Err(AnnError::Mismatch(_))));
+    assert!(matches!(
+        g.insert(&[f32::NAN; 4]),
+        Err(AnnError::Mismatch(_))
+    ));
+    g.insert(&[1.0, 0.0, 0.0, 0.0]).unwrap();
+    assert!(matches!(
+        g.search(&[0.0; 5], 5, 10, None),
+        Err(AnnError::Mismatch(_))
+    ));
+    assert!(g.search(&[0.0; 4], 0, 10, None).unwrap().is_empty());
+    assert!(matches!(g.vector(1), Err(AnnError::UnknownId { .. })));
+    assert!(matches!(
+        g.delete(u32::MAX),
+        Err(AnnError::UnknownId { .. })
+    ));
+    let bad = Matrix {
+        rows: 2,
+        cols: 2,
+        data: vec![0.0, 1.0, f32::INFINITY, 0.0],
+    };
+    assert!(Graph::build(&bad, params(1)).is_err());
+}
+
+#[test]
+fn dot_distance_ranks_by_inner_product() {
+    let (base, queries) = data(1000, 16, 10);
+    let p = GraphParams {
+        distance: Distance::Dot,
+        ..params(1)
+    };
+    let g = Graph::build(&base, p).unwrap();
+    // Unit vectors: the dot ranking is the L2 ranking.
+    let mut r = 0.0;
+    for i in 0..queries.rows {
+        let q = queries.row(i);
+        let found = g.search(q, 10, 64, None).unwrap();
+        for &(id, d) in &found {
+            assert!((d - (1.0 - exact::dot(q, base.row(id as usize)))).abs() < 1e-5);
+        }
+        r += recall(&found, &truth(&base, q, 10, |_| true));
+    }
+    assert!(r / queries.rows as f64 >= 0.95);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn results_respect_filters_tombstones_and_order(
+        n in 1usize..300,
+        dim in 1usize..20,
+        seed in 0u64..1000,
+        dels in proptest::collection::vec(0u32..300, 0..60),
+        modulus in 1u32..7,
+        k in 1usize..15,
+        quant in any::<bool>(),
+    ) {
+        let mut rng = Rng::new(seed);
+        let base = Matrix {
+            rows: n,
+            cols: dim,
+            data: (0..n * dim).map(|_| rng.normal() as f32).collect(),
+        };
+        let mut g = Graph::build(&base, GraphParams { m: 4, ef_construction: 32, distance: Distance::L2Sq, seed }).unwrap();
+        if quant {
+            g.quantize().unwrap();
+        }
+        for &d in &dels {
+            let r = g.delete(d);
+            prop_assert_eq!(r.is_ok(), (d as usize) < n);
+        }
+        let ok = |id: u32| id.is_multiple_of(modulus);
+        let q: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+        for plan in [Plan::Auto, Plan::Graph, Plan::Exact] {
+            let f = Filter::predicate(&ok, None).with_plan(plan);
+            let found = g.search(&q, k, 16, Some(&f)).unwrap();
+            prop_assert!(found.len() <= k);
+            prop_assert!(found.windows(2).all(|w| w[0].1 <= w[1].1));
+            for &(id, d) in &found {
+                prop_assert!(ok(id) && !g.is_deleted(id));
+                prop_assert!((d - exact::l2_sq(&q, base.row(id as usize))).abs() < 1e-3);
+            }
+            if plan == Plan::Exact {
+                let t = truth(&base, &q, k, |id| ok(id) && !g.is_deleted(id));
+                let ids: Vec<u32> = found.iter().map(|p| p.0).collect();
+                prop_assert_eq!(ids, t);
+            }
+        }
+        // Unfiltered with ef >= n on a small graph: recall near exact.
+        let found = g.search(&q, k, n.max(k), None).unwrap();
+        let t = truth(&base, &q, k, |id| !g.is_deleted(id));
+        prop_assert!(recall(&found, &t) >= 0.7, "recall {}", recall(&found, &t));
+    }
+
+    #[test]
+    fn save_then_open_round_trips(n in 1usize..200, dim in 1usize..12, seed in 0u64..100, quant in any::<bool>()) {
+        let mut rng = Rng::new(seed);
+        let base = Matrix {
+            rows: n,
+            cols: dim,
+            data: (0..n * dim).map(|_| rng.uniform() as f32).collect(),
+        };
+        let mut g = Graph::build(&base, GraphParams { m: 6, ef_construction: 20, distance: Distance::L2Sq, seed }).unwrap();
+        if quant {
+            g.quantize().unwrap();
+        }
+        g.delete((seed % n as u64) as u32).unwrap();
+        let path = tmp(&format!("prop-{seed}-{n}-{dim}"));
+        g.save(&path).unwrap();
+        let h = Graph::open(&path).unwrap();
+        for i in 0..5.min(n) {
+            let q = base.row(i);
+            prop_assert_eq!(g.search(q, 5, 20, None).unwrap(), h.search(q, 5, 20, None).unwrap());
+        }
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+}
