@@ -1,5 +1,6 @@
-//! HNSW builds and searches through `hnsw_rs`, with a choice of distance kernel, timed the way
-//! `htg bench index` reports them.
+//! HNSW builds and searches, timed the way `htg bench index` reports them: through `hnsw_rs`
+//! with a choice of distance kernel, or through our own [`crate::graph`], so the two engines
+//! are measured by the same harness on the same data.
 
 use std::path::Path;
 use std::time::Instant;
@@ -7,6 +8,7 @@ use std::time::Instant;
 use hnsw_rs::prelude::{AnnT, DistDot, DistL2, Distance, Hnsw};
 use rayon::prelude::*;
 
+use crate::graph::{Distance as GraphDistance, Graph, GraphParams};
 use crate::npy::Matrix;
 use crate::{exact, AnnError};
 
@@ -93,6 +95,8 @@ pub enum Index {
     Dot(Hnsw<'static, f32, DistDot>),
     /// Built with [`L2Sq`].
     L2Sq(Hnsw<'static, f32, L2Sq>),
+    /// Our own graph ([`Index::build_htg`]).
+    Htg(Graph),
 }
 
 /// Maximum number of layers, as `htg index` builds.
@@ -141,6 +145,31 @@ impl Index {
         })
     }
 
+    /// Builds our own graph over every row of `data` (ids are row numbers) on the current rayon
+    /// pool, with the level draws seeded by `seed`. `L2` and `L2Sq` both build on squared L2
+    /// (the same ranking); `Dot` on `1 - a·b` and needs unit vectors, as for `hnsw_rs`.
+    pub fn build_htg(data: &Matrix<f32>, p: BuildParams, seed: u64) -> Result<Index, AnnError> {
+        p.validate()?;
+        if data.rows == 0 || data.cols == 0 {
+            return Err(AnnError::Mismatch("no vectors to index".into()));
+        }
+        if p.metric == Metric::Dot && !unit_rows(data) {
+            return Err(AnnError::Param(
+                "distance dot needs l2-normalised vectors; use l2 or l2sq".into(),
+            ));
+        }
+        let gp = GraphParams {
+            m: p.m,
+            ef_construction: p.ef_construction,
+            distance: match p.metric {
+                Metric::Dot => GraphDistance::Dot,
+                Metric::L2 | Metric::L2Sq => GraphDistance::L2Sq,
+            },
+            seed,
+        };
+        Ok(Index::Htg(Graph::build(data, gp)?))
+    }
+
     /// Ids of the `k` nearest rows found with candidate list `ef`, nearest first.
     ///
     /// Not `#[inline]` on purpose: it must be compiled here, at this crate's opt-level.
@@ -149,15 +178,23 @@ impl Index {
             Index::L2(h) => h.search(q, k, ef),
             Index::Dot(h) => h.search(q, k, ef),
             Index::L2Sq(h) => h.search(q, k, ef),
+            Index::Htg(g) => {
+                // A query of the wrong dimension finds nothing, as with `hnsw_rs`.
+                return g
+                    .search(q, k, ef, None)
+                    .map(|v| v.into_iter().map(|(id, _)| id as usize).collect())
+                    .unwrap_or_default();
+            }
         };
         found.into_iter().map(|n| n.d_id).collect()
     }
 
-    /// Writes the graph and data as `hnsw_rs` persists them into `dir`; returns the bytes
-    /// written (the index size on disk).
+    /// Writes the graph and data into `dir` as its engine persists them (`hnsw_rs`'s dump, or
+    /// our index file `bench.htg`); returns the bytes written (the index size on disk).
     pub fn dump(&self, dir: &Path) -> Result<u64, AnnError> {
         std::fs::create_dir_all(dir).map_err(crate::io_err("create", dir))?;
         let r = match self {
+            Index::Htg(g) => return g.save(&dir.join("bench.htg")),
             Index::L2(h) => h.file_dump(dir, "bench"),
             Index::Dot(h) => h.file_dump(dir, "bench"),
             Index::L2Sq(h) => h.file_dump(dir, "bench"),
@@ -296,6 +333,7 @@ fn index_dim(index: &Index) -> usize {
         Index::L2(h) => h.get_point_indexation().get_data_dimension(),
         Index::Dot(h) => h.get_point_indexation().get_data_dimension(),
         Index::L2Sq(h) => h.get_point_indexation().get_data_dimension(),
+        Index::Htg(g) => g.dim(),
     }
 }
 
@@ -338,6 +376,26 @@ mod tests {
             let r = stats::recall(&run.found, &gt, 10);
             assert!(r > 0.98, "{metric:?}: recall {r}");
         }
+        for metric in Metric::ALL {
+            let p = BuildParams {
+                m: 16,
+                ef_construction: 100,
+                metric,
+            };
+            let idx = Index::build_htg(&base, p, 1).unwrap();
+            let run = search_serial(Engine::Hnsw(&idx, 200), &queries, 10, 0.0).unwrap();
+            let r = stats::recall(&run.found, &gt, 10);
+            assert!(r > 0.98, "htg {metric:?}: recall {r}");
+            assert!(search_parallel(Engine::Hnsw(&idx, 50), &queries, 10, 0.0).unwrap() > 0.0);
+            let dir = std::env::temp_dir().join(format!("htg-ann-dump-{}", std::process::id()));
+            let bytes = idx.dump(&dir).unwrap();
+            assert_eq!(
+                bytes,
+                std::fs::metadata(dir.join("bench.htg")).unwrap().len()
+            );
+            assert!(Graph::open(&dir.join("bench.htg")).is_ok());
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
         let run = search_serial(Engine::Exact(&base), &queries, 10, 0.0).unwrap();
         assert_eq!(stats::recall(&run.found, &gt, 10), 1.0);
         assert!(search_parallel(Engine::Exact(&base), &queries, 10, 0.0).unwrap() > 0.0);
@@ -358,6 +416,9 @@ mod tests {
         assert!(Index::build(&data, p(257, Metric::L2)).is_err());
         assert!(Index::build(&data, p(1, Metric::L2)).is_err());
         let e = Index::build(&data, p(8, Metric::Dot)).err().unwrap();
+        assert!(e.to_string().contains("normalised"), "{e}");
+        assert!(Index::build_htg(&data, p(257, Metric::L2), 0).is_err());
+        let e = Index::build_htg(&data, p(8, Metric::Dot), 0).err().unwrap();
         assert!(e.to_string().contains("normalised"), "{e}");
     }
 }
