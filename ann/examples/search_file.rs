@@ -1,0 +1,57 @@
+//! One-thread QPS and recall@10 of a saved index file over a data set directory, for tuning
+//! the search loop without rebuilding: `search_file INDEX DATASET_DIR [EF,...]`.
+//! With `--build`, first builds INDEX from the data set (M=16, efc=200, all threads).
+
+use std::path::Path;
+use std::time::Instant;
+
+use htg_ann::dataset::Dataset;
+use htg_ann::graph::{Graph, GraphParams};
+use htg_ann::stats;
+
+fn main() {
+    let args: Vec<String> = std::env::args().filter(|a| a != "--build").collect();
+    let build = std::env::args().any(|a| a == "--build");
+    let (index, dir) = (Path::new(&args[1]), Path::new(&args[2]));
+    let efs: Vec<usize> = args
+        .get(3)
+        .map_or("10,16,32,64,128".into(), |s| s.clone())
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let ds = Dataset::load(dir).unwrap();
+    if build {
+        let t = Instant::now();
+        let g = Graph::build(
+            &ds.base,
+            GraphParams {
+                seed: 1,
+                ..GraphParams::default()
+            },
+        )
+        .unwrap();
+        println!("build {:.1} s", t.elapsed().as_secs_f64());
+        g.save(index).unwrap();
+    }
+    let g = Graph::open(index).unwrap();
+    for ef in efs {
+        let mut found = Vec::new();
+        for i in 0..ds.queries.rows.min(200) {
+            std::hint::black_box(g.search(ds.queries.row(i), 10, ef, None).unwrap());
+        }
+        let t = Instant::now();
+        let mut n = 0;
+        while t.elapsed().as_secs_f64() < 2.0 {
+            for i in 0..ds.queries.rows {
+                let r = g.search(ds.queries.row(i), 10, ef, None).unwrap();
+                if found.len() < ds.queries.rows {
+                    found.push(r.into_iter().map(|p| p.0 as usize).collect::<Vec<_>>());
+                }
+            }
+            n += ds.queries.rows;
+        }
+        let qps = n as f64 / t.elapsed().as_secs_f64();
+        let r = stats::recall(&found, &ds.gt, 10);
+        println!("ef={ef:<4} recall@10={r:.4} qps={qps:.0}");
+    }
+}
