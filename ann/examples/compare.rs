@@ -103,7 +103,7 @@ fn main() {
         qm.heap_bytes() as f64 / 1e6,
         (n * (128 + 33 * 4)) as f64 / 1e6
     );
-    let qi = Index::Htg(qm);
+    let qi = Index::Htg(Box::new(qm));
     sweep("htg-int8", &qi, &queries, &gt);
     drop(qi);
     drop(ours);

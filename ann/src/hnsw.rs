@@ -96,7 +96,7 @@ pub enum Index {
     /// Built with [`L2Sq`].
     L2Sq(Hnsw<'static, f32, L2Sq>),
     /// Our own graph ([`Index::build_htg`]).
-    Htg(Graph),
+    Htg(Box<Graph>),
 }
 
 /// Maximum number of layers, as `htg index` builds.
@@ -167,7 +167,7 @@ impl Index {
             },
             seed,
         };
-        Ok(Index::Htg(Graph::build(data, gp)?))
+        Ok(Index::Htg(Box::new(Graph::build(data, gp)?)))
     }
 
     /// Ids of the `k` nearest rows found with candidate list `ef`, nearest first.
