@@ -1122,6 +1122,9 @@ impl Graph {
         filter: Option<&Filter>,
     ) -> Result<Vec<(u32, f32)>, AnnError> {
         self.check_query(query)?;
+        // More than every id cannot be found; clamping also keeps `4 * k` and heap sizes sane.
+        let k = k.min(self.len());
+        let ef = ef.min(self.len().max(1));
         if k == 0 || self.entry.load(Ordering::Acquire) == NO_ENTRY {
             return Ok(Vec::new());
         }

@@ -407,6 +407,15 @@ fn bad_input_is_an_error() {
         Err(AnnError::Mismatch(_))
     ));
     assert!(g.search(&[0.0; 4], 0, 10, None).unwrap().is_empty());
+    assert_eq!(
+        g.search(&[0.0; 4], usize::MAX, usize::MAX, None)
+            .unwrap()
+            .len(),
+        1
+    );
+    let mut q = Graph::build(&data(50, 4, 1).0, params(1)).unwrap();
+    q.quantize().unwrap();
+    assert_eq!(q.search(&[0.0; 4], usize::MAX, 10, None).unwrap().len(), 50);
     assert!(matches!(g.vector(1), Err(AnnError::UnknownId { .. })));
     assert!(matches!(
         g.delete(u32::MAX),
