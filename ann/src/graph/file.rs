@@ -452,6 +452,21 @@ impl Graph {
             });
         }
 
+        if g.quant.is_some() && count > 0 {
+            // Verifying the checksums faulted the f32 vectors in; a quantised graph reads
+            // them only to rescore a few candidates per query, so hand those pages back and
+            // turn off read-ahead there: they then stay on disk until a query needs them.
+            #[cfg(unix)]
+            {
+                let len = count * stride * 4;
+                let _ = map.advise_range(memmap2::Advice::Random, vec_off, len);
+                // SAFETY: a read-only shared file mapping: dropped pages are read again from
+                // the file, which is not modified while mapped (see above), on next access.
+                let _ = unsafe {
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, vec_off, len)
+                };
+            }
+        }
         g.capacity = count;
         g.len = AtomicUsize::new(count);
         g.vectors = Buf::mapped(&map, vec_off, count * stride);
