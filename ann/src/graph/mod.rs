@@ -18,7 +18,7 @@
 //! - filters and tombstones act inside the traversal: excluded nodes still route but are never
 //!   returned, and a small allowed set is searched exactly instead, as qdrant does;
 //! - optional 8-bit scalar quantisation: traversal on codes, then `f32` rescoring;
-//! - a checksummed file format, opened with `mmap` (see [`file`]).
+//! - a checksummed file format, opened with `mmap` (see [`mod@file`]).
 //!
 //! # Concurrency protocol
 //! An insert claims its id, writes the vector (and code), allocates its upper lists and then
