@@ -414,6 +414,12 @@ pub struct Graph {
     kernels: &'static Kernels,
 }
 
+// The owner shares one graph between threads behind an `RwLock`.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Graph>();
+};
+
 #[inline]
 fn pack(id: u32, level: usize) -> u64 {
     ((level as u64) << 32) | id as u64
