@@ -6,6 +6,8 @@
 //! the opt-level of the crate that names `Hnsw<f32, D>` (1 in the dev profile), beside the same
 //! search compiled in `htg-ann` at opt-level 3 (measured: no difference beyond noise, since
 //! the search is bound by memory loads; see docs/BENCHMARKS.md).
+// `criterion_group!` and `criterion_main!` generate undocumented public items.
+#![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hnsw_rs::prelude::{DistDot, DistL2, Distance, Hnsw};

@@ -13,6 +13,8 @@
 //!   call, so 1 compares the engines, not the thread counts];
 //! - `ORT_DYLIB_PATH`: ONNX Runtime library [default: where `scripts/fetch-data.sh onnxruntime`
 //!   puts it]. Without it only tract is measured, with a note.
+// `criterion_group!` and `criterion_main!` generate undocumented public items.
+#![allow(missing_docs)]
 
 use std::path::PathBuf;
 use std::time::Duration;

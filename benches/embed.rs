@@ -2,6 +2,8 @@
 //!
 //! Run with `cargo bench --bench embed`. Uses the committed emoji fixtures (64×64 PNG) and the
 //! bundled model when present, else the tiny fixture model.
+// `criterion_group!` and `criterion_main!` generate undocumented public items.
+#![allow(missing_docs)]
 
 use std::path::PathBuf;
 

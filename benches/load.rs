@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use htg_retrieval::preprocess::{batch_shape, decode_with_limit, write_normalised};
+use htg_retrieval::preprocess::tensor_from_bytes;
 use htg_retrieval::{Embedder, LocalIndex, SearchIndex, SearchOptions, TractEmbedder};
 
 const QUERY: &str = "1f999-google.png";
@@ -138,10 +138,10 @@ fn in_process(model: &Path, idx: &Path, bytes: &[u8]) -> (Duration, usize) {
     let index = LocalIndex::open(idx).expect("index opens");
     let spec = e.spec().clone();
     let once = || {
-        let img = decode_with_limit(bytes, 40_000_000).unwrap();
-        let mut batch = ndarray::Array4::<f32>::zeros(batch_shape(1, &spec));
-        write_normalised(&img, &spec, batch.index_axis_mut(ndarray::Axis(0), 0));
-        let v = e.embed_tensor(batch.view()).unwrap();
+        let t = tensor_from_bytes(bytes, &spec, 40_000_000).unwrap();
+        let v = e
+            .embed_tensor(t.insert_axis(ndarray::Axis(0)).view())
+            .unwrap();
         index
             .search(v.row(0).as_slice().unwrap(), K, &SearchOptions::default())
             .unwrap()

@@ -5,7 +5,7 @@
 
 mod bench;
 mod cmd;
-mod server;
+mod flags;
 
 use std::process::ExitCode;
 
@@ -38,6 +38,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Measure: index recall/QPS/latency against peers, embedding speed, retrieval quality.
     Bench(cmd::bench::Args),
+    /// Write or restore a consistent snapshot of an index.
+    Snapshot(cmd::snapshot::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Snapshot(a) => cmd::snapshot::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,8 @@
 //! with the same M and ef_construction: one query at a time, k = 10.
 //!
 //! `cargo bench -p htg-ann --bench graph`
+// `criterion_group!` and `criterion_main!` generate undocumented public items.
+#![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use htg_ann::dataset::{clustered, SynthParams};

@@ -106,6 +106,71 @@ pub trait Embedder: Send + Sync {
     }
 }
 
+/// A runtime's half of an embedder: run one batch of the size the graph accepts. Every
+/// [`Backend`] is an [`Embedder`] through one blanket impl, so chunking for fixed-batch graphs,
+/// pooling and normalisation cannot differ between runtimes.
+pub trait Backend: Send + Sync {
+    /// Short backend name for messages and benchmarks (`tract`, `ort`).
+    const NAME: &'static str;
+    /// File hash plus spec of the loaded model.
+    fn id(&self) -> &ModelId;
+    /// `Some(b)` when the graph fixes the batch size: inputs are run in chunks of `b`.
+    fn fixed_batch(&self) -> Option<usize>;
+    /// Runs the graph on one batch (of `fixed_batch` rows when that is set).
+    fn run_one(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError>;
+}
+
+impl<B: Backend> Embedder for B {
+    fn spec(&self) -> &ModelSpec {
+        &self.id().spec
+    }
+
+    fn model_id(&self) -> &ModelId {
+        self.id()
+    }
+
+    fn backend(&self) -> &'static str {
+        B::NAME
+    }
+
+    fn run(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
+        run_in_fixed_chunks(input, self.fixed_batch(), |chunk| self.run_one(chunk))
+    }
+}
+
+/// A model file read once and resolved: the start both runtimes share, so that the bytes that
+/// are hashed are the bytes whose spec is resolved.
+pub struct ModelFile {
+    /// The decoded ONNX graph.
+    pub proto: tract_onnx::pb::ModelProto,
+    /// Hash of the bytes plus the resolved spec.
+    pub id: ModelId,
+}
+
+impl ModelFile {
+    /// Reads `path`, decodes the protobuf and resolves the spec (manifest, metadata, graph).
+    pub fn read(path: &Path) -> Result<ModelFile, SpecError> {
+        let bytes = std::fs::read(path).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let proto = crate::spec::decode_proto(path, &bytes)?;
+        let spec = ModelSpec::resolve_proto(path, &proto)?;
+        Ok(ModelFile {
+            proto,
+            id: ModelId {
+                sha256: sha256_hex(&bytes),
+                spec,
+            },
+        })
+    }
+
+    /// The batch dimension of the spec's input when the graph fixes it.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        fixed_batch_of(&self.proto, &self.id.spec.input_name)
+    }
+}
+
 /// Pools a raw output to `[N, D]` as the spec says and checks `D`.
 pub fn to_vectors(raw: ArrayD<f32>, spec: &ModelSpec) -> Result<Array2<f32>, EmbedError> {
     let shape = raw.shape().to_vec();
@@ -184,12 +249,8 @@ impl TractEmbedder {
     /// Loads `path`, resolving its spec (manifest, metadata, graph) and optimising for a
     /// symbolic batch size.
     pub fn load(path: &Path) -> Result<TractEmbedder, EmbedError> {
-        let bytes = std::fs::read(path).map_err(|source| SpecError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let proto = crate::spec::decode_proto(path, &bytes)?;
-        let spec = ModelSpec::resolve_proto(path, &proto)?;
+        let ModelFile { proto, id } = ModelFile::read(path)?;
+        let spec = id.spec.clone();
         let fixed_batch = fixed_batch_of(&proto, &spec.input_name);
         let load_err = |e: TractError| EmbedError::Load {
             path: path.to_path_buf(),
@@ -236,24 +297,9 @@ impl TractEmbedder {
         let plan = build(&mut model).map_err(load_err)?;
         Ok(TractEmbedder {
             plan,
-            id: ModelId {
-                sha256: sha256_hex(&bytes),
-                spec,
-            },
+            id,
             fixed_batch,
         })
-    }
-
-    fn run_one(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
-        let tensor: Tensor = input.to_owned().into_dyn().into();
-        let out = self
-            .plan
-            .run(tvec![tensor.into()])
-            .map_err(|e| EmbedError::Run(format!("{e:#}")))?;
-        let view = out[0]
-            .to_plain_array_view::<f32>()
-            .map_err(|e| EmbedError::Run(format!("output is not f32: {e:#}")))?;
-        Ok(view.to_owned())
     }
 }
 
@@ -274,21 +320,27 @@ fn fixed_batch_of(proto: &tract_onnx::pb::ModelProto, input: &str) -> Option<usi
     }
 }
 
-impl Embedder for TractEmbedder {
-    fn spec(&self) -> &ModelSpec {
-        &self.id.spec
-    }
+impl Backend for TractEmbedder {
+    const NAME: &'static str = "tract";
 
-    fn model_id(&self) -> &ModelId {
+    fn id(&self) -> &ModelId {
         &self.id
     }
 
-    fn backend(&self) -> &'static str {
-        "tract"
+    fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
     }
 
-    fn run(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
-        run_in_fixed_chunks(input, self.fixed_batch, |chunk| self.run_one(chunk))
+    fn run_one(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
+        let tensor: Tensor = input.to_owned().into_dyn().into();
+        let out = self
+            .plan
+            .run(tvec![tensor.into()])
+            .map_err(|e| EmbedError::Run(format!("{e:#}")))?;
+        let view = out[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| EmbedError::Run(format!("output is not f32: {e:#}")))?;
+        Ok(view.to_owned())
     }
 }
 

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::embed::{sha256_hex, EmbedError, Embedder};
 use crate::index::{IndexError, Record, SearchIndex};
-use crate::preprocess::{batch_shape, decode, write_normalised, PreprocessError};
+use crate::preprocess::PreprocessError;
 use crate::spec::ModelSpec;
 
 /// File extensions treated as images; other files are counted as ignored, not as failures.
@@ -86,11 +86,7 @@ enum Prepared {
 
 /// Reads, hashes and preprocesses one image file into model input.
 pub fn prepare_bytes(bytes: &[u8], spec: &ModelSpec) -> Result<Array3<f32>, PreprocessError> {
-    let img = decode(bytes)?;
-    let shape = batch_shape(1, spec);
-    let mut t = Array3::<f32>::zeros((shape[1], shape[2], shape[3]));
-    write_normalised(&img, spec, t.view_mut());
-    Ok(t)
+    crate::preprocess::tensor_from_bytes(bytes, spec, crate::preprocess::DEFAULT_MAX_PIXELS)
 }
 
 /// Lists image files under `dir` (sorted) and counts the others.
@@ -129,17 +125,19 @@ pub fn list_images(dir: &Path) -> Result<(Vec<PathBuf>, usize), IngestError> {
     Ok((images, ignored))
 }
 
-/// Indexes every image under `dir` into `index`, incrementally, and saves it.
+/// Indexes every image under `dir` into `index`, incrementally (files whose sha256 the index
+/// already holds are skipped or their vector reused), then flushes it.
 ///
+/// Every batch is durable once inserted, so a killed run keeps what it embedded.
 /// `progress` is called with the number of files handled so far and the total.
 pub fn index_folder(
-    index: &mut dyn SearchIndex,
+    index: &dyn SearchIndex,
     embedder: &dyn Embedder,
     dir: &Path,
-    records: &[(u64, Record)],
     opts: &IngestOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Report, IngestError> {
+    let records = index.records();
     let dir = dir.canonicalize().map_err(|e| IngestError::Folder {
         path: dir.to_path_buf(),
         reason: e.to_string(),
@@ -238,16 +236,16 @@ pub fn index_folder(
         progress(done, files.len());
     }
     let prefix = format!("{}{}", dir.display(), std::path::MAIN_SEPARATOR);
-    for (id, r) in records {
+    for (id, r) in &records {
         if r.path.starts_with(&prefix) && !seen.contains(&r.path) {
             stale.push(*id);
         }
     }
-    for id in stale {
-        if index.remove(id)? {
-            report.removed += 1;
-        }
-    }
-    index.save()?;
+    report.removed += index
+        .remove_many(&stale)?
+        .into_iter()
+        .filter(|r| *r)
+        .count();
+    index.flush()?;
     Ok(report)
 }

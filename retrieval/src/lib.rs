@@ -5,14 +5,21 @@
 //! the CLI and the HTTP server share one implementation of each.
 
 pub mod embed;
+pub mod fsio;
 pub mod index;
 pub mod ingest;
-pub mod metrics;
+pub mod loader;
 pub mod ort_backend;
 pub mod preprocess;
+#[cfg(feature = "http")]
+pub mod server;
 pub mod spec;
+pub mod wal;
 
-pub use embed::{EmbedError, Embedder, ModelId, TractEmbedder};
-pub use index::{Hit, HnswParams, IndexError, LocalIndex, Record, SearchIndex, SearchOptions};
+pub use embed::{Backend, EmbedError, Embedder, ModelFile, ModelId, TractEmbedder};
+pub use index::{
+    EngineKind, Hit, HnswParams, IndexError, IndexStats, LocalIndex, Record, SearchIndex,
+    SearchOptions,
+};
 pub use preprocess::PreprocessError;
 pub use spec::{ModelSpec, SpecError};

@@ -20,8 +20,8 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{OutputSelector, RunOptions, Session};
 use ort::value::{TensorRef, ValueType};
 
-use crate::embed::{run_in_fixed_chunks, sha256_hex, EmbedError, Embedder, ModelId};
-use crate::spec::{ModelSpec, SpecError};
+use crate::embed::{Backend, EmbedError, ModelFile, ModelId};
+use crate::spec::SpecError;
 
 /// ONNX Runtime version whose library the fetch scripts install (ort rc.15 needs >= 1.31).
 pub const ORT_VERSION: &str = "1.31.1";
@@ -284,12 +284,8 @@ impl OrtEmbedder {
     /// way as tract (manifest, metadata, graph).
     pub fn load(path: &Path, options: &OrtOptions) -> Result<OrtEmbedder, OrtError> {
         let env = environment(&options.library)?;
-        let bytes = std::fs::read(path).map_err(|source| SpecError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let proto = crate::spec::decode_proto(path, &bytes)?;
-        let spec = ModelSpec::resolve_proto(path, &proto)?;
+        let ModelFile { id, .. } = ModelFile::read(path)?;
+        let spec = &id.spec;
 
         let (session, provider, fallback) = if options.provider.is_gpu() {
             match gpu_session(&env, path, options) {
@@ -343,10 +339,7 @@ impl OrtEmbedder {
         }
         Ok(OrtEmbedder {
             session: Mutex::new(session),
-            id: ModelId {
-                sha256: sha256_hex(&bytes),
-                spec,
-            },
+            id,
             fixed_batch,
             provider,
             fallback,
@@ -361,6 +354,18 @@ impl OrtEmbedder {
     /// Why the requested GPU provider was not used, when the session fell back to CPU.
     pub fn fallback(&self) -> Option<&str> {
         self.fallback.as_deref()
+    }
+}
+
+impl Backend for OrtEmbedder {
+    const NAME: &'static str = "ort";
+
+    fn id(&self) -> &ModelId {
+        &self.id
+    }
+
+    fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
     }
 
     fn run_one(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
@@ -382,24 +387,6 @@ impl OrtEmbedder {
             .try_extract_array::<f32>()
             .map_err(|e| EmbedError::Run(format!("output is not f32: {e}")))?;
         Ok(view.to_owned())
-    }
-}
-
-impl Embedder for OrtEmbedder {
-    fn spec(&self) -> &ModelSpec {
-        &self.id.spec
-    }
-
-    fn model_id(&self) -> &ModelId {
-        &self.id
-    }
-
-    fn backend(&self) -> &'static str {
-        "ort"
-    }
-
-    fn run(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
-        run_in_fixed_chunks(input, self.fixed_batch, |chunk| self.run_one(chunk))
     }
 }
 

@@ -9,7 +9,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use image::{imageops::FilterType, DynamicImage, GrayImage, ImageReader, RgbImage};
-use ndarray::{Array4, ArrayViewMut3};
+use ndarray::{Array3, Array4, ArrayViewMut3};
 use rayon::prelude::*;
 
 use crate::spec::{Color, Layout, ModelSpec};
@@ -82,6 +82,21 @@ pub fn decode_with_limit(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, 
     reader
         .decode()
         .map_err(|e| PreprocessError::Decode(e.to_string()))
+}
+
+/// Image bytes to one model input `[C, H, W]` (or `[H, W, C]`) in the spec's layout: decode
+/// (refusing more than `max_pixels`), resize and normalise. The one path from bytes to a
+/// tensor that ingest, the server and the load bench share.
+pub fn tensor_from_bytes(
+    bytes: &[u8],
+    spec: &ModelSpec,
+    max_pixels: u64,
+) -> Result<Array3<f32>, PreprocessError> {
+    let img = decode_with_limit(bytes, max_pixels)?;
+    let shape = batch_shape(1, spec);
+    let mut t = Array3::<f32>::zeros((shape[1], shape[2], shape[3]));
+    write_normalised(&img, spec, t.view_mut());
+    Ok(t)
 }
 
 /// Decodes image bytes with [`DEFAULT_MAX_PIXELS`].

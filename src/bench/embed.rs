@@ -11,9 +11,9 @@ use htg_retrieval::preprocess::{decode, preprocess_batch};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::args::EmbedArgs;
 use super::machine::{self, Machine};
-use crate::cmd::bench::EmbedArgs;
-use crate::cmd::model;
+use crate::flags as model;
 
 /// One batch size's figures.
 #[derive(Debug, Serialize)]

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 
+use super::args::PlotArgs;
 use super::report::{self, BuildResult, IndexReport};
-use crate::cmd::bench::PlotArgs;
 
 const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),

@@ -14,12 +14,11 @@ use htg_ann::dataset::{self, Dataset, SynthParams};
 use htg_ann::hnsw::{self, BuildParams, Engine, Index, Metric};
 use htg_ann::npy::{self, Matrix};
 use htg_ann::{exact, stats};
-use htg_retrieval::{LocalIndex, SearchIndex};
 use serde::{Deserialize, Serialize};
 
+use super::args::{EmbedDataArgs, ExportArgs, IndexArgs, PointArgs, Source, SynthArgs};
 use super::machine::{self, Machine};
 use super::report::{self, BuildResult, DatasetInfo, IndexReport, RunInfo, SearchResult};
-use crate::cmd::bench::{EmbedDataArgs, ExportArgs, IndexArgs, PointArgs, Source, SynthArgs};
 
 /// Neighbours asked per query: recall@10 needs 10.
 const K: usize = 10;
@@ -83,12 +82,12 @@ fn write_dataset(
 /// Vectors of an htg index (id order) or a .npy file, as a matrix, with a name and a source.
 fn read_vectors(source: &Source) -> Result<(Matrix<f32>, String, String)> {
     if let Some(idx) = &source.index {
-        let index = LocalIndex::open(idx)?;
+        let index = crate::flags::open_index(&idx.to_string_lossy())?;
         let dim = index.dim();
         let mut data = Vec::with_capacity(index.len() * dim);
-        for id in index.records().keys() {
+        for (id, _) in index.records() {
             let v = index
-                .vector(*id)
+                .vector(id)
                 .with_context(|| format!("index {} lost the vector of id {id}", idx.display()))?;
             data.extend_from_slice(&v);
         }
@@ -191,8 +190,8 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
 /// `htg bench dataset embed`: a named data set through a model, as training evaluates it.
 pub fn run_embed_data(a: EmbedDataArgs) -> Result<()> {
     use htg_training::data::{DataSource, EvalProtocol, ImageSet};
-    let model_path = crate::cmd::model::choose(a.model.as_deref(), None)?;
-    let embedder = crate::cmd::model::load(&model_path, &a.backend)?;
+    let model_path = crate::flags::choose(a.model.as_deref(), None)?;
+    let embedder = crate::flags::load(&model_path, &a.backend)?;
     let source = DataSource::resolve(&a.data)?;
     let split = source.load(embedder.spec(), None)?;
     let mut sets: Vec<&ImageSet> = vec![&split.train];

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use htg_training::run::{evaluate_onnx, evaluate_raw_pixels};
+use htg_training::run::{evaluate_embedder, evaluate_raw_pixels};
+
+use crate::flags::{self, BackendArgs};
 use htg_training::TrainConfig;
 
 /// Arguments of `htg eval`.
@@ -23,6 +25,9 @@ pub struct Args {
     /// Where to write the JSON report.
     #[arg(long, default_value = "eval.json")]
     pub json: PathBuf,
+    /// Inference runtime for --model.
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Seed of the k-means behind NMI.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -37,7 +42,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cfg.seed = args.seed;
             evaluate_raw_pixels(&args.data, &cfg)?
         }
-        (Some(m), false) => evaluate_onnx(m, &args.data, &ks, args.seed)?,
+        (Some(m), false) => {
+            let embedder = flags::load(m, &args.backend)?;
+            evaluate_embedder(embedder.as_ref(), &args.data, &ks, args.seed)?
+        }
         (None, false) => anyhow::bail!("--model or --raw-pixels is required"),
     };
     println!("{}: {}", report.data, report.protocol);

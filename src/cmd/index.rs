@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use htg_retrieval::index::{self, CreateOptions, EngineKind};
 use htg_retrieval::ingest::{index_folder, IngestOptions};
-use htg_retrieval::{HnswParams, LocalIndex, SearchIndex};
+use htg_retrieval::HnswParams;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::model;
+use crate::flags as model;
 
 /// Arguments of `htg index`.
 #[derive(clap::Args, Debug)]
@@ -32,6 +33,9 @@ pub struct Args {
     /// HNSW build candidate list size (new indexes only).
     #[arg(long, default_value_t = HnswParams::default().ef_construction)]
     pub ef_construction: usize,
+    /// Vector engine (new indexes only): htg (ours) or hnsw_rs.
+    #[arg(long, default_value = "htg", value_parser = ["htg", "hnsw_rs"])]
+    pub engine: String,
     /// Label each image with its parent folder's name.
     #[arg(long)]
     pub label_from_parent: bool,
@@ -39,17 +43,16 @@ pub struct Args {
 
 /// Indexes the folder and prints a summary; bad files are reported, not fatal.
 pub fn run(args: Args) -> Result<()> {
-    let existing = if LocalIndex::exists(&args.index) {
-        Some(LocalIndex::open(&args.index)?)
+    let location = args.index.to_string_lossy().to_string();
+    let existing = if index::exists(&location) {
+        Some(crate::flags::open_index(&location)?)
     } else {
         None
     };
-    let model_path = model::choose(
-        args.model.as_deref(),
-        existing.as_ref().and_then(|i| i.model_path()),
-    )?;
+    let recorded = existing.as_ref().and_then(|i| i.model_path());
+    let model_path = model::choose(args.model.as_deref(), recorded.as_deref())?;
     let embedder = model::load(&model_path, &args.backend)?;
-    let mut index = match existing {
+    let index = match existing {
         Some(i) => {
             i.check_model(embedder.model_id())?;
             i
@@ -58,22 +61,20 @@ pub fn run(args: Args) -> Result<()> {
             let abs = model_path
                 .canonicalize()
                 .unwrap_or_else(|_| model_path.clone());
-            LocalIndex::create(
-                &args.index,
+            index::create(
+                &location,
                 embedder.model_id().clone(),
                 Some(abs.to_string_lossy().to_string()),
-                HnswParams {
-                    m: args.m,
-                    ef_construction: args.ef_construction,
+                &CreateOptions {
+                    params: HnswParams {
+                        m: args.m,
+                        ef_construction: args.ef_construction,
+                    },
+                    engine: EngineKind::parse(&args.engine)?,
                 },
             )?
         }
     };
-    let records: Vec<_> = index
-        .records()
-        .iter()
-        .map(|(id, r)| (*id, r.clone()))
-        .collect();
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -91,10 +92,9 @@ pub fn run(args: Args) -> Result<()> {
         label_from_parent: args.label_from_parent,
     };
     let report = index_folder(
-        &mut index,
+        index.as_ref(),
         embedder.as_ref(),
         &args.dir,
-        &records,
         &opts,
         &progress,
     )

@@ -1,10 +1,10 @@
-//! One module per subcommand; `model` holds what several of them share.
+//! One module per subcommand; flags several of them share are in `crate::flags`.
 
 pub mod bench;
 pub mod eval;
 pub mod index;
 pub mod inspect;
-pub mod model;
 pub mod search;
 pub mod serve;
+pub mod snapshot;
 pub mod train;

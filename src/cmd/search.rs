@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use htg_retrieval::{LocalIndex, SearchIndex, SearchOptions};
+use htg_retrieval::SearchOptions;
 use serde::Serialize;
 
-use super::model;
+use crate::flags as model;
 
 /// Arguments of `htg search`.
 #[derive(clap::Args, Debug)]
@@ -19,8 +19,8 @@ pub struct Args {
     /// Number of neighbours.
     #[arg(short, long, default_value_t = 10)]
     pub k: usize,
-    /// HNSW candidate list size (default max(k, 64)).
-    #[arg(long)]
+    /// HNSW candidate list size (default max(k, 64)); 1..=10000, as over HTTP.
+    #[arg(long, value_parser = parse_ef)]
     pub ef: Option<usize>,
     /// Exact brute-force search instead of HNSW.
     #[arg(long)]
@@ -39,6 +39,18 @@ pub struct Args {
     pub label: Option<String>,
 }
 
+/// The same range the HTTP API enforces, so the CLI cannot ask the index for more.
+fn parse_ef(s: &str) -> Result<usize, String> {
+    let ef: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if ef == 0 || ef > htg_retrieval::index::MAX_EF {
+        return Err(format!(
+            "ef = {ef} is outside 1..={}",
+            htg_retrieval::index::MAX_EF
+        ));
+    }
+    Ok(ef)
+}
+
 #[derive(Serialize)]
 struct Row {
     path: String,
@@ -50,8 +62,8 @@ struct Row {
 
 /// Embeds the query, searches, prints nearest first.
 pub fn run(args: Args) -> Result<()> {
-    let index = LocalIndex::open(&args.index)?;
-    let model_path = model::choose(args.model.as_deref(), index.model_path())?;
+    let index = model::open_index(&args.index.to_string_lossy())?;
+    let model_path = model::choose(args.model.as_deref(), index.model_path().as_deref())?;
     let embedder = model::load(&model_path, &args.backend)?;
     index.check_model(embedder.model_id())?;
     let img = htg_retrieval::preprocess::load_image(&args.image)

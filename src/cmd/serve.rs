@@ -4,10 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use htg_retrieval::LocalIndex;
 
-use super::model;
-use crate::server::{self, Config};
+use crate::flags as model;
+use htg_retrieval::server::{self, Config};
 
 /// Arguments of `htg serve`.
 #[derive(clap::Args, Debug)]
@@ -39,8 +38,8 @@ pub fn run(args: Args) -> Result<()> {
             .validate()
             .context("refusing to start on this configuration")?;
     }
-    let index = LocalIndex::open(&args.index)?;
-    let model_path = model::choose(args.model.as_deref(), index.model_path())?;
+    let index = model::open_index(&args.index.to_string_lossy())?;
+    let model_path = model::choose(args.model.as_deref(), index.model_path().as_deref())?;
     let mut backend = args.backend.clone();
     if backend.backend.is_none() {
         backend.backend = Some(match config.backend.as_str() {
@@ -50,6 +49,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let embedder = model::load(&model_path, &backend)?;
     index.check_model(embedder.model_id())?;
-    server::serve(config, index, Arc::from(embedder))?;
+    let uploads = args.index.join("uploads");
+    server::serve(config, Arc::from(index), Arc::from(embedder), uploads)?;
     Ok(())
 }

@@ -74,7 +74,19 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Resp {
-    let mut stream = TcpStream::connect(addr).expect("connect to the server");
+    try_request(addr, method, path, headers, body).expect("a complete answer from the server")
+}
+
+/// [`request`], but `None` when the server is unreachable or closes without a whole answer
+/// (the crash tests kill it mid-request).
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Resp> {
+    let mut stream = TcpStream::connect(addr).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
@@ -89,12 +101,15 @@ pub fn request(
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(head.as_bytes()).ok()?;
     // The server may answer (413) and close before reading a large body: not an error here.
     let _ = stream.write_all(body);
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
-    parse_response(&raw)
+    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        return None;
+    }
+    Some(parse_response(&raw))
 }
 
 fn parse_response(raw: &[u8]) -> Resp {

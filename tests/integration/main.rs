@@ -8,6 +8,7 @@
 //! - `cli`: `htg index` / `htg search` / `htg inspect-model` end to end on fixture images.
 //! - `bad_input`: corrupt and odd files, missing and mismatched models, killed saves.
 //! - `http`: `htg serve` over real HTTP: every endpoint, every bad input, restart, SIGTERM.
+//! - `crash`: SIGKILL during concurrent writes (20 rounds), torn and corrupt log entries.
 //! - `browser`: the search page in headless Chromium (playwright-core), with a screenshot.
 //! - `emoji_slice`: 100 real emoji classes from both vendors (fetched into a cache).
 //! - `bench`: `htg bench` sweeps, reports, plots and their bad input.
@@ -20,6 +21,7 @@ mod bad_input;
 mod bench;
 mod browser;
 mod cli;
+mod crash;
 mod emoji_slice;
 mod formats;
 mod golden;

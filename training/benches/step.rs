@@ -2,6 +2,8 @@
 //! P×K = 32×2): HTG (D, G and F updates) against batch-hard mining (F only).
 //!
 //! Synthetic pixels: the cost of a step does not depend on image content.
+// `criterion_group!` and `criterion_main!` generate undocumented public items.
+#![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use htg_training::data::{ImageSet, PkSampler};

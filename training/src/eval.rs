@@ -1,14 +1,14 @@
 //! Zero-shot evaluation: embed the unseen classes and compute the retrieval metrics.
 //!
-//! The metrics come from `htg_retrieval::metrics`, the same code `htg bench` uses. Embeddings
+//! The metrics come from [`crate::metrics`], the same code `htg bench quality` uses. Embeddings
 //! can come from burn (the trained module), from the exported ONNX file on a retrieval
 //! [`Embedder`] (what users will run), or from raw pixels (the floor every learned F must
 //! clear).
 
+use crate::metrics;
 use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 use htg_retrieval::embed::Embedder;
-use htg_retrieval::metrics;
 use ndarray::{concatenate, Array2, Axis};
 use serde::{Deserialize, Serialize};
 

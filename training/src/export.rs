@@ -96,14 +96,11 @@ pub fn add_metadata(
     Ok((proto.encode_to_vec(), spec))
 }
 
-/// Writes `bytes` to `path` via a temporary file and a rename, so a crash never leaves a
-/// truncated model behind.
+/// Writes `bytes` to `path` through the shared durable writer (temporary file, fsync, rename,
+/// directory fsync), so a crash never leaves a truncated model behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = path.with_extension("onnx.tmp");
-    let io = |e: std::io::Error| TrainError::Io {
+    htg_retrieval::fsio::write_atomic(path, bytes).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
-        source: e,
-    };
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+        source,
+    })
 }

@@ -19,6 +19,7 @@
 //! - [`trainer`]: the training steps, checkpoints and resume.
 //! - [`export`]: ONNX export with the `htg.*` metadata, and the check against tract.
 //! - [`eval`]: embedding an evaluation split and computing the retrieval metrics.
+//! - [`metrics`]: Recall@K, NMI and MAP@R, defined once for training, `htg eval` and benches.
 //! - [`run`]: a whole run (train, checkpoint, export, evaluate) as the CLI drives it.
 
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod loss;
+pub mod metrics;
 pub mod model;
 pub mod run;
 pub mod trainer;
@@ -63,5 +65,5 @@ pub enum TrainError {
     Eval(String),
     /// A metric could not be computed.
     #[error(transparent)]
-    Metrics(#[from] htg_retrieval::metrics::MetricsError),
+    Metrics(#[from] crate::metrics::MetricsError),
 }

@@ -211,11 +211,21 @@ pub fn evaluate_onnx(
     ks: &[usize],
     seed: u64,
 ) -> Result<EvalReport, TrainError> {
-    use htg_retrieval::embed::Embedder;
     let tract = TractEmbedder::load(model).map_err(|e| TrainError::Eval(e.to_string()))?;
-    let split = DataSource::resolve(data)?.load(tract.spec(), None)?;
+    evaluate_embedder(&tract, data, ks, seed)
+}
+
+/// [`evaluate_onnx`] through an already loaded model, on whichever runtime it was loaded on
+/// (`htg eval --backend ort`).
+pub fn evaluate_embedder(
+    embedder: &dyn htg_retrieval::embed::Embedder,
+    data: &str,
+    ks: &[usize],
+    seed: u64,
+) -> Result<EvalReport, TrainError> {
+    let split = DataSource::resolve(data)?.load(embedder.spec(), None)?;
     evaluate(&split.name, &split.eval, ks, seed, |sets| {
-        sets.iter().map(|s| embed_with(&tract, s)).collect()
+        sets.iter().map(|s| embed_with(embedder, s)).collect()
     })
 }
 

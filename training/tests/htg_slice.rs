@@ -1,8 +1,8 @@
 //! HTG on a real slice of the emoji data: the training signal moves the way the method says,
 //! the exported ONNX reproduces burn on tract, and resume continues the exact same run.
 //!
-//! Needs `scripts/fetch-data.sh emoji` (data under `$HTG_DATA_DIR` or `<repo>/data`); without
-//! it the tests print why and pass, as the data is not committed.
+//! The data is fetched into the cache on first use (`scripts/fetch-data.sh emoji`); a test
+//! that cannot get it fails with the reason.
 
 use std::path::PathBuf;
 
@@ -17,12 +17,38 @@ use htg_training::trainer::Trainer;
 use htg_training::TrainConfig;
 use rand::SeedableRng;
 
-fn emoji_dir() -> Option<PathBuf> {
-    let root = std::env::var_os("HTG_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data"));
-    let d = root.join("emoji");
-    d.join("emoji.json").is_file().then_some(d)
+/// The emoji data: `$HTG_DATA_DIR/emoji` when CI or the user set it, else the cache, fetched
+/// there by `scripts/fetch-data.sh` when absent (a no-op when present). A test that cannot get
+/// its data fails and says why: it must not pass without having run.
+fn emoji_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let data = std::env::var_os("HTG_DATA_DIR")
+            .map(PathBuf::from)
+            .or_else(htg_training::data::cache_data_dir)
+            .expect("neither HTG_DATA_DIR, HTG_CACHE_DIR nor HOME is set: nowhere to fetch emoji");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-data.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("emoji")
+            .env("HTG_DATA_DIR", &data)
+            .output()
+            .expect("running scripts/fetch-data.sh");
+        assert!(
+            out.status.success(),
+            "cannot fetch the emoji data these tests need: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let d = data.join("emoji");
+        assert!(
+            d.join("emoji.json").is_file(),
+            "{} has no emoji.json after fetching",
+            d.display()
+        );
+        eprintln!("real data: {}", d.display());
+        d
+    })
+    .clone()
 }
 
 fn small_config(method: Method) -> TrainConfig {
@@ -49,16 +75,10 @@ fn small_config(method: Method) -> TrainConfig {
     c
 }
 
-fn load(cfg: &TrainConfig, classes: usize) -> Option<ZeroShotSplit> {
-    let Some(dir) = emoji_dir() else {
-        eprintln!("skipped: emoji data absent; run scripts/fetch-data.sh emoji");
-        return None;
-    };
-    Some(
-        DataSource::Emoji(dir)
-            .load(&input_spec(&cfg.feature), Some(classes))
-            .expect("emoji slice loads"),
-    )
+fn load(cfg: &TrainConfig, classes: usize) -> ZeroShotSplit {
+    DataSource::Emoji(emoji_dir())
+        .load(&input_spec(&cfg.feature), Some(classes))
+        .expect("emoji slice loads")
 }
 
 /// Mean triplet loss of F (inference mode) on fixed random triplets of `set`.
@@ -79,7 +99,7 @@ fn probe_loss(t: &Trainer, set: &ImageSet, margin: f32) -> f32 {
 fn htg_trains_on_real_emoji_and_exports_faithfully() {
     let mut cfg = small_config(Method::Htg);
     cfg.steps = 150;
-    let Some(split) = load(&cfg, 120) else { return };
+    let split = load(&cfg, 120);
     let sampler = PkSampler::new(&split.train.labels).unwrap();
     let mut t = Trainer::new(&cfg, split.train_classes).unwrap();
     let before = probe_loss(&t, &split.train, cfg.margin);
@@ -143,7 +163,7 @@ fn resume_continues_the_same_run() {
     for method in [Method::Htg, Method::TripletBatchhard] {
         let mut cfg = small_config(method);
         cfg.steps = 6;
-        let Some(split) = load(&cfg, 40) else { return };
+        let split = load(&cfg, 40);
         let sampler = PkSampler::new(&split.train.labels).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut a = Trainer::new(&cfg, split.train_classes).unwrap();

@@ -5,17 +5,14 @@
 //! blocking closures and never held across an `.await`.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::PoisonError;
 use std::time::Instant;
 
+use crate::embed::sha256_hex;
+use crate::ingest::IMAGE_EXTENSIONS;
+use crate::preprocess::tensor_from_bytes;
+use crate::{Record, SearchOptions};
 use actix_web::web::{self, Bytes};
-use htg_retrieval::embed::sha256_hex;
-use htg_retrieval::ingest::IMAGE_EXTENSIONS;
-use htg_retrieval::preprocess::{batch_shape, decode_with_limit, write_normalised};
-use htg_retrieval::{Record, SearchIndex, SearchOptions};
 use ndarray::Array3;
 use serde::Serialize;
 
@@ -44,16 +41,13 @@ pub async fn prepare(
     let state = state.clone();
     web::block(move || {
         let several = images.len() > 1;
-        let shape = batch_shape(1, &state.spec);
         images
             .iter()
             .enumerate()
             .map(|(i, bytes)| {
                 let start = Instant::now();
-                let img = decode_with_limit(bytes, state.config.max_pixels)
+                let t = tensor_from_bytes(bytes, &state.spec, state.config.max_pixels)
                     .map_err(|e| ApiError::bad_image(several.then_some(i + 1), e))?;
-                let mut t = Array3::<f32>::zeros((shape[1], shape[2], shape[3]));
-                write_normalised(&img, &state.spec, t.view_mut());
                 state.metrics.decode(start.elapsed());
                 Ok(t)
             })
@@ -97,7 +91,7 @@ pub async fn search(
 ) -> Result<Vec<Vec<HitOut>>, ApiError> {
     let state = state.clone();
     web::block(move || {
-        let index = state.index.read().unwrap_or_else(PoisonError::into_inner);
+        let index = &state.index;
         queries
             .iter()
             .map(|q| {
@@ -126,8 +120,8 @@ pub async fn search(
 pub async fn vector_of(state: &web::Data<State>, id: u64) -> Result<Vec<f32>, ApiError> {
     let state = state.clone();
     web::block(move || {
-        let index = state.index.read().unwrap_or_else(PoisonError::into_inner);
-        index
+        state
+            .index
             .vector(id)
             .ok_or_else(|| ApiError::NotFound(format!("no image with id {id}")))
     })
@@ -156,8 +150,8 @@ pub struct Added {
     pub label: Option<String>,
 }
 
-/// Adds images (all or none): embeds them, stores their bytes under the uploads folder,
-/// inserts them and saves the index before returning.
+/// Adds images (all or none): embeds them, stores their bytes under the uploads folder, and
+/// inserts them; the index has made them durable before this returns.
 pub async fn add(state: &web::Data<State>, items: Vec<NewImage>) -> Result<Vec<Added>, ApiError> {
     let vectors = embed(state, items.iter().map(|i| i.bytes.clone()).collect()).await?;
     let state = state.clone();
@@ -176,15 +170,8 @@ pub async fn add(state: &web::Data<State>, items: Vec<NewImage>) -> Result<Vec<A
             entries.push((record, vector));
         }
         let records: Vec<Record> = entries.iter().map(|(r, _)| r.clone()).collect();
-        let mut index = state.index.write().unwrap_or_else(PoisonError::into_inner);
-        let ids = index.insert_many(entries)?;
-        if let Err(e) = index.save() {
-            // Not acknowledged, so not kept: undo in memory too.
-            for id in &ids {
-                let _ = index.remove(*id);
-            }
-            return Err(e.into());
-        }
+        // Durable when it returns (logged and fsynced); an error means nothing was added.
+        let ids = state.index.insert_many(entries)?;
         Ok(ids
             .into_iter()
             .zip(records)
@@ -210,29 +197,17 @@ fn store_upload(dir: &Path, sha: &str, bytes: &[u8]) -> Result<PathBuf, ApiError
     if target.is_file() {
         return Ok(target);
     }
-    // Unique per write, so that two requests uploading the same bytes never share a file.
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{sha}.{}.{seq}.tmp", std::process::id()));
-    let mut f = fs::File::create(&tmp).map_err(|e| io("creating", e))?;
-    f.write_all(bytes).map_err(|e| io("writing", e))?;
-    f.sync_all().map_err(|e| io("syncing", e))?;
-    fs::rename(&tmp, &target).map_err(|e| io("renaming", e))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing folder of", e))?;
+    crate::fsio::write_atomic(&target, bytes).map_err(|e| io("writing", e))?;
     Ok(target)
 }
 
-/// Removes an image and saves the index before returning.
+/// Removes an image; the removal is durable before this returns.
 pub async fn remove(state: &web::Data<State>, id: u64) -> Result<(), ApiError> {
     let state = state.clone();
     web::block(move || {
-        let mut index = state.index.write().unwrap_or_else(PoisonError::into_inner);
-        if !index.remove(id)? {
+        if !state.index.remove(id)? {
             return Err(ApiError::NotFound(format!("no image with id {id}")));
         }
-        index.save()?;
         Ok(())
     })
     .await?
@@ -251,8 +226,6 @@ pub async fn file(state: &web::Data<State>, id: u64) -> Result<(Vec<u8>, &'stati
     web::block(move || {
         let record = state
             .index
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
             .record(id)
             .ok_or_else(|| ApiError::NotFound(format!("no image with id {id}")))?;
         let mut candidates = vec![PathBuf::from(&record.path)];

@@ -1,10 +1,12 @@
-//! Choosing and loading the model a command embeds with, on the chosen backend.
+//! Flags shared by several commands and the bench engine: which model, on which runtime,
+//! mapped onto `htg_retrieval::loader`.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use htg_retrieval::ort_backend::{self, ExecutionProvider, OrtEmbedder, OrtOptions};
-use htg_retrieval::{Embedder, TractEmbedder};
+use anyhow::Result;
+use htg_retrieval::loader::{self, Runtime};
+use htg_retrieval::ort_backend::{self, ExecutionProvider, OrtOptions};
+use htg_retrieval::{Embedder, SearchIndex};
 
 /// Runtime flags shared by every command that embeds (`#[command(flatten)]`).
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -88,63 +90,30 @@ const BUNDLED: Option<&[u8]> = Some(include_bytes!(concat!(
 #[cfg(not(htg_default_model))]
 const BUNDLED: Option<&[u8]> = None;
 
-/// Writes the bundled model into the cache (once per content hash) and returns its path, so
-/// every runtime can load it from a file like any other model.
-fn bundled_model_path(bytes: &[u8]) -> Result<PathBuf> {
-    let cache = std::env::var_os("HTG_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/htg")))
-        .context("neither HTG_CACHE_DIR nor HOME is set, so the bundled model has nowhere to go")?
-        .join("models");
-    let sha = htg_retrieval::embed::sha256_hex(bytes);
-    let path = cache.join(format!("default-{}.onnx", &sha[..16]));
-    if !path.is_file() {
-        std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-        let tmp = cache.join(format!(
-            ".default-{}.{}.tmp",
-            &sha[..16],
-            std::process::id()
-        ));
-        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(path)
-}
-
 /// Picks the model: the `--model` flag, else the one recorded in the index, else the bundled
 /// default model.
 pub fn choose(flag: Option<&Path>, recorded: Option<&str>) -> Result<PathBuf> {
-    if let Some(p) = flag {
-        return Ok(p.to_path_buf());
-    }
-    if let Some(p) = recorded {
-        return Ok(PathBuf::from(p));
-    }
-    match BUNDLED {
-        Some(bytes) => bundled_model_path(bytes),
-        None => anyhow::bail!("--model is required (this build has no bundled default model)"),
-    }
+    Ok(loader::choose(flag, recorded, BUNDLED)?)
 }
 
-/// Loads `path` on the backend the flags choose.
+/// Loads `path` on the backend the flags choose, printing a GPU fallback once.
 pub fn load(path: &Path, backend: &BackendArgs) -> Result<Box<dyn Embedder>> {
-    match backend.backend.unwrap_or_default() {
-        Backend::Tract => {
-            if backend.ep != Ep::Cpu || backend.require_gpu {
-                anyhow::bail!("--ep and --require-gpu need --backend ort");
-            }
-            let e = TractEmbedder::load(path)
-                .with_context(|| format!("loading model {}", path.display()))?;
-            Ok(Box::new(e))
-        }
-        Backend::Ort => {
-            let e = OrtEmbedder::load(path, &backend.ort_options())
-                .with_context(|| format!("loading model {} on ort", path.display()))?;
-            if let Some(reason) = e.fallback() {
-                // Logged once per load, i.e. once per command.
-                eprintln!("warning: {reason}");
-            }
-            Ok(Box::new(e))
-        }
+    let runtime = match backend.backend.unwrap_or_default() {
+        Backend::Tract => Runtime::Tract,
+        Backend::Ort => Runtime::Ort,
+    };
+    let loaded = loader::load(path, runtime, &backend.ort_options())?;
+    if let Some(reason) = loaded.warning {
+        eprintln!("warning: {reason}");
     }
+    Ok(loaded.embedder)
+}
+
+/// Opens an index by location, printing the one-line notice an upgraded old format gives.
+pub fn open_index(location: &str) -> Result<Box<dyn SearchIndex>> {
+    let index = htg_retrieval::index::open(location)?;
+    if let Some(n) = index.notice() {
+        eprintln!("note: {n}");
+    }
+    Ok(index)
 }

@@ -89,7 +89,7 @@ pub struct Config {
     pub max_pixels: u64,
     /// Neighbours returned when a request names no `k`.
     pub default_k: usize,
-    /// Largest `k` (and `ef`) a request may ask for.
+    /// Largest `k` a request may ask for (`ef` is capped by `htg_retrieval::index::MAX_EF`).
     pub max_k: usize,
     /// Most images or vectors in one `POST /search/batch` or `POST /images`.
     pub max_batch_queries: usize,

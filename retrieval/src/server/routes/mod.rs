@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod page;
 pub mod search;
+pub mod snapshots;
 pub mod stats;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -24,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     metrics::configure(cfg);
     openapi::configure(cfg);
     page::configure(cfg);
+    snapshots::configure(cfg);
 }
 
 /// A resource whose unsupported methods answer 405 in the API's error shape.

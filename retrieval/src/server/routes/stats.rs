@@ -1,9 +1,6 @@
 //! `GET /stats`: what is indexed and how.
 
-use std::sync::PoisonError;
-
 use actix_web::{web, HttpResponse};
-use htg_retrieval::SearchIndex;
 use serde_json::json;
 
 use super::resource;
@@ -17,20 +14,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Count, model, dimension, index parameters and the batching setup.
 async fn stats(state: web::Data<State>) -> HttpResponse {
     let body = {
-        let index = state.index.read().unwrap_or_else(PoisonError::into_inner);
+        let index = &state.index;
         let params = index.params();
+        let stats = index.stats();
+        let model = index.model();
         json!({
-            "count": index.len(),
+            "count": stats.count,
             "dimension": index.dim(),
             "model": {
-                "sha256": index.model().sha256,
-                "spec": index.model().spec,
+                "sha256": model.sha256,
+                "spec": model.spec,
             },
             "index": {
                 "kind": "hnsw",
+                "engine": stats.engine,
+                "location": index.location(),
                 "m": params.m,
                 "ef_construction": params.ef_construction,
-                "deleted_pending_compaction": index.tombstone_count(),
+                "deleted_pending_compaction": stats.tombstones,
+                "log_bytes": stats.log_bytes,
+                "checkpoints": stats.checkpoints,
             },
             "batching": {
                 "max_size": state.config.batch.max_size,

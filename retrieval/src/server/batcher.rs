@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use htg_retrieval::{EmbedError, Embedder};
+use crate::{EmbedError, Embedder};
 use ndarray::{Array3, Axis};
 use tokio::sync::oneshot;
 
@@ -236,7 +236,7 @@ fn run_batch(embedder: &dyn Embedder, batch: Vec<Job>, metrics: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use htg_retrieval::{ModelId, ModelSpec};
+    use crate::{ModelId, ModelSpec};
     use ndarray::{Array2, ArrayD, ArrayView4};
     use std::sync::atomic::AtomicUsize;
 

@@ -1,18 +1,17 @@
 //! Reading requests: bounded bodies, `multipart/form-data`, raw image bodies, search
 //! parameters. Everything a client can get wrong becomes an [`ApiError`] here, never a panic.
 
+use crate::SearchOptions;
 use actix_web::http::header;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpMessage, HttpRequest};
-use htg_retrieval::SearchOptions;
 use memchr::memmem;
 use serde::Deserialize;
 
 use super::config::Config;
 use super::error::ApiError;
 
-/// Largest `ef` a request may ask for (the HNSW candidate list).
-pub const MAX_EF: usize = 10_000;
+pub use crate::index::MAX_EF;
 
 /// Longest `label`, `path_prefix` or `path` accepted, in bytes.
 pub const MAX_TEXT: usize = 4096;

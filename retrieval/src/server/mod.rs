@@ -8,9 +8,9 @@
 //! - [`config`]: defaults, then a TOML file, then `HTG__*` variables, validated at start;
 //! - [`metrics`]: Prometheus text.
 //!
-//! The index is shared behind a `RwLock`: searches read concurrently, and a write (add or
-//! delete) saves the index before it is acknowledged, so every acknowledged write survives a
-//! crash or restart.
+//! The index is shared as an `Arc<dyn SearchIndex>` that synchronises inside: searches never
+//! wait for writes, and a write (add or delete) is durable (logged and fsynced) before it is
+//! acknowledged, so every acknowledged write survives a crash or restart.
 
 pub mod batcher;
 pub mod config;
@@ -23,12 +23,13 @@ pub mod service;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::Service as _;
+use crate::{Embedder, ModelSpec, SearchIndex};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service as _, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, HttpServer};
-use htg_retrieval::{Embedder, LocalIndex, ModelSpec};
 
 pub use config::Config;
 use error::ApiError;
@@ -37,8 +38,8 @@ use error::ApiError;
 pub struct State {
     /// Validated configuration.
     pub config: Config,
-    /// The index: many readers (searches), one writer (adds and deletes, each saved).
-    pub index: RwLock<LocalIndex>,
+    /// The index; it synchronises inside, and a write returns once it is durable.
+    pub index: Arc<dyn SearchIndex>,
     /// How images are fed to the model.
     pub spec: ModelSpec,
     /// The inference queue.
@@ -49,6 +50,8 @@ pub struct State {
     pub ready: AtomicBool,
     /// Where images added over HTTP are stored, named by content hash.
     pub uploads: PathBuf,
+    /// Where `POST /snapshots` writes (beside the uploads).
+    pub snapshots: PathBuf,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -70,22 +73,11 @@ pub enum ServeError {
 /// The caller has checked that `embedder` is the model that built `index`.
 pub fn serve(
     config: Config,
-    index: LocalIndex,
+    index: Arc<dyn SearchIndex>,
     embedder: Arc<dyn Embedder>,
+    uploads: PathBuf,
 ) -> Result<(), ServeError> {
-    let metrics = Arc::new(metrics::Metrics::default());
-    let batcher =
-        batcher::Batcher::start(Arc::clone(&embedder), &config.batch, Arc::clone(&metrics));
-    let uploads = index.dir().join("uploads");
-    let state = web::Data::new(State {
-        spec: embedder.spec().clone(),
-        config: config.clone(),
-        index: RwLock::new(index),
-        batcher,
-        metrics,
-        ready: AtomicBool::new(false),
-        uploads,
-    });
+    let state = new_state(config.clone(), index, embedder, uploads);
     let io = |source| ServeError::Io {
         addr: config.addr.clone(),
         source,
@@ -96,42 +88,83 @@ pub fn serve(
     result.map_err(io)
 }
 
+/// The shared state of a server over `index`, with its inference threads started: what
+/// [`serve`] runs and what in-process tests hand to [`app`].
+pub fn new_state(
+    config: Config,
+    index: Arc<dyn SearchIndex>,
+    embedder: Arc<dyn Embedder>,
+    uploads: PathBuf,
+) -> web::Data<State> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let batcher =
+        batcher::Batcher::start(Arc::clone(&embedder), &config.batch, Arc::clone(&metrics));
+    web::Data::new(State {
+        spec: embedder.spec().clone(),
+        config,
+        index,
+        batcher,
+        metrics,
+        ready: AtomicBool::new(false),
+        snapshots: uploads
+            .parent()
+            .map_or_else(|| PathBuf::from("snapshots"), |p| p.join("snapshots")),
+        uploads,
+    })
+}
+
+/// The whole application (routes, extractor error shapes, request metrics) over `state`: the
+/// listener runs one per worker, and tests drive it in-process with `actix_web::test`.
+pub fn app(
+    state: web::Data<State>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .app_data(
+            web::QueryConfig::default().error_handler(|e, _| {
+                ApiError::BadRequest(format!("bad query string: {e}")).into()
+            }),
+        )
+        .app_data(web::PathConfig::default().error_handler(|_, req| {
+            ApiError::NotFound(format!("no such image: {}", req.path())).into()
+        }))
+        .configure(routes::configure)
+        .default_service(web::to(routes::not_found))
+        .wrap_fn(|req, srv| {
+            let start = Instant::now();
+            let state = req.app_data::<web::Data<State>>().cloned();
+            let method = req.method().to_string();
+            let fut = srv.call(req);
+            async move {
+                let res = fut.await;
+                if let Some(state) = state {
+                    let (status, route) = match &res {
+                        Ok(r) => (r.status().as_u16(), r.request().match_pattern()),
+                        Err(e) => (e.as_response_error().status_code().as_u16(), None),
+                    };
+                    let route = route.unwrap_or_else(|| "unmatched".into());
+                    state
+                        .metrics
+                        .request(&method, &route, status, start.elapsed());
+                }
+                res
+            }
+        })
+}
+
 async fn run(state: web::Data<State>, config: Config) -> std::io::Result<()> {
     let app_state = state.clone();
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(app_state.clone())
-            .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                ApiError::BadRequest(format!("bad query string: {e}")).into()
-            }))
-            .app_data(web::PathConfig::default().error_handler(|_, req| {
-                ApiError::NotFound(format!("no such image: {}", req.path())).into()
-            }))
-            .configure(routes::configure)
-            .default_service(web::to(routes::not_found))
-            .wrap_fn(|req, srv| {
-                let start = Instant::now();
-                let state = req.app_data::<web::Data<State>>().cloned();
-                let method = req.method().to_string();
-                let fut = srv.call(req);
-                async move {
-                    let res = fut.await;
-                    if let Some(state) = state {
-                        let (status, route) = match &res {
-                            Ok(r) => (r.status().as_u16(), r.request().match_pattern()),
-                            Err(e) => (e.as_response_error().status_code().as_u16(), None),
-                        };
-                        let route = route.unwrap_or_else(|| "unmatched".into());
-                        state
-                            .metrics
-                            .request(&method, &route, status, start.elapsed());
-                    }
-                    res
-                }
-            })
-    })
-    .disable_signals()
-    .shutdown_timeout(config.shutdown_timeout_s);
+    let mut server = HttpServer::new(move || app(app_state.clone()))
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout_s);
     if config.workers > 0 {
         server = server.workers(config.workers);
     }

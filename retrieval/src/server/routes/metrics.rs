@@ -1,9 +1,6 @@
 //! `GET /metrics`: Prometheus text format.
 
-use std::sync::PoisonError;
-
 use actix_web::{web, HttpResponse};
-use htg_retrieval::SearchIndex;
 
 use super::resource;
 use crate::server::State;
@@ -15,13 +12,28 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Request counts and latencies per route, decode/embed/search time, and gauges.
 async fn metrics(state: web::Data<State>) -> HttpResponse {
-    let images = state
-        .index
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .len() as f64;
+    let stats = state.index.stats();
     let text = state.metrics.render(&[
-        ("htg_index_images", "Live images in the index.", images),
+        (
+            "htg_index_images",
+            "Live images in the index.",
+            stats.count as f64,
+        ),
+        (
+            "htg_index_tombstones",
+            "Deleted images still in the graph, waiting for compaction.",
+            stats.tombstones as f64,
+        ),
+        (
+            "htg_index_log_bytes",
+            "Write-ahead log bytes not yet covered by a checkpoint.",
+            stats.log_bytes as f64,
+        ),
+        (
+            "htg_index_checkpoints",
+            "Checkpoints written since the server started.",
+            stats.checkpoints as f64,
+        ),
         (
             "htg_inference_queue_images",
             "Images waiting for an inference batch.",

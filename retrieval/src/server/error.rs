@@ -1,12 +1,12 @@
 //! The API's error type and the one place that maps errors to HTTP statuses.
 //!
 //! Every handler returns `Result<_, ApiError>`, and actix's own extractor failures are turned
-//! into `ApiError` too (see [`super::app`]), so every error a client sees has the same shape:
+//! into `ApiError` too (by the extractor error handlers installed in [`super::serve`]), so every error a client sees has the same shape:
 //! `{"error": {"status": 400, "code": "bad_image", "message": "..."}}`.
 
+use crate::{EmbedError, IndexError, PreprocessError};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use htg_retrieval::{EmbedError, IndexError, PreprocessError};
 use serde::Serialize;
 
 /// Why a request failed.
@@ -104,7 +104,10 @@ impl ApiError {
                 IndexError::ModelMismatch { .. }
                 | IndexError::Io { .. }
                 | IndexError::NotFound(_)
-                | IndexError::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "index_error"),
+                | IndexError::Corrupt { .. }
+                | IndexError::Engine(_)
+                | IndexError::Wal(_)
+                | IndexError::Location { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "index_error"),
             },
             ApiError::Embed(e) => match e {
                 EmbedError::Spec(_)

@@ -1,0 +1,470 @@
+//! The vector engines a [`super::LocalIndex`] can run on, behind one set of operations:
+//! `htg` (our graph in `htg_ann::graph`, the default) and `hnsw_rs` (the design card's
+//! library, kept so both can be measured in one run).
+//!
+//! Both address vectors by internal `u32` ids in insertion order, insert through `&self`
+//! (concurrently with searches), and keep deleted ids as tombstones that route but are never
+//! returned.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{PoisonError, RwLock};
+
+use hnsw_rs::hnswio::HnswIo;
+use hnsw_rs::prelude::{AnnT, DistL2, FilterT, Hnsw};
+use htg_ann::graph::{Distance, Filter, Graph, GraphParams};
+
+use super::{HnswParams, IndexError};
+
+/// Which engine an index runs on, as written in its metadata and on the command line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// Our HNSW (`htg_ann::graph`): flat links, visited pool, mmap-able file.
+    #[default]
+    Htg,
+    /// `hnsw_rs` 0.3: the design card's library.
+    HnswRs,
+}
+
+impl EngineKind {
+    /// The name used in metadata, flags and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Htg => "htg",
+            EngineKind::HnswRs => "hnsw_rs",
+        }
+    }
+
+    /// Parses [`EngineKind::name`].
+    pub fn parse(s: &str) -> Result<EngineKind, IndexError> {
+        match s {
+            "htg" => Ok(EngineKind::Htg),
+            "hnsw_rs" => Ok(EngineKind::HnswRs),
+            _ => Err(IndexError::Param(format!(
+                "unknown engine {s:?} (htg, hnsw_rs)"
+            ))),
+        }
+    }
+
+    /// The file the engine keeps inside a generation directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            EngineKind::Htg => "graph.htg",
+            EngineKind::HnswRs => "hnsw",
+        }
+    }
+}
+
+fn ann(e: htg_ann::AnnError) -> IndexError {
+    IndexError::Engine(e.to_string())
+}
+
+/// `hnsw_rs` with what it lacks for our use: vectors we can read back and tombstones.
+pub struct HnswRsEngine {
+    hnsw: Hnsw<'static, f32, DistL2>,
+    vectors: RwLock<Vec<Vec<f32>>>,
+    dead: RwLock<HashSet<u32>>,
+}
+
+struct Keep<'a>(&'a (dyn Fn(u32) -> bool + Sync));
+
+impl FilterT for Keep<'_> {
+    fn hnsw_filter(&self, id: &usize) -> bool {
+        u32::try_from(*id).is_ok_and(|i| (self.0)(i))
+    }
+}
+
+/// One engine.
+pub enum Engine {
+    /// Ours.
+    Htg(Graph),
+    /// `hnsw_rs`.
+    HnswRs(HnswRsEngine),
+}
+
+/// Growth step when an engine with fixed capacity fills up.
+fn grown(capacity: usize, need: usize) -> usize {
+    (capacity.max(1024) * 2).max(need)
+}
+
+impl Engine {
+    /// An empty engine.
+    pub fn new(
+        kind: EngineKind,
+        dim: usize,
+        p: HnswParams,
+        capacity: usize,
+    ) -> Result<Engine, IndexError> {
+        p.validate()?;
+        Ok(match kind {
+            EngineKind::Htg => {
+                Engine::Htg(Graph::new(dim, graph_params(p), capacity.max(1024)).map_err(ann)?)
+            }
+            EngineKind::HnswRs => Engine::HnswRs(HnswRsEngine {
+                hnsw: Hnsw::new(p.m, capacity.max(1024), 16, p.ef_construction, DistL2 {}),
+                vectors: RwLock::new(Vec::new()),
+                dead: RwLock::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// Which engine this is.
+    pub fn kind(&self) -> EngineKind {
+        match self {
+            Engine::Htg(_) => EngineKind::Htg,
+            Engine::HnswRs(_) => EngineKind::HnswRs,
+        }
+    }
+
+    /// Ids handed out so far (live and deleted).
+    pub fn len(&self) -> usize {
+        match self {
+            Engine::Htg(g) => g.len(),
+            Engine::HnswRs(h) => h
+                .vectors
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+        }
+    }
+
+    /// Makes room for `additional` more inserts (copies a mapped graph into memory).
+    /// Needs exclusive access; call before inserting when [`Engine::has_room`] says no.
+    pub fn reserve(&mut self, additional: usize) -> Result<(), IndexError> {
+        match self {
+            Engine::Htg(g) => {
+                let need = g.len() + additional;
+                if need > g.capacity() || g.is_mapped() {
+                    let target = grown(g.capacity(), need);
+                    g.reserve(target - g.len()).map_err(ann)?;
+                }
+                Ok(())
+            }
+            Engine::HnswRs(_) => Ok(()),
+        }
+    }
+
+    /// Whether `additional` inserts fit without [`Engine::reserve`].
+    pub fn has_room(&self, additional: usize) -> bool {
+        match self {
+            Engine::Htg(g) => !g.is_mapped() && g.len() + additional <= g.capacity(),
+            Engine::HnswRs(_) => true,
+        }
+    }
+
+    /// Inserts one vector through `&self`; returns its internal id.
+    pub fn insert(&self, v: &[f32]) -> Result<u32, IndexError> {
+        match self {
+            Engine::Htg(g) => g.insert(v).map_err(ann),
+            Engine::HnswRs(h) => {
+                let id = {
+                    let mut vs = h.vectors.write().unwrap_or_else(PoisonError::into_inner);
+                    vs.push(v.to_vec());
+                    vs.len() - 1
+                };
+                h.hnsw.insert_slice((v, id));
+                Ok(id as u32)
+            }
+        }
+    }
+
+    /// Inserts many vectors, in parallel where the engine allows; ids follow `vs`'s order
+    /// only for one thread, so they are returned.
+    pub fn insert_many(&self, vs: &[&[f32]]) -> Result<Vec<u32>, IndexError> {
+        use rayon::prelude::*;
+        if vs.len() < 2 {
+            return vs.iter().map(|v| self.insert(v)).collect();
+        }
+        match self {
+            Engine::Htg(_) => vs.par_iter().map(|v| self.insert(v)).collect(),
+            Engine::HnswRs(h) => {
+                let first = {
+                    let mut all = h.vectors.write().unwrap_or_else(PoisonError::into_inner);
+                    let first = all.len();
+                    all.extend(vs.iter().map(|v| v.to_vec()));
+                    first
+                };
+                let items: Vec<(&[f32], usize)> = vs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (*v, first + i))
+                    .collect();
+                h.hnsw.parallel_insert_slice(&items);
+                Ok((first..first + vs.len()).map(|i| i as u32).collect())
+            }
+        }
+    }
+
+    /// Tombstones internal id `id`.
+    pub fn delete(&self, id: u32) -> Result<(), IndexError> {
+        match self {
+            Engine::Htg(g) => g.delete(id).map(|_| ()).map_err(ann),
+            Engine::HnswRs(h) => {
+                h.dead
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id);
+                Ok(())
+            }
+        }
+    }
+
+    /// Deleted ids still in the graph.
+    pub fn tombstones(&self) -> usize {
+        match self {
+            Engine::Htg(g) => g.tombstones(),
+            Engine::HnswRs(h) => h.dead.read().unwrap_or_else(PoisonError::into_inner).len(),
+        }
+    }
+
+    /// A copy of the stored vector of `id`.
+    pub fn vector(&self, id: u32) -> Option<Vec<f32>> {
+        match self {
+            Engine::Htg(g) => g.vector(id).ok().map(<[f32]>::to_vec),
+            Engine::HnswRs(h) => h
+                .vectors
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(id as usize)
+                .cloned(),
+        }
+    }
+
+    /// Approximate `k` nearest live ids passing `keep` (squared L2, nearest first).
+    /// `allowed` estimates how many ids pass, so a very selective filter scans instead.
+    pub fn search(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        keep: Option<&(dyn Fn(u32) -> bool + Sync)>,
+        allowed: Option<usize>,
+    ) -> Result<Vec<(u32, f32)>, IndexError> {
+        match self {
+            Engine::Htg(g) => {
+                let f = keep.map(|k| Filter::predicate(k, allowed));
+                g.search(q, k, ef, f.as_ref()).map_err(ann)
+            }
+            Engine::HnswRs(h) => {
+                let dead = h.dead.read().unwrap_or_else(PoisonError::into_inner);
+                let pass = |i: u32| !dead.contains(&i) && keep.is_none_or(|k| k(i));
+                let found = if dead.is_empty() && keep.is_none() {
+                    h.hnsw.search(q, k, ef.max(k))
+                } else {
+                    h.hnsw.search_filter(q, k, ef.max(k), Some(&Keep(&pass)))
+                };
+                // DistL2 yields the Euclidean distance; report its square, like exact search.
+                Ok(found
+                    .into_iter()
+                    .map(|n| (n.d_id as u32, n.distance * n.distance))
+                    .collect())
+            }
+        }
+    }
+
+    /// Exact `k` nearest live ids passing `keep`, by brute force over the stored vectors.
+    pub fn exact(
+        &self,
+        q: &[f32],
+        k: usize,
+        keep: &(dyn Fn(u32) -> bool + Sync),
+    ) -> Vec<(u32, f32)> {
+        let n = self.len() as u32;
+        let mut all: Vec<(u32, f32)> = (0..n)
+            .filter(|&i| keep(i))
+            .filter_map(|i| match self {
+                Engine::Htg(g) => g.vector(i).ok().map(|v| (i, htg_ann::kernels::l2_sq(q, v))),
+                Engine::HnswRs(h) => h
+                    .vectors
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(i as usize)
+                    .map(|v| (i, htg_ann::kernels::l2_sq(q, v))),
+            })
+            .collect();
+        let k = k.min(all.len());
+        if k == 0 {
+            return Vec::new();
+        }
+        let cmp = |a: &(u32, f32), b: &(u32, f32)| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0));
+        all.select_nth_unstable_by(k - 1, cmp);
+        all.truncate(k);
+        all.sort_by(cmp);
+        all
+    }
+
+    /// Whether tombstones are past `ratio` of the ids.
+    pub fn needs_compaction(&self, ratio: f64) -> bool {
+        let n = self.len();
+        n > 0 && self.tombstones() as f64 > ratio * n as f64
+    }
+
+    /// A rebuilt engine of the live ids, and the old → new id map.
+    pub fn compact(&self, p: HnswParams) -> Result<(Engine, Vec<Option<u32>>), IndexError> {
+        match self {
+            Engine::Htg(g) => {
+                let (g, map) = g.compact().map_err(ann)?;
+                Ok((Engine::Htg(g), map))
+            }
+            Engine::HnswRs(h) => {
+                let dead = h.dead.read().unwrap_or_else(PoisonError::into_inner);
+                let vs = h.vectors.read().unwrap_or_else(PoisonError::into_inner);
+                let live: Vec<u32> = (0..vs.len() as u32).filter(|i| !dead.contains(i)).collect();
+                let dim = vs.first().map_or(1, Vec::len);
+                let e = Engine::new(EngineKind::HnswRs, dim, p, live.len())?;
+                let rows: Vec<&[f32]> = live.iter().map(|&i| vs[i as usize].as_slice()).collect();
+                e.insert_many(&rows)?;
+                let mut map = vec![None; vs.len()];
+                for (new, &old) in live.iter().enumerate() {
+                    map[old as usize] = Some(new as u32);
+                }
+                Ok((e, map))
+            }
+        }
+    }
+
+    /// Writes the engine into generation directory `dir` (fsynced).
+    pub fn save(&self, dir: &Path) -> Result<(), IndexError> {
+        let io = |op: &'static str, e: std::io::Error| IndexError::Io {
+            op,
+            path: dir.to_path_buf(),
+            source: e,
+        };
+        match self {
+            Engine::Htg(g) => {
+                g.save(&dir.join(EngineKind::Htg.file_name()))
+                    .map_err(ann)?;
+                Ok(())
+            }
+            Engine::HnswRs(h) => {
+                let vs = h.vectors.read().unwrap_or_else(PoisonError::into_inner);
+                let dead = h.dead.read().unwrap_or_else(PoisonError::into_inner);
+                let mut raw = Vec::with_capacity(vs.len() * vs.first().map_or(0, Vec::len) * 4);
+                for v in vs.iter() {
+                    for x in v {
+                        raw.extend_from_slice(&x.to_le_bytes());
+                    }
+                }
+                crate::fsio::write_synced(&dir.join("vectors.f32"), &raw)
+                    .map_err(|e| io("write vectors into", e))?;
+                let mut d: Vec<u32> = dead.iter().copied().collect();
+                d.sort_unstable();
+                let dead_raw: Vec<u8> = d.iter().flat_map(|i| i.to_le_bytes()).collect();
+                crate::fsio::write_synced(&dir.join("tombstones.u32"), &dead_raw)
+                    .map_err(|e| io("write tombstones into", e))?;
+                if !vs.is_empty() {
+                    let name = h.hnsw.file_dump(dir, "hnsw").map_err(|e| {
+                        io("dump HNSW into", std::io::Error::other(format!("{e:#}")))
+                    })?;
+                    if name != "hnsw" {
+                        return Err(io(
+                            "dump HNSW into",
+                            std::io::Error::other(format!("hnsw_rs chose basename {name:?}")),
+                        ));
+                    }
+                    for f in ["hnsw.hnsw.graph", "hnsw.hnsw.data"] {
+                        crate::fsio::sync_file(&dir.join(f)).map_err(|e| io("fsync", e))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Opens the engine saved in generation directory `dir` (the graph is memory-mapped).
+    pub fn open(
+        kind: EngineKind,
+        dir: &Path,
+        dim: usize,
+        p: HnswParams,
+    ) -> Result<Engine, IndexError> {
+        let corrupt = |reason: String| IndexError::Corrupt {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        match kind {
+            EngineKind::Htg => {
+                let g = Graph::open(&dir.join(kind.file_name())).map_err(ann)?;
+                if g.dim() != dim {
+                    return Err(corrupt(format!(
+                        "graph holds {}-d vectors, metadata says {dim}",
+                        g.dim()
+                    )));
+                }
+                Ok(Engine::Htg(g))
+            }
+            EngineKind::HnswRs => {
+                let raw = std::fs::read(dir.join("vectors.f32")).map_err(|e| IndexError::Io {
+                    op: "read",
+                    path: dir.join("vectors.f32"),
+                    source: e,
+                })?;
+                if dim == 0 || raw.len() % (dim * 4) != 0 {
+                    return Err(corrupt(format!(
+                        "vectors.f32 has {} bytes, not a multiple of {dim} x 4",
+                        raw.len()
+                    )));
+                }
+                let vectors: Vec<Vec<f32>> = raw
+                    .chunks_exact(dim * 4)
+                    .map(|row| {
+                        row.chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                            .collect()
+                    })
+                    .collect();
+                let dead_raw = std::fs::read(dir.join("tombstones.u32")).unwrap_or_default();
+                let dead: HashSet<u32> = dead_raw
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let hnsw = if vectors.is_empty() {
+                    Hnsw::new(p.m, 1024, 16, p.ef_construction, DistL2 {})
+                } else {
+                    // hnsw_rs ties the graph's lifetime to its loader; the loader is small and
+                    // lives as long as the index, so it is leaked rather than made
+                    // self-referential.
+                    let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, "hnsw")));
+                    loader
+                        .load_hnsw::<f32, DistL2>()
+                        .map_err(|e| corrupt(format!("HNSW graph: {e:#}")))?
+                };
+                if hnsw.get_nb_point() != vectors.len() {
+                    return Err(corrupt(format!(
+                        "HNSW graph has {} points, vectors.f32 {}",
+                        hnsw.get_nb_point(),
+                        vectors.len()
+                    )));
+                }
+                Ok(Engine::HnswRs(HnswRsEngine {
+                    hnsw,
+                    vectors: RwLock::new(vectors),
+                    dead: RwLock::new(dead),
+                }))
+            }
+        }
+    }
+
+    /// Builds an engine over `rows` (id = position), in parallel.
+    pub fn build(
+        kind: EngineKind,
+        dim: usize,
+        p: HnswParams,
+        rows: &[&[f32]],
+    ) -> Result<Engine, IndexError> {
+        let e = Engine::new(kind, dim, p, rows.len())?;
+        e.insert_many(rows)?;
+        Ok(e)
+    }
+}
+
+/// Our graph's parameters for the index's HNSW settings (squared L2, fixed seed).
+pub fn graph_params(p: HnswParams) -> GraphParams {
+    GraphParams {
+        m: p.m,
+        ef_construction: p.ef_construction,
+        distance: Distance::L2Sq,
+        seed: 0x5eed,
+    }
+}

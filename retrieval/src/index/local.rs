@@ -1,0 +1,674 @@
+//! [`LocalIndex`]: records and vectors in one directory on this machine, every write logged
+//! before it is acknowledged.
+//!
+//! Layout of an index directory:
+//! - `CURRENT`: the name of the live checkpoint generation (replaced atomically);
+//! - `gen-<stamp>/`: `meta.json` (model provenance, parameters, the log position it covers),
+//!   the engine's file (`graph.htg`, or the `hnsw_rs` dump) and `records.bin`;
+//! - `wal-<seq>.log`: the write-ahead log segments after that position ([`crate::wal`]);
+//! - `LOCK`: held by the one process that writes;
+//! - `uploads/`: images added over HTTP (the server's).
+//!
+//! A write (add or delete) is appended to the log, applied in memory and fsynced (one fsync
+//! shared by concurrent writers) before it returns: acknowledged writes survive a crash. When
+//! the log passes [`LocalIndex::set_checkpoint_bytes`], a checkpoint runs on a background
+//! thread: it writes a new generation while appends wait, swaps `CURRENT`, and deletes the log
+//! it covers. Searches take only read locks and never wait for a write's fsync or a checkpoint.
+//! On open, the checkpoint is mapped (graph and records are not parsed whole) and the log is
+//! replayed; a torn last entry is dropped, a corrupt one in the middle is refused.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::engine::{Engine, EngineKind};
+use super::records::Records;
+use super::{
+    io_err, legacy, CreateOptions, Hit, HnswParams, IndexError, IndexStats, Record, SearchIndex,
+    SearchOptions,
+};
+use crate::embed::ModelId;
+use crate::wal::{AppendError, Op, Wal};
+
+/// Current on-disk format version (1: JSON records and an `hnsw_rs` dump, read by
+/// [`legacy`]; 2: engine file, `records.bin` and a write-ahead log).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Default log size that triggers a background checkpoint.
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// Tombstones past this fraction of the graph are compacted away at the next checkpoint.
+const COMPACT_RATIO: f64 = 0.2;
+
+/// What `meta.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Meta {
+    format_version: u32,
+    model: ModelId,
+    /// Where the model was loaded from when the index was built (a hint for `htg search`).
+    model_path: Option<String>,
+    dim: usize,
+    hnsw: HnswParams,
+    engine: EngineKind,
+    next_id: u64,
+    /// The last log sequence number this checkpoint contains.
+    checkpoint_seq: u64,
+    /// Engine slots (live and deleted) in this checkpoint.
+    slots: usize,
+}
+
+struct Inner {
+    dir: PathBuf,
+    model: ModelId,
+    model_path: Option<String>,
+    dim: usize,
+    params: HnswParams,
+    engine: RwLock<Engine>,
+    records: RwLock<Records>,
+    /// Next external id; changed only under the log's append lock.
+    next_id: AtomicU64,
+    wal: Wal,
+    /// One checkpoint at a time.
+    ckpt: Mutex<()>,
+    checkpointing: AtomicBool,
+    checkpoint_bytes: AtomicU64,
+    checkpoints: AtomicU64,
+    last_checkpoint_error: Mutex<Option<String>>,
+    notice: Option<String>,
+}
+
+/// A single-machine index: our HNSW (or `hnsw_rs`) over vectors stored once, records in a
+/// mapped file, and a write-ahead log. Cheap to clone: clones share the same index.
+#[derive(Clone)]
+pub struct LocalIndex {
+    inner: Arc<Inner>,
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn wal_err(e: AppendError<IndexError>) -> IndexError {
+    match e {
+        AppendError::Wal(w) => IndexError::Wal(w),
+        AppendError::Apply(a) => a,
+    }
+}
+
+impl LocalIndex {
+    /// Whether `dir` holds an index.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("CURRENT").is_file()
+    }
+
+    /// Creates an empty index in `dir` (writes its first checkpoint at once, so it opens).
+    pub fn create(
+        dir: &Path,
+        model: ModelId,
+        model_path: Option<String>,
+        opts: &CreateOptions,
+    ) -> Result<LocalIndex, IndexError> {
+        opts.params.validate()?;
+        let dim = model.spec.embedding_dim;
+        if dim == 0 {
+            return Err(IndexError::Param(
+                "the model's embedding dimension is 0".into(),
+            ));
+        }
+        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        let engine = Engine::new(opts.engine, dim, opts.params, 1024)?;
+        let opened = Wal::open(dir, 0)?;
+        let index = LocalIndex::assemble(
+            dir,
+            model,
+            model_path,
+            dim,
+            opts.params,
+            engine,
+            Records::default(),
+            1,
+            opened.wal,
+            None,
+        );
+        index.checkpoint()?;
+        Ok(index)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        dir: &Path,
+        model: ModelId,
+        model_path: Option<String>,
+        dim: usize,
+        params: HnswParams,
+        engine: Engine,
+        records: Records,
+        next_id: u64,
+        wal: Wal,
+        notice: Option<String>,
+    ) -> LocalIndex {
+        LocalIndex {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                model,
+                model_path,
+                dim,
+                params,
+                engine: RwLock::new(engine),
+                records: RwLock::new(records),
+                next_id: AtomicU64::new(next_id),
+                wal,
+                ckpt: Mutex::new(()),
+                checkpointing: AtomicBool::new(false),
+                checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
+                checkpoints: AtomicU64::new(0),
+                last_checkpoint_error: Mutex::new(None),
+                notice,
+            }),
+        }
+    }
+
+    /// Opens the index saved in `dir`: maps its checkpoint and replays its log.
+    pub fn open(dir: &Path) -> Result<LocalIndex, IndexError> {
+        let current = dir.join("CURRENT");
+        let gen = match fs::read_to_string(&current) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(IndexError::NotFound(dir.to_path_buf()))
+            }
+            Err(e) => return Err(io_err("read", &current)(e)),
+        };
+        let corrupt = |reason: String| IndexError::Corrupt {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        if gen.is_empty() || gen.contains('/') || gen.contains("..") {
+            return Err(corrupt(format!("CURRENT names {gen:?}")));
+        }
+        let gdir = dir.join(&gen);
+        let meta_path = gdir.join("meta.json");
+        let meta_bytes = fs::read(&meta_path).map_err(io_err("read", &gdir))?;
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let version: Version =
+            serde_json::from_slice(&meta_bytes).map_err(|e| corrupt(format!("meta.json: {e}")))?;
+        let index = match version.format_version {
+            1 => LocalIndex::open_v1(dir, &gdir)?,
+            FORMAT_VERSION => {
+                let meta: Meta = serde_json::from_slice(&meta_bytes)
+                    .map_err(|e| corrupt(format!("meta.json: {e}")))?;
+                let engine = Engine::open(meta.engine, &gdir, meta.dim, meta.hnsw)?;
+                let records = Records::open(&gdir.join("records.bin"))?;
+                if records.slots() != engine.len() || engine.len() != meta.slots {
+                    return Err(corrupt(format!(
+                        "the engine holds {} vectors, records.bin {} records, meta.json {}",
+                        engine.len(),
+                        records.slots(),
+                        meta.slots
+                    )));
+                }
+                let opened = Wal::open(dir, meta.checkpoint_seq)?;
+                let index = LocalIndex::assemble(
+                    dir,
+                    meta.model,
+                    meta.model_path,
+                    meta.dim,
+                    meta.hnsw,
+                    engine,
+                    records,
+                    meta.next_id,
+                    opened.wal,
+                    None,
+                );
+                index.replay(opened.replay)?;
+                index
+            }
+            v => {
+                return Err(corrupt(format!(
+                    "format version {v} (this htg reads 1 and {FORMAT_VERSION})"
+                )))
+            }
+        };
+        Ok(index)
+    }
+
+    /// Format 1: the vectors go into our engine (the `hnsw_rs` dump is not read); the next
+    /// checkpoint writes format 2.
+    fn open_v1(dir: &Path, gdir: &Path) -> Result<LocalIndex, IndexError> {
+        let t = Instant::now();
+        let v1 = legacy::read(dir, gdir)?;
+        let rows: Vec<&[f32]> = v1.rows.iter().map(|(_, _, v)| v.as_slice()).collect();
+        let mut engine = Engine::new(EngineKind::Htg, v1.dim, v1.hnsw, rows.len())?;
+        engine.reserve(rows.len())?;
+        let mut records = Records::default();
+        for (i, ((id, r, _), v)) in v1.rows.iter().zip(&rows).enumerate() {
+            let got = engine.insert(v)?;
+            debug_assert_eq!(got as usize, i);
+            records.push(got, *id, r.clone())?;
+        }
+        let notice = format!(
+            "index {} is format 1 (an earlier htg): its {} vectors were re-inserted into the htg engine in {:.1} s; the next write or `htg index` saves format {FORMAT_VERSION}",
+            dir.display(),
+            rows.len(),
+            t.elapsed().as_secs_f64()
+        );
+        let opened = Wal::open(dir, 0)?;
+        let index = LocalIndex::assemble(
+            dir,
+            v1.model,
+            v1.model_path,
+            v1.dim,
+            v1.hnsw,
+            engine,
+            records,
+            v1.next_id,
+            opened.wal,
+            Some(notice),
+        );
+        index.replay(opened.replay)?;
+        Ok(index)
+    }
+
+    /// Index directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Which engine holds the vectors.
+    pub fn engine_kind(&self) -> EngineKind {
+        read_lock(&self.inner.engine).kind()
+    }
+
+    /// Log size (bytes) past which a write starts a background checkpoint.
+    pub fn set_checkpoint_bytes(&self, bytes: u64) {
+        self.inner.checkpoint_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    fn replay(&self, entries: Vec<crate::wal::Entry>) -> Result<(), IndexError> {
+        let mut ops = Vec::new();
+        for e in entries {
+            if let Op::Add { id, .. } = &e.op {
+                let next = self.inner.next_id.load(Ordering::Relaxed);
+                self.inner
+                    .next_id
+                    .store(next.max(id + 1), Ordering::Relaxed);
+            }
+            ops.push(e.op);
+        }
+        // Consecutive adds go in as one parallel batch.
+        let mut start = 0;
+        while start < ops.len() {
+            let end = if matches!(ops[start], Op::Add { .. }) {
+                start
+                    + ops[start..]
+                        .iter()
+                        .take_while(|o| matches!(o, Op::Add { .. }))
+                        .count()
+            } else {
+                start + 1
+            };
+            self.apply(&ops[start..end])?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Applies logged ops to the engine and records (under the log's append lock, or while
+    /// replaying). Adds are inserted through the engine's `&self` path, so searches proceed.
+    fn apply(&self, ops: &[Op]) -> Result<Vec<bool>, IndexError> {
+        let adds: Vec<(u64, &Record, &[f32])> = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Add { id, record, vector } => Some((*id, record, vector.as_slice())),
+                Op::Remove { .. } => None,
+            })
+            .collect();
+        let mut out = Vec::new();
+        if !adds.is_empty() {
+            if !read_lock(&self.inner.engine).has_room(adds.len()) {
+                write_lock(&self.inner.engine).reserve(adds.len())?;
+            }
+            let vectors: Vec<&[f32]> = adds.iter().map(|a| a.2).collect();
+            let ids = read_lock(&self.inner.engine).insert_many(&vectors)?;
+            let mut order: Vec<(u32, usize)> =
+                ids.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+            order.sort_unstable();
+            let mut records = write_lock(&self.inner.records);
+            for (internal, k) in order {
+                records.push(internal, adds[k].0, adds[k].1.clone())?;
+            }
+            out.extend(std::iter::repeat_n(true, adds.len()));
+        }
+        for o in ops {
+            if let Op::Remove { id } = o {
+                let removed = write_lock(&self.inner.records).remove(*id);
+                if let Some(internal) = removed {
+                    read_lock(&self.inner.engine).delete(internal)?;
+                }
+                out.push(removed.is_some());
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_vector(&self, v: &[f32]) -> Result<(), IndexError> {
+        if v.len() != self.inner.dim {
+            return Err(IndexError::Dimension {
+                got: v.len(),
+                expected: self.inner.dim,
+            });
+        }
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(IndexError::Param("vector holds a non-finite value".into()));
+        }
+        Ok(())
+    }
+
+    /// Starts a background checkpoint when the log has grown past the threshold.
+    fn maybe_checkpoint(&self) {
+        let threshold = self.inner.checkpoint_bytes.load(Ordering::Relaxed);
+        if self.inner.wal.segment_bytes() < threshold
+            || self.inner.checkpointing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let result = me.checkpoint();
+            *me.inner
+                .last_checkpoint_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = result.err().map(|e| e.to_string());
+            me.inner.checkpointing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Writes a checkpoint of everything logged so far and deletes the log it covers.
+    /// Appends wait while the generation is written; searches do not.
+    pub fn checkpoint(&self) -> Result<(), IndexError> {
+        let _one = self
+            .inner
+            .ckpt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.checkpoint_locked().map(|_| ())
+    }
+
+    /// Writes a consistent snapshot of the index to `out` while writes go on: a checkpoint,
+    /// then its files packed into one checksummed file (see [`super::snapshot`]). Returns the
+    /// snapshot's size and the log position it contains.
+    pub fn snapshot_to(&self, out: &Path) -> Result<(u64, u64), IndexError> {
+        // Holding the checkpoint lock keeps the generation from being replaced while it is
+        // copied; appends continue into the log meanwhile.
+        let _one = self
+            .inner
+            .ckpt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (gdir, seq) = self.checkpoint_locked()?;
+        let size = super::snapshot::write(&gdir, out)?;
+        Ok((size, seq))
+    }
+
+    /// The checkpoint itself; the caller holds `ckpt`. Returns the new generation directory
+    /// and the last log sequence number it contains.
+    fn checkpoint_locked(&self) -> Result<(PathBuf, u64), IndexError> {
+        let inner = &self.inner;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let gen = format!("gen-{stamp}-{}", std::process::id());
+        let tmp = inner.dir.join(format!(".tmp-{gen}"));
+        fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+        let covered = inner.wal.rotate_with(|last| -> Result<u64, IndexError> {
+            if read_lock(&inner.engine).needs_compaction(COMPACT_RATIO) {
+                let (engine, map) = read_lock(&inner.engine).compact(inner.params)?;
+                let records = read_lock(&inner.records).remap(&map)?;
+                *write_lock(&inner.engine) = engine;
+                *write_lock(&inner.records) = records;
+            }
+            let engine = read_lock(&inner.engine);
+            engine.save(&tmp)?;
+            let records = read_lock(&inner.records).encode();
+            let rp = tmp.join("records.bin");
+            crate::fsio::write_synced(&rp, &records).map_err(io_err("write", &rp))?;
+            let meta = Meta {
+                format_version: FORMAT_VERSION,
+                model: inner.model.clone(),
+                model_path: inner.model_path.clone(),
+                dim: inner.dim,
+                hnsw: inner.params,
+                engine: engine.kind(),
+                next_id: inner.next_id.load(Ordering::Relaxed),
+                checkpoint_seq: last,
+                slots: engine.len(),
+            };
+            // Plain structs with string keys: serialisation cannot fail.
+            let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+            let mp = tmp.join("meta.json");
+            crate::fsio::write_synced(&mp, &json).map_err(io_err("write", &mp))?;
+            Ok(last)
+        })?;
+        crate::fsio::sync_dir(&tmp).map_err(io_err("fsync", &tmp))?;
+        let final_dir = inner.dir.join(&gen);
+        fs::rename(&tmp, &final_dir).map_err(io_err("rename", &tmp))?;
+        crate::fsio::sync_dir(&inner.dir).map_err(io_err("fsync", &inner.dir))?;
+        let current = inner.dir.join("CURRENT");
+        crate::fsio::write_atomic(&current, gen.as_bytes()).map_err(io_err("write", &current))?;
+        inner.wal.truncate_through(covered)?;
+        // Old generations and leftovers of interrupted checkpoints are garbage now.
+        if let Ok(entries) = fs::read_dir(&inner.dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name != gen && (name.starts_with("gen-") || name.starts_with(".tmp-gen-")) {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        inner.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok((final_dir, covered))
+    }
+
+    /// Exact k nearest live records by brute force (ground truth; `--exact`).
+    pub fn search_exact(&self, query: &[f32], k: usize, opts: &SearchOptions) -> Vec<(u64, f32)> {
+        let records = read_lock(&self.inner.records);
+        let keep = |i: u32| records.accepts(i, opts);
+        let found = read_lock(&self.inner.engine).exact(query, k, &keep);
+        found
+            .into_iter()
+            .filter_map(|(i, d)| records.external(i).map(|e| (e, d)))
+            .collect()
+    }
+}
+
+impl SearchIndex for LocalIndex {
+    fn location(&self) -> String {
+        self.inner.dir.display().to_string()
+    }
+
+    fn model(&self) -> ModelId {
+        self.inner.model.clone()
+    }
+
+    fn model_path(&self) -> Option<String> {
+        self.inner.model_path.clone()
+    }
+
+    fn params(&self) -> HnswParams {
+        self.inner.params
+    }
+
+    fn dim(&self) -> usize {
+        self.inner.dim
+    }
+
+    fn len(&self) -> usize {
+        read_lock(&self.inner.records).live()
+    }
+
+    fn record(&self, id: u64) -> Option<Record> {
+        let records = read_lock(&self.inner.records);
+        records.internal(id).and_then(|i| records.get(i))
+    }
+
+    fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        let i = read_lock(&self.inner.records).internal(id)?;
+        read_lock(&self.inner.engine).vector(i)
+    }
+
+    fn records(&self) -> Vec<(u64, Record)> {
+        read_lock(&self.inner.records).all()
+    }
+
+    fn insert_many(&self, items: Vec<(Record, Vec<f32>)>) -> Result<Vec<u64>, IndexError> {
+        for (_, v) in &items {
+            self.check_vector(v)?;
+        }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = items.len() as u64;
+        let mut items = Some(items);
+        let mut first_id = 0;
+        let seq = self
+            .inner
+            .wal
+            .append(
+                |_| {
+                    first_id = self.inner.next_id.fetch_add(n, Ordering::Relaxed);
+                    items
+                        .take()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, (record, vector))| Op::Add {
+                            id: first_id + k as u64,
+                            record,
+                            vector,
+                        })
+                        .collect()
+                },
+                |ops| self.apply(ops).map(|_| ()),
+            )
+            .map_err(wal_err)?;
+        self.inner.wal.sync_to(seq)?;
+        self.maybe_checkpoint();
+        Ok((first_id..first_id + n).collect())
+    }
+
+    fn remove_many(&self, ids: &[u64]) -> Result<Vec<bool>, IndexError> {
+        let present: Vec<u64> = {
+            let records = read_lock(&self.inner.records);
+            ids.iter()
+                .copied()
+                .filter(|id| records.internal(*id).is_some())
+                .collect()
+        };
+        let mut removed = Vec::new();
+        if !present.is_empty() {
+            let seq = self
+                .inner
+                .wal
+                .append(
+                    |_| present.iter().map(|&id| Op::Remove { id }).collect(),
+                    |ops| {
+                        removed = self.apply(ops)?;
+                        Ok(())
+                    },
+                )
+                .map_err(wal_err)?;
+            self.inner.wal.sync_to(seq)?;
+            self.maybe_checkpoint();
+        }
+        let gone: std::collections::HashSet<u64> = present
+            .iter()
+            .zip(&removed)
+            .filter(|(_, r)| **r)
+            .map(|(id, _)| *id)
+            .collect();
+        Ok(ids.iter().map(|id| gone.contains(id)).collect())
+    }
+
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        opts: &SearchOptions,
+    ) -> Result<Vec<Hit>, IndexError> {
+        if query.len() != self.inner.dim {
+            return Err(IndexError::Dimension {
+                got: query.len(),
+                expected: self.inner.dim,
+            });
+        }
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let found = if opts.exact {
+            self.search_exact(query, k, opts)
+        } else {
+            let ef = opts.ef.unwrap_or(64).max(k);
+            let records = read_lock(&self.inner.records);
+            let keep = |i: u32| records.accepts(i, opts);
+            let filtered = opts.filtered();
+            let found = read_lock(&self.inner.engine).search(
+                query,
+                k,
+                ef,
+                filtered.then_some(&keep as &(dyn Fn(u32) -> bool + Sync)),
+                None,
+            )?;
+            found
+                .into_iter()
+                .filter(|(i, _)| records.is_live(*i))
+                .filter_map(|(i, d)| records.external(i).map(|e| (e, d)))
+                .collect()
+        };
+        let records = read_lock(&self.inner.records);
+        Ok(found
+            .into_iter()
+            .filter_map(|(id, distance)| {
+                let i = records.internal(id)?;
+                records.get(i).map(|record| Hit {
+                    id,
+                    distance,
+                    record,
+                })
+            })
+            .collect())
+    }
+
+    fn flush(&self) -> Result<(), IndexError> {
+        self.checkpoint()
+    }
+
+    fn stats(&self) -> IndexStats {
+        IndexStats {
+            engine: self.engine_kind().name().to_string(),
+            count: self.len(),
+            tombstones: read_lock(&self.inner.engine).tombstones(),
+            log_bytes: self.inner.wal.pending_bytes(),
+            checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
+        }
+    }
+
+    fn notice(&self) -> Option<String> {
+        self.inner.notice.clone()
+    }
+
+    fn snapshot(&self, out: &Path) -> Result<(u64, u64), IndexError> {
+        self.snapshot_to(out)
+    }
+}

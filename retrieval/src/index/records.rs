@@ -1,0 +1,415 @@
+//! The record store: what the index knows about each image, addressed by the engine's internal
+//! id, in a compact binary file that is memory-mapped on open instead of parsed whole.
+//!
+//! File `records.bin` (little-endian):
+//! `magic "HTGRECS1"`, `u64 count`, `u64 ext_id × count`, `u64 offset × (count + 1)` into the
+//! blob, the blob (per record: `u8 live`, `str path`, `str sha256`, `u8 has_label`
+//! [`str label`], each `str` a `u32` length and UTF-8 bytes), then a `u32` crc32 of everything
+//! before it. A truncated or altered file fails its checksum and is refused.
+//!
+//! Records added since the checkpoint live in memory after the mapped ones; deletions are a
+//! bitset over internal ids. Filters compare the mapped bytes without allocating.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use super::{IndexError, Record, SearchOptions};
+
+const MAGIC: &[u8; 8] = b"HTGRECS1";
+
+/// One mapped checkpoint of records.
+struct Mapped {
+    map: Mmap,
+    count: usize,
+}
+
+impl Mapped {
+    fn ext_id(&self, i: usize) -> u64 {
+        let o = 16 + i * 8;
+        u64::from_le_bytes(self.map[o..o + 8].try_into().unwrap_or_default())
+    }
+
+    fn offset(&self, i: usize) -> usize {
+        let o = 16 + self.count * 8 + i * 8;
+        u64::from_le_bytes(self.map[o..o + 8].try_into().unwrap_or_default()) as usize
+    }
+
+    fn blob_start(&self) -> usize {
+        16 + self.count * 8 + (self.count + 1) * 8
+    }
+
+    /// The encoded bytes of record `i` (validated at open).
+    fn raw(&self, i: usize) -> &[u8] {
+        let b = self.blob_start();
+        &self.map[b + self.offset(i)..b + self.offset(i + 1)]
+    }
+}
+
+/// Fields of an encoded record, borrowed.
+struct Fields<'a> {
+    live: bool,
+    path: &'a str,
+    sha256: &'a str,
+    label: Option<&'a str>,
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if b.len() < n {
+        return None;
+    }
+    let (a, r) = b.split_at(n);
+    *b = r;
+    Some(a)
+}
+
+fn take_str<'a>(b: &mut &'a [u8]) -> Option<&'a str> {
+    let n = u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize;
+    std::str::from_utf8(take(b, n)?).ok()
+}
+
+fn parse(mut b: &[u8]) -> Option<Fields<'_>> {
+    let live = take(&mut b, 1)?[0] == 1;
+    let path = take_str(&mut b)?;
+    let sha256 = take_str(&mut b)?;
+    let label = match take(&mut b, 1)?[0] {
+        0 => None,
+        1 => Some(take_str(&mut b)?),
+        _ => return None,
+    };
+    b.is_empty().then_some(Fields {
+        live,
+        path,
+        sha256,
+        label,
+    })
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn encode(r: &Record, live: bool, out: &mut Vec<u8>) {
+    out.push(u8::from(live));
+    put_str(out, &r.path);
+    put_str(out, &r.sha256);
+    match &r.label {
+        Some(l) => {
+            out.push(1);
+            put_str(out, l);
+        }
+        None => out.push(0),
+    }
+}
+
+/// Records by internal id, with the external-id map.
+#[derive(Default)]
+pub struct Records {
+    mapped: Option<Mapped>,
+    /// Records at internal ids `mapped.count..`.
+    extra: Vec<Record>,
+    /// Internal → external id, every slot (live or not).
+    ext: Vec<u64>,
+    /// External → internal id, live records only.
+    int: HashMap<u64, u32>,
+    /// Deleted internal ids, one bit each.
+    dead: Vec<u64>,
+}
+
+impl Records {
+    /// Slots (live and deleted).
+    pub fn slots(&self) -> usize {
+        self.ext.len()
+    }
+
+    /// Live records.
+    pub fn live(&self) -> usize {
+        self.int.len()
+    }
+
+    /// The internal id of a live external id.
+    pub fn internal(&self, ext: u64) -> Option<u32> {
+        self.int.get(&ext).copied()
+    }
+
+    /// The external id of internal slot `i`.
+    pub fn external(&self, i: u32) -> Option<u64> {
+        self.ext.get(i as usize).copied()
+    }
+
+    fn is_dead(&self, i: usize) -> bool {
+        self.dead
+            .get(i / 64)
+            .is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+
+    /// Whether internal id `i` is a live record (not deleted, and already added).
+    pub fn is_live(&self, i: u32) -> bool {
+        (i as usize) < self.ext.len() && !self.is_dead(i as usize)
+    }
+
+    fn with_fields<T>(&self, i: u32, f: impl FnOnce(Fields<'_>) -> T) -> Option<T> {
+        let i = i as usize;
+        if i >= self.ext.len() {
+            return None;
+        }
+        match &self.mapped {
+            Some(m) if i < m.count => parse(m.raw(i)).map(f),
+            _ => {
+                let base = self.mapped.as_ref().map_or(0, |m| m.count);
+                let r = self.extra.get(i - base)?;
+                Some(f(Fields {
+                    live: true,
+                    path: &r.path,
+                    sha256: &r.sha256,
+                    label: r.label.as_deref(),
+                }))
+            }
+        }
+    }
+
+    /// The record at internal id `i`, if live.
+    pub fn get(&self, i: u32) -> Option<Record> {
+        if !self.is_live(i) {
+            return None;
+        }
+        self.with_fields(i, |f| Record {
+            path: f.path.to_string(),
+            sha256: f.sha256.to_string(),
+            label: f.label.map(str::to_string),
+        })
+    }
+
+    /// Whether the live record at `i` passes the search filters, without allocating.
+    pub fn accepts(&self, i: u32, opts: &SearchOptions) -> bool {
+        self.is_live(i)
+            && self
+                .with_fields(i, |f| {
+                    opts.label.as_deref().is_none_or(|l| f.label == Some(l))
+                        && opts
+                            .path_prefix
+                            .as_deref()
+                            .is_none_or(|p| f.path.starts_with(p))
+                })
+                .unwrap_or(false)
+    }
+
+    /// Appends a live record at the next internal id, which must be `i`.
+    pub fn push(&mut self, i: u32, ext: u64, r: Record) -> Result<(), IndexError> {
+        if i as usize != self.ext.len() {
+            return Err(IndexError::Corrupt {
+                path: Default::default(),
+                reason: format!(
+                    "engine gave internal id {i}, the record store expected {}",
+                    self.ext.len()
+                ),
+            });
+        }
+        self.extra.push(r);
+        self.ext.push(ext);
+        self.int.insert(ext, i);
+        Ok(())
+    }
+
+    /// Marks the record with external id `ext` deleted; returns its internal id.
+    pub fn remove(&mut self, ext: u64) -> Option<u32> {
+        let i = self.int.remove(&ext)?;
+        let w = i as usize / 64;
+        if self.dead.len() <= w {
+            self.dead.resize(w + 1, 0);
+        }
+        self.dead[w] |= 1 << (i % 64);
+        Some(i)
+    }
+
+    /// Every live record with its external id, in internal-id order.
+    pub fn all(&self) -> Vec<(u64, Record)> {
+        (0..self.ext.len() as u32)
+            .filter_map(|i| self.get(i).map(|r| (self.ext[i as usize], r)))
+            .collect()
+    }
+
+    /// Keeps only the slots `map` sends somewhere, renumbered (after an engine compaction).
+    pub fn remap(&self, map: &[Option<u32>]) -> Result<Records, IndexError> {
+        let mut out = Records::default();
+        let mut kept: Vec<(u32, u32)> = map
+            .iter()
+            .enumerate()
+            .filter_map(|(old, new)| new.map(|n| (n, old as u32)))
+            .collect();
+        kept.sort_unstable();
+        for (new, old) in kept {
+            let r = self.get(old).ok_or_else(|| IndexError::Corrupt {
+                path: Default::default(),
+                reason: format!("compaction kept deleted slot {old}"),
+            })?;
+            out.push(new, self.ext[old as usize], r)?;
+        }
+        Ok(out)
+    }
+
+    /// Encodes every slot into the `records.bin` format.
+    pub fn encode(&self) -> Vec<u8> {
+        let n = self.ext.len();
+        let mut blob = Vec::with_capacity(n * 96);
+        let mut offsets = Vec::with_capacity(n + 1);
+        for i in 0..n as u32 {
+            offsets.push(blob.len() as u64);
+            let live = self.is_live(i);
+            let ok = self.with_fields(i, |f| {
+                encode(
+                    &Record {
+                        path: f.path.to_string(),
+                        sha256: f.sha256.to_string(),
+                        label: f.label.map(str::to_string),
+                    },
+                    live,
+                    &mut blob,
+                )
+            });
+            if ok.is_none() {
+                // Unreachable for a store that passed validation; keep the slot well-formed.
+                encode(&Record::default(), false, &mut blob);
+            }
+        }
+        offsets.push(blob.len() as u64);
+        let mut out = Vec::with_capacity(16 + n * 16 + 8 + blob.len() + 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+        for e in &self.ext {
+            out.extend_from_slice(&e.to_le_bytes());
+        }
+        for o in offsets {
+            out.extend_from_slice(&o.to_le_bytes());
+        }
+        out.extend_from_slice(&blob);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Maps and validates `records.bin`.
+    pub fn open(path: &Path) -> Result<Records, IndexError> {
+        let bad = |reason: String| IndexError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = File::open(path).map_err(|source| IndexError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: index files are written once, by rename, and never modified in place, so the
+        // map does not change under us.
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| IndexError::Io {
+            op: "map",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if map.len() < 16 + 8 + 4 || &map[..8] != MAGIC {
+            return Err(bad(
+                "not an htg records file (bad magic or too short)".into()
+            ));
+        }
+        let body = &map[..map.len() - 4];
+        let crc = u32::from_le_bytes(map[map.len() - 4..].try_into().unwrap_or_default());
+        if crc32fast::hash(body) != crc {
+            return Err(bad(
+                "records.bin fails its checksum (truncated or altered)".into()
+            ));
+        }
+        let count = u64::from_le_bytes(map[8..16].try_into().unwrap_or_default());
+        let count = usize::try_from(count)
+            .ok()
+            .filter(|c| c.checked_mul(16).is_some_and(|b| b + 24 <= body.len()))
+            .ok_or_else(|| bad(format!("records.bin claims {count} records")))?;
+        let m = Mapped { map, count };
+        let blob_len = m.map.len() - 4 - m.blob_start();
+        let mut prev = 0;
+        for i in 0..=count {
+            let o = m.offset(i);
+            if o < prev || o > blob_len || (i == 0 && o != 0) || (i == count && o != blob_len) {
+                return Err(bad(format!("record offset {i} is out of order")));
+            }
+            prev = o;
+        }
+        let mut out = Records {
+            ext: (0..count).map(|i| m.ext_id(i)).collect(),
+            ..Records::default()
+        };
+        out.dead = vec![0; count.div_ceil(64)];
+        for i in 0..count {
+            let f = parse(m.raw(i)).ok_or_else(|| bad(format!("record {i} is malformed")))?;
+            if f.live {
+                if out.int.insert(out.ext[i], i as u32).is_some() {
+                    return Err(bad(format!("id {} is stored twice", out.ext[i])));
+                }
+            } else {
+                out.dead[i / 64] |= 1 << (i % 64);
+            }
+        }
+        out.mapped = Some(m);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: u64) -> Record {
+        Record {
+            path: format!("/a/{i}.png"),
+            sha256: format!("{i:064x}"),
+            label: (i % 2 == 0).then(|| format!("l{i}")),
+        }
+    }
+
+    #[test]
+    fn encode_open_round_trip_with_deletions_and_filters() {
+        let mut r = Records::default();
+        for i in 0..5u32 {
+            r.push(i, 100 + u64::from(i), rec(u64::from(i))).unwrap();
+        }
+        assert_eq!(r.remove(101), Some(1));
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("records.bin");
+        std::fs::write(&p, r.encode()).unwrap();
+        let mut o = Records::open(&p).unwrap();
+        assert_eq!(o.all(), r.all());
+        assert_eq!(o.get(1), None, "deleted stays deleted");
+        assert_eq!(o.internal(104), Some(4));
+        let opts = SearchOptions {
+            label: Some("l2".into()),
+            ..Default::default()
+        };
+        assert!(o.accepts(2, &opts));
+        assert!(!o.accepts(4, &opts));
+        o.push(5, 105, rec(5)).unwrap();
+        assert_eq!(o.get(5), Some(rec(5)));
+        assert!(
+            o.push(9, 1, rec(9)).is_err(),
+            "ids must follow the engine's"
+        );
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused() {
+        let mut r = Records::default();
+        r.push(0, 7, rec(7)).unwrap();
+        let bytes = r.encode();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("records.bin");
+        for cut in [bytes.len() - 1, 20, 3] {
+            std::fs::write(&p, &bytes[..cut]).unwrap();
+            assert!(Records::open(&p).is_err(), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[30] ^= 1;
+        std::fs::write(&p, &flipped).unwrap();
+        assert!(Records::open(&p).is_err());
+    }
+}

@@ -1,0 +1,265 @@
+//! The flags of every `htg bench` subcommand, owned by the engine that reads them.
+
+use std::path::PathBuf;
+
+use crate::flags::BackendArgs;
+
+/// Where `bench index` takes its vectors from.
+#[derive(clap::Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct Source {
+    /// A data set directory (`htg bench dataset ...` writes one).
+    #[arg(long, value_name = "DIR")]
+    pub dataset: Option<PathBuf>,
+    /// An htg index: its stored vectors, with --holdout of them as queries.
+    #[arg(long, value_name = "IDX")]
+    pub index: Option<PathBuf>,
+    /// A .npy file of f32 vectors (N x D); queries come from --queries or --holdout.
+    #[arg(long, value_name = "FILE")]
+    pub vectors: Option<PathBuf>,
+}
+
+/// Arguments of `htg bench index`.
+#[derive(clap::Args, Debug)]
+pub struct IndexArgs {
+    #[command(flatten)]
+    pub source: Source,
+    /// Query vectors (.npy, f32) for --vectors; without it --holdout rows become queries.
+    #[arg(long, value_name = "FILE", requires = "vectors")]
+    pub queries: Option<PathBuf>,
+    /// Vectors held out as queries for --index or --vectors without --queries.
+    #[arg(long, default_value_t = 1000)]
+    pub holdout: usize,
+    /// Keep the data set made from --index/--vectors here (for the peers); else a temporary one.
+    #[arg(long, value_name = "DIR")]
+    pub save_dataset: Option<PathBuf>,
+    /// Links per node, comma-separated (2..=256).
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    pub m: Vec<usize>,
+    /// Build candidate list sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "200")]
+    pub ef_construction: Vec<usize>,
+    /// Query candidate list sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,16,32,64,128,256")]
+    pub ef: Vec<usize>,
+    /// Distance kernels, comma-separated: l2 (hnsw_rs DistL2, what `htg index` uses), dot
+    /// (hnsw_rs DistDot, unit vectors only), l2sq (htg's squared-L2 kernel).
+    #[arg(long, value_delimiter = ',', default_value = "l2")]
+    pub distance: Vec<String>,
+    /// Skip the brute-force baseline.
+    #[arg(long)]
+    pub no_exact: bool,
+    /// Threads for building and the all-threads pass [default: all].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Each timed search pass repeats the queries until this many seconds have passed.
+    #[arg(long, default_value_t = 0.5)]
+    pub min_seconds: f64,
+    /// Seed of the query hold-out.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench-index.json")]
+    pub json: PathBuf,
+    /// Directory for the SVG plots [default: beside --json]; `-` for none.
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
+    /// Also persist each index to measure its size on disk (slower at large N).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub disk_size: bool,
+}
+
+/// Arguments of the hidden `htg bench point`.
+#[derive(clap::Args, Debug)]
+pub struct PointArgs {
+    /// Data set directory.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// `hnsw_rs` or `exact`.
+    #[arg(long)]
+    pub library: String,
+    /// Distance kernel (l2, dot, l2sq).
+    #[arg(long, default_value = "l2")]
+    pub distance: String,
+    /// Links per node.
+    #[arg(long, default_value_t = 16)]
+    pub m: usize,
+    /// Build candidate list size.
+    #[arg(long, default_value_t = 200)]
+    pub ef_construction: usize,
+    /// Query candidate list sizes.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    pub ef: Vec<usize>,
+    /// Threads for building and the all-threads pass.
+    #[arg(long)]
+    pub threads: usize,
+    /// Minimum seconds per timed pass.
+    #[arg(long, default_value_t = 0.5)]
+    pub min_seconds: f64,
+    /// Where to persist the index to measure its size; none: skip.
+    #[arg(long)]
+    pub dump_dir: Option<PathBuf>,
+}
+
+/// `htg bench dataset` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum DatasetCommand {
+    /// The standard clustered synthetic set: Gaussian clusters, l2-normalised, seeded.
+    Synth(SynthArgs),
+    /// Vectors stored in an htg index (or a .npy file), with held-out queries.
+    Export(ExportArgs),
+    /// Embeddings of a named data set (emoji, fashion-mnist, mnist5k, a class folder) by a
+    /// model, loaded and preprocessed as training's evaluation does, with held-out queries.
+    Embed(EmbedDataArgs),
+}
+
+/// Arguments of `htg bench dataset embed`.
+#[derive(clap::Args, Debug)]
+pub struct EmbedDataArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Data set: `emoji`, `fashion-mnist`, `mnist5k` (under $HTG_DATA_DIR) or a class-per-subfolder
+    /// folder.
+    #[arg(long)]
+    pub data: String,
+    /// ONNX model [default: the bundled model].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Embed at most this many images (the first ones of the train, then evaluation, sets).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Vectors held out as queries.
+    #[arg(long, default_value_t = 1000)]
+    pub holdout: usize,
+    /// Exact neighbours kept per query in gt.npy.
+    #[arg(long, default_value_t = 100)]
+    pub gt_depth: usize,
+    /// Seed of the data (synth) or of the query hold-out.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Arguments of `htg bench dataset synth`.
+#[derive(clap::Args, Debug)]
+pub struct SynthArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Base vectors.
+    #[arg(long, default_value_t = 100_000)]
+    pub n: usize,
+    /// Queries.
+    #[arg(long, default_value_t = 1000)]
+    pub queries: usize,
+    /// Dimension.
+    #[arg(long, default_value_t = 128)]
+    pub dim: usize,
+    /// Gaussian clusters.
+    #[arg(long, default_value_t = 100)]
+    pub clusters: usize,
+    /// Offset norm from the cluster centre, relative to the centre's.
+    #[arg(long, default_value_t = 0.6)]
+    pub spread: f64,
+    /// Exact neighbours kept per query in gt.npy.
+    #[arg(long, default_value_t = 100)]
+    pub gt_depth: usize,
+    /// Seed of the data (synth) or of the query hold-out.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Arguments of `htg bench dataset export`.
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub source: Source,
+    /// Vectors held out as queries.
+    #[arg(long, default_value_t = 1000)]
+    pub holdout: usize,
+    /// Exact neighbours kept per query in gt.npy.
+    #[arg(long, default_value_t = 100)]
+    pub gt_depth: usize,
+    /// Seed of the data (synth) or of the query hold-out.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Arguments of `htg bench plot`.
+#[derive(clap::Args, Debug)]
+pub struct PlotArgs {
+    /// Reports to draw together (same data set).
+    #[arg(required = true)]
+    pub reports: Vec<PathBuf>,
+    /// Output directory for the SVGs.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// File name prefix of the SVGs.
+    #[arg(long, default_value = "bench")]
+    pub prefix: String,
+    /// Recall@10 at which QPS and build time are compared.
+    #[arg(long, default_value_t = 0.95)]
+    pub target_recall: f64,
+}
+
+/// Arguments of `htg bench embed`.
+#[derive(clap::Args, Debug)]
+pub struct EmbedArgs {
+    /// ONNX model [default: the bundled model].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Images to use [default: $HTG_DATA_DIR/emoji, else ~/.cache/htg/data/emoji].
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    pub batches: Vec<usize>,
+    /// Images per batch size (read once, reused).
+    #[arg(long, default_value_t = 256)]
+    pub limit: usize,
+    /// Where to write the JSON report; none: only the table.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Arguments of `htg bench writes`.
+#[derive(clap::Args, Debug)]
+pub struct WritesArgs {
+    /// Stored vectors before the timed writes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    pub sizes: Vec<usize>,
+    /// Concurrent writer threads, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub writers: Vec<usize>,
+    /// Vector dimension.
+    #[arg(long, default_value_t = 96)]
+    pub dim: usize,
+    /// Seconds of timed writes per point.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Engine: htg or hnsw_rs.
+    #[arg(long, default_value = "htg")]
+    pub engine: String,
+    /// Links per node.
+    #[arg(long, default_value_t = 16)]
+    pub m: usize,
+    /// Build candidate list size.
+    #[arg(long, default_value_t = 200)]
+    pub ef_construction: usize,
+    /// Seed of the synthetic vectors.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Keep the indexes under this directory [default: a temporary one, removed after].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}

@@ -1,0 +1,307 @@
+//! `htg bench writes`: what an acknowledged write costs as the index grows, and what writes
+//! do to concurrent searches. Runs the production path (`LocalIndex`: write-ahead log, group
+//! commit, background checkpoints) in this process on synthetic vectors.
+//!
+//! Per stored size N: build an index of N clustered unit vectors (bulk inserts, then a
+//! checkpoint, not timed), then for each writer count W: W threads add one image at a time
+//! for `--seconds`, each add timed from call to durable return; meanwhile one thread searches
+//! (k=10, ef=64) and its latencies are compared with a quiet pass before the writes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use htg_ann::dataset::{self, SynthParams};
+use htg_ann::stats;
+use htg_retrieval::index::{CreateOptions, EngineKind};
+use htg_retrieval::spec::{Color, Layout, ModelSpec, Pooling};
+use htg_retrieval::{HnswParams, LocalIndex, ModelId, Record, SearchIndex, SearchOptions};
+use serde::Serialize;
+
+use super::args::WritesArgs;
+use super::machine::Machine;
+
+/// One (stored size, writers) point.
+#[derive(Debug, Serialize)]
+pub struct WritePoint {
+    /// Vectors stored before the timed writes.
+    pub stored: usize,
+    /// Concurrent writer threads.
+    pub writers: usize,
+    /// Acknowledged adds per second, all writers together.
+    pub adds_per_s: f64,
+    /// Per-add latency percentiles, milliseconds.
+    pub add_p50_ms: f64,
+    /// 99th percentile.
+    pub add_p99_ms: f64,
+    /// Search latency p50/p99 (ms) on a quiet index, just before.
+    pub quiet_search_p50_ms: f64,
+    /// 99th percentile, quiet.
+    pub quiet_search_p99_ms: f64,
+    /// Search latency p50/p99 (ms) while the writers ran.
+    pub busy_search_p50_ms: f64,
+    /// 99th percentile, during writes.
+    pub busy_search_p99_ms: f64,
+    /// Seconds to build the stored vectors (bulk, parallel) and checkpoint.
+    pub build_s: f64,
+    /// Seconds to reopen the index and answer one search.
+    pub reopen_first_answer_s: f64,
+    /// Checkpoints that ran during the timed writes.
+    pub checkpoints: u64,
+}
+
+/// The JSON report.
+#[derive(Debug, Serialize)]
+pub struct WritesReport {
+    /// `htg-bench-writes/1`.
+    pub schema: String,
+    /// Where it ran.
+    pub machine: Machine,
+    /// Engine, dimension, M and ef_construction.
+    pub engine: String,
+    /// Vector dimension.
+    pub dim: usize,
+    /// HNSW parameters.
+    pub m: usize,
+    /// Build candidate list size.
+    pub ef_construction: usize,
+    /// The points.
+    pub points: Vec<WritePoint>,
+    /// The command, as `htg ...`.
+    pub command: Vec<String>,
+}
+
+fn synthetic_model(dim: usize) -> ModelId {
+    ModelId {
+        sha256: "0".repeat(64),
+        spec: ModelSpec {
+            input_name: "synthetic".into(),
+            output_name: "synthetic".into(),
+            layout: Layout::Nchw,
+            height: 1,
+            width: 1,
+            color: Color::Rgb,
+            scale: 1.0,
+            mean: vec![0.0; 3],
+            std: vec![1.0; 3],
+            pooling: Pooling::None,
+            embedding_dim: dim,
+        },
+    }
+}
+
+fn record(i: usize) -> Record {
+    Record {
+        path: format!("synthetic/{i}.png"),
+        sha256: format!("{i:064x}"),
+        label: None,
+    }
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// Search latencies (ns) of `queries` repeated until `seconds` pass or `stop` is set.
+fn search_loop(
+    index: &LocalIndex,
+    queries: &[Vec<f32>],
+    seconds: f64,
+    stop: &AtomicBool,
+) -> Vec<u64> {
+    let opts = SearchOptions {
+        ef: Some(64),
+        ..Default::default()
+    };
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut lat = Vec::new();
+    'outer: loop {
+        for q in queries {
+            if Instant::now() >= end || stop.load(Ordering::Relaxed) {
+                break 'outer;
+            }
+            let t = Instant::now();
+            let _ = index.search(q, 10, &opts);
+            lat.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    lat
+}
+
+/// Runs `htg bench writes`.
+pub fn run(a: WritesArgs) -> Result<()> {
+    if a.sizes.is_empty() || a.writers.is_empty() || a.writers.contains(&0) {
+        anyhow::bail!("--sizes and --writers need values, writers at least 1");
+    }
+    let engine = EngineKind::parse(&a.engine)?;
+    let params = HnswParams {
+        m: a.m,
+        ef_construction: a.ef_construction,
+    };
+    params.validate()?;
+    let max = *a.sizes.iter().max().unwrap_or(&0);
+    let fresh_needed = a.writers.iter().sum::<usize>() * 20_000 + 1000;
+    let (base, extra) = dataset::clustered(&SynthParams {
+        n: max,
+        queries: fresh_needed,
+        dim: a.dim,
+        seed: a.seed,
+        ..SynthParams::default()
+    })?;
+    let queries: Vec<Vec<f32>> = extra
+        .data
+        .chunks(a.dim)
+        .take(200)
+        .map(<[f32]>::to_vec)
+        .collect();
+    let fresh: Vec<&[f32]> = extra.data.chunks(a.dim).skip(200).collect();
+    let mut points = Vec::new();
+    for &n in &a.sizes {
+        let dir = match &a.dir {
+            Some(d) => d.join(format!("writes-{n}")),
+            None => {
+                std::env::temp_dir().join(format!("htg-bench-writes-{}-{n}", std::process::id()))
+            }
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!(
+            "building {n} x {} ({}) in {} ...",
+            a.dim,
+            engine.name(),
+            dir.display()
+        );
+        let t = Instant::now();
+        let index = LocalIndex::create(
+            &dir,
+            synthetic_model(a.dim),
+            None,
+            &CreateOptions { params, engine },
+        )?;
+        for (c, chunk) in base.data[..n * a.dim].chunks(a.dim * 10_000).enumerate() {
+            let items = chunk
+                .chunks(a.dim)
+                .enumerate()
+                .map(|(i, v)| (record(c * 10_000 + i), v.to_vec()))
+                .collect();
+            index.insert_many(items)?;
+        }
+        index.flush()?;
+        let build_s = t.elapsed().as_secs_f64();
+        drop(index);
+        let t = Instant::now();
+        let index = LocalIndex::open(&dir)?;
+        index.search(&queries[0], 10, &SearchOptions::default())?;
+        let reopen_first_answer_s = t.elapsed().as_secs_f64();
+        eprintln!(
+            "  built in {build_s:.1} s; reopened to a first answer in {reopen_first_answer_s:.3} s"
+        );
+        let mut next_fresh = 0usize;
+        for &w in &a.writers {
+            let quiet = search_loop(
+                &index,
+                &queries,
+                a.seconds.min(3.0),
+                &AtomicBool::new(false),
+            );
+            let before = index.stats().checkpoints;
+            let stop = AtomicBool::new(false);
+            let slices: Vec<&[&[f32]]> = (0..w)
+                .map(|k| {
+                    let per = 20_000;
+                    let s = next_fresh + k * per;
+                    &fresh[s.min(fresh.len())..(s + per).min(fresh.len())]
+                })
+                .collect();
+            next_fresh += w * 20_000;
+            let start = Instant::now();
+            let (add_lat, busy) = std::thread::scope(|sc| {
+                let writers: Vec<_> = slices
+                    .iter()
+                    .enumerate()
+                    .map(|(k, vs)| {
+                        let index = &index;
+                        let end = start + Duration::from_secs_f64(a.seconds);
+                        sc.spawn(move || {
+                            let mut lat = Vec::new();
+                            for (i, v) in vs.iter().enumerate() {
+                                if Instant::now() >= end {
+                                    break;
+                                }
+                                let t = Instant::now();
+                                index
+                                    .insert(record(1_000_000_000 + k * 100_000 + i), v)
+                                    .expect("bench add");
+                                lat.push(t.elapsed().as_nanos() as u64);
+                            }
+                            lat
+                        })
+                    })
+                    .collect();
+                let reader = sc.spawn(|| search_loop(&index, &queries, a.seconds * 2.0, &stop));
+                let mut all = Vec::new();
+                for h in writers {
+                    all.extend(h.join().expect("writer thread"));
+                }
+                stop.store(true, Ordering::Relaxed);
+                (all, reader.join().expect("reader thread"))
+            });
+            let secs = start.elapsed().as_secs_f64();
+            let p = WritePoint {
+                stored: n,
+                writers: w,
+                adds_per_s: add_lat.len() as f64 / secs,
+                add_p50_ms: ms(stats::percentile(&add_lat, 50.0)),
+                add_p99_ms: ms(stats::percentile(&add_lat, 99.0)),
+                quiet_search_p50_ms: ms(stats::percentile(&quiet, 50.0)),
+                quiet_search_p99_ms: ms(stats::percentile(&quiet, 99.0)),
+                busy_search_p50_ms: ms(stats::percentile(&busy, 50.0)),
+                busy_search_p99_ms: ms(stats::percentile(&busy, 99.0)),
+                build_s,
+                reopen_first_answer_s,
+                checkpoints: index.stats().checkpoints - before,
+            };
+            eprintln!(
+                "  {w} writer(s): {:.0} adds/s, add p50 {:.2} ms p99 {:.2} ms; search p99 quiet {:.3} ms, during writes {:.3} ms",
+                p.adds_per_s, p.add_p50_ms, p.add_p99_ms, p.quiet_search_p99_ms, p.busy_search_p99_ms
+            );
+            points.push(p);
+        }
+        drop(index);
+        if a.dir.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    println!("| stored | writers | adds/s | add p50 ms | add p99 ms | search p99 quiet ms | search p99 busy ms | reopen s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for p in &points {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} |",
+            p.stored,
+            p.writers,
+            p.adds_per_s,
+            p.add_p50_ms,
+            p.add_p99_ms,
+            p.quiet_search_p99_ms,
+            p.busy_search_p99_ms,
+            p.reopen_first_answer_s
+        );
+    }
+    let report = WritesReport {
+        schema: "htg-bench-writes/1".into(),
+        machine: Machine::detect(),
+        engine: engine.name().into(),
+        dim: a.dim,
+        m: a.m,
+        ef_construction: a.ef_construction,
+        points,
+        command: std::iter::once("htg".to_string())
+            .chain(std::env::args().skip(1))
+            .collect(),
+    };
+    if let Some(json) = &a.json {
+        std::fs::write(json, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", json.display()))?;
+        println!("wrote {}", json.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! Readers of the four data sources, each returning a [`ZeroShotSplit`] preprocessed with the
+//! model's spec: IDX (Fashion-MNIST), the MNIST-5k CSV, class-per-subfolder folders and the
+//! emoji vendor sets.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use htg_retrieval::spec::ModelSpec;
+use image::DynamicImage;
+use rayon::prelude::*;
+
+use super::split::numeric_split;
+use super::{EvalProtocol, ImageSet, ZeroShotSplit};
+use crate::TrainError;
+
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Reads a file, transparently gunzipping it when it starts with the gzip magic.
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, TrainError> {
+    let raw = std::fs::read(path).map_err(io_err(path))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(io_err(path))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Finds `<dir>/<stem>` or `<dir>/<stem>.gz`.
+fn find_file(dir: &Path, stem: &str) -> Result<PathBuf, TrainError> {
+    for cand in [dir.join(stem), dir.join(format!("{stem}.gz"))] {
+        if cand.is_file() {
+            return Ok(cand);
+        }
+    }
+    Err(TrainError::Data(format!(
+        "missing {stem}(.gz) in {}",
+        dir.display()
+    )))
+}
+
+/// Parses an IDX file: returns the dimensions and the raw bytes (u8 data only).
+pub fn parse_idx(bytes: &[u8]) -> Result<(Vec<usize>, &[u8]), TrainError> {
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+        return Err(TrainError::Data("not an IDX file (bad magic)".into()));
+    }
+    if bytes[2] != 0x08 {
+        return Err(TrainError::Data(format!(
+            "IDX element type 0x{:02x} is not unsigned byte",
+            bytes[2]
+        )));
+    }
+    let nd = bytes[3] as usize;
+    let header = 4 + 4 * nd;
+    if bytes.len() < header {
+        return Err(TrainError::Data("IDX header is truncated".into()));
+    }
+    let dims: Vec<usize> = (0..nd)
+        .map(|i| {
+            let b = &bytes[4 + 4 * i..8 + 4 * i];
+            u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
+        })
+        .collect();
+    let n: usize = dims.iter().product();
+    if bytes.len() - header != n {
+        return Err(TrainError::Data(format!(
+            "IDX payload has {} bytes, dimensions {:?} need {n}",
+            bytes.len() - header,
+            dims
+        )));
+    }
+    Ok((dims, &bytes[header..]))
+}
+
+pub(super) fn idx_images(path: &Path) -> Result<(Vec<DynamicImage>, usize, usize), TrainError> {
+    let bytes = read_maybe_gz(path)?;
+    let (dims, px) =
+        parse_idx(&bytes).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+    let [n, h, w] = dims[..] else {
+        return Err(TrainError::Data(format!(
+            "{}: expected 3 IDX dimensions, got {dims:?}",
+            path.display()
+        )));
+    };
+    let imgs = px
+        .chunks_exact(h * w)
+        .map(|c| {
+            DynamicImage::ImageLuma8(
+                image::GrayImage::from_raw(w as u32, h as u32, c.to_vec())
+                    .expect("chunk has h*w bytes"),
+            )
+        })
+        .collect::<Vec<_>>();
+    debug_assert_eq!(imgs.len(), n);
+    Ok((imgs, h, w))
+}
+
+pub(super) fn idx_labels(path: &Path) -> Result<Vec<usize>, TrainError> {
+    let bytes = read_maybe_gz(path)?;
+    let (dims, v) =
+        parse_idx(&bytes).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+    if dims.len() != 1 {
+        return Err(TrainError::Data(format!(
+            "{}: labels must be 1-D, got {dims:?}",
+            path.display()
+        )));
+    }
+    Ok(v.iter().map(|&b| b as usize).collect())
+}
+
+/// Fashion-MNIST: classes 0–4 of the training file train; classes 5–9 of the test file are
+/// evaluated (leave-one-out).
+pub(super) fn load_fashion(
+    dir: &Path,
+    spec: &ModelSpec,
+    max_classes: Option<usize>,
+) -> Result<ZeroShotSplit, TrainError> {
+    let (ti, _, _) = idx_images(&find_file(dir, "train-images-idx3-ubyte")?)?;
+    let tl = idx_labels(&find_file(dir, "train-labels-idx1-ubyte")?)?;
+    let (ei, _, _) = idx_images(&find_file(dir, "t10k-images-idx3-ubyte")?)?;
+    let el = idx_labels(&find_file(dir, "t10k-labels-idx1-ubyte")?)?;
+    if ti.len() != tl.len() || ei.len() != el.len() {
+        return Err(TrainError::Data(
+            "Fashion-MNIST image and label counts differ".into(),
+        ));
+    }
+    numeric_split(ti, tl, ei, el, spec, max_classes)
+}
+
+/// Parses the MNIST-5k CSV: 785 comma-separated integers per row, 784 pixels then the label.
+pub fn parse_mnist_csv(text: &str) -> Result<(Vec<DynamicImage>, Vec<usize>), TrainError> {
+    let mut imgs = Vec::new();
+    let mut labels = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Result<Vec<u32>, _> = line.split(',').map(|s| s.trim().parse::<u32>()).collect();
+        let v = v.map_err(|e| TrainError::Data(format!("CSV line {}: {e}", i + 1)))?;
+        if v.len() != 785 {
+            return Err(TrainError::Data(format!(
+                "CSV line {} has {} values, expected 785 (784 pixels and a label)",
+                i + 1,
+                v.len()
+            )));
+        }
+        let px: Vec<u8> = v[..784].iter().map(|&p| p.min(255) as u8).collect();
+        imgs.push(DynamicImage::ImageLuma8(
+            image::GrayImage::from_raw(28, 28, px).expect("784 bytes"),
+        ));
+        labels.push(v[784] as usize);
+    }
+    if imgs.is_empty() {
+        return Err(TrainError::Data("the CSV has no rows".into()));
+    }
+    Ok((imgs, labels))
+}
+
+/// MNIST-5k: digits 0–4 train, digits 5–9 are evaluated (leave-one-out).
+pub(super) fn load_mnist5k(
+    dir: &Path,
+    spec: &ModelSpec,
+    max_classes: Option<usize>,
+) -> Result<ZeroShotSplit, TrainError> {
+    let path = find_file(dir, "mnist_5k.csv")?;
+    let text = String::from_utf8(read_maybe_gz(&path)?)
+        .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+    let (imgs, labels) = parse_mnist_csv(&text)?;
+    numeric_split(
+        imgs.clone(),
+        labels.clone(),
+        imgs,
+        labels,
+        spec,
+        max_classes,
+    )
+}
+
+fn load_all(paths: &[PathBuf]) -> Result<Vec<DynamicImage>, TrainError> {
+    paths
+        .par_iter()
+        .map(|p| {
+            htg_retrieval::preprocess::load_image(p)
+                .map_err(|e| TrainError::Data(format!("{}: {e}", p.display())))
+        })
+        .collect()
+}
+
+const IMAGE_EXTS: &[&str] = &["png", "jpg", "jpeg", "gif", "bmp", "webp"];
+
+/// A folder with one subfolder per class (sorted by name): the first half of the classes
+/// trains, the second half is evaluated leave-one-out. Images may have any size.
+pub(super) fn load_folder(
+    dir: &Path,
+    spec: &ModelSpec,
+    max_classes: Option<usize>,
+) -> Result<ZeroShotSplit, TrainError> {
+    let mut classes: Vec<(String, Vec<PathBuf>)> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let p = entry.path();
+        if !p.is_dir() {
+            continue;
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&p)
+            .map_err(io_err(&p))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| {
+                f.is_file()
+                    && f.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
+            })
+            .collect();
+        files.sort();
+        classes.push((entry.file_name().to_string_lossy().into_owned(), files));
+    }
+    classes.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some((name, _)) = classes.iter().find(|(_, f)| f.is_empty()) {
+        return Err(TrainError::Data(format!(
+            "class folder {name:?} in {} has no images",
+            dir.display()
+        )));
+    }
+    if let Some(m) = max_classes {
+        classes.truncate(m);
+    }
+    if classes.len() < 4 {
+        return Err(TrainError::Data(format!(
+            "{} has {} class folder(s); the zero-shot split needs at least 4 (half train, half unseen)",
+            dir.display(),
+            classes.len()
+        )));
+    }
+    if let Some((name, _)) = classes.iter().find(|(_, f)| f.len() < 2) {
+        return Err(TrainError::Data(format!(
+            "class folder {name:?} has a single image; every class needs at least 2"
+        )));
+    }
+    let half = classes.len() / 2;
+    let gather =
+        |cs: &[(String, Vec<PathBuf>)]| -> Result<(Vec<DynamicImage>, Vec<usize>), TrainError> {
+            let mut paths = Vec::new();
+            let mut labels = Vec::new();
+            for (i, (_, files)) in cs.iter().enumerate() {
+                paths.extend(files.iter().cloned());
+                labels.extend(std::iter::repeat_n(i, files.len()));
+            }
+            Ok((load_all(&paths)?, labels))
+        };
+    let (ti, tl) = gather(&classes[..half])?;
+    let (ei, el) = gather(&classes[half..])?;
+    Ok(ZeroShotSplit {
+        name: String::new(),
+        train: ImageSet::from_images(&ti, tl, spec)?,
+        train_classes: half,
+        eval: EvalProtocol::LeaveOneOut(ImageSet::from_images(&ei, el, spec)?),
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct EmojiEntry {
+    unified: String,
+    image: String,
+    #[serde(default)]
+    has_img_google: bool,
+    #[serde(default)]
+    has_img_twitter: bool,
+    #[serde(default)]
+    skin_variations: Option<std::collections::BTreeMap<String, EmojiVariant>>,
+}
+
+#[derive(serde::Deserialize)]
+struct EmojiVariant {
+    image: String,
+    #[serde(default)]
+    has_img_google: bool,
+    #[serde(default)]
+    has_img_twitter: bool,
+}
+
+/// Emoji: a class is a base emoji present in both vendors, ordered by codepoints. The first
+/// half trains on both vendors' images (skin-tone variants count as extra images of their
+/// base emoji); on the unseen half, the Google image is the query and the Twitter images
+/// are the gallery (base images only).
+pub(super) fn load_emoji(
+    dir: &Path,
+    spec: &ModelSpec,
+    max_classes: Option<usize>,
+) -> Result<ZeroShotSplit, TrainError> {
+    let json_path = dir.join("emoji.json");
+    let text = std::fs::read_to_string(&json_path).map_err(io_err(&json_path))?;
+    let entries: Vec<EmojiEntry> = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Data(format!("{}: {e}", json_path.display())))?;
+    let g = dir.join("google").join("64");
+    let t = dir.join("twitter").join("64");
+    let mut classes: Vec<&EmojiEntry> = entries
+        .iter()
+        .filter(|e| {
+            e.has_img_google
+                && e.has_img_twitter
+                && g.join(&e.image).is_file()
+                && t.join(&e.image).is_file()
+        })
+        .collect();
+    classes.sort_by(|a, b| a.unified.cmp(&b.unified));
+    if let Some(m) = max_classes {
+        classes.truncate(m);
+    }
+    if classes.len() < 4 {
+        return Err(TrainError::Data(format!(
+            "{} has {} emoji with both vendors' images; need at least 4",
+            dir.display(),
+            classes.len()
+        )));
+    }
+    let half = classes.len() / 2;
+    let mut train_paths = Vec::new();
+    let mut train_labels = Vec::new();
+    for (i, e) in classes[..half].iter().enumerate() {
+        train_paths.push(g.join(&e.image));
+        train_paths.push(t.join(&e.image));
+        train_labels.extend([i, i]);
+        for v in e.skin_variations.iter().flat_map(|m| m.values()) {
+            for (has, vendor) in [(v.has_img_google, &g), (v.has_img_twitter, &t)] {
+                let p = vendor.join(&v.image);
+                if has && p.is_file() {
+                    train_paths.push(p);
+                    train_labels.push(i);
+                }
+            }
+        }
+    }
+    let eval = &classes[half..];
+    let q_paths: Vec<PathBuf> = eval.iter().map(|e| g.join(&e.image)).collect();
+    let g_paths: Vec<PathBuf> = eval.iter().map(|e| t.join(&e.image)).collect();
+    let labels: Vec<usize> = (0..eval.len()).collect();
+    Ok(ZeroShotSplit {
+        name: String::new(),
+        train: ImageSet::from_images(&load_all(&train_paths)?, train_labels, spec)?,
+        train_classes: half,
+        eval: EvalProtocol::QueryGallery {
+            query: ImageSet::from_images(&load_all(&q_paths)?, labels.clone(), spec)?,
+            gallery: ImageSet::from_images(&load_all(&g_paths)?, labels, spec)?,
+        },
+    })
+}
