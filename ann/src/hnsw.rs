@@ -228,6 +228,9 @@ pub enum Engine<'a> {
     Hnsw(&'a Index, usize),
     /// Exact search over these base vectors.
     Exact(&'a Matrix<f32>),
+    /// Any other searcher (the production index, a remote engine) over `dim`-dimensional
+    /// vectors, timed by the same loops as the others: `(query, k) -> ids`.
+    Custom(&'a (dyn Fn(&[f32], usize) -> Vec<usize> + Sync), usize),
 }
 
 impl Engine<'_> {
@@ -239,6 +242,7 @@ impl Engine<'_> {
                 .into_iter()
                 .map(|i| i as usize)
                 .collect(),
+            Engine::Custom(f, _) => f(q, k),
         }
     }
 
@@ -246,6 +250,7 @@ impl Engine<'_> {
         match self {
             Engine::Hnsw(index, _) => index_dim(index),
             Engine::Exact(base) => base.cols,
+            Engine::Custom(_, dim) => *dim,
         }
     }
 }

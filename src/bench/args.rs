@@ -42,8 +42,14 @@ pub struct IndexArgs {
     /// Query candidate list sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "10,16,32,64,128,256")]
     pub ef: Vec<usize>,
-    /// Distance kernels, comma-separated: l2 (hnsw_rs DistL2, what `htg index` uses), dot
-    /// (hnsw_rs DistDot, unit vectors only), l2sq (htg's squared-L2 kernel).
+    /// Engines, comma-separated: htg (our graph, what `htg index` builds) and hnsw_rs (the
+    /// design card's library). Both run through the production index (`LocalIndex`: log,
+    /// records, checkpoint), except hnsw_rs with a --distance other than l2.
+    #[arg(long, value_delimiter = ',', default_value = "htg")]
+    pub engine: Vec<String>,
+    /// Distance kernels for hnsw_rs, comma-separated: l2 (DistL2, its production path), dot
+    /// (DistDot, unit vectors only), l2sq (htg's squared-L2 kernel plugged into hnsw_rs).
+    /// htg always uses squared L2.
     #[arg(long, value_delimiter = ',', default_value = "l2")]
     pub distance: Vec<String>,
     /// Skip the brute-force baseline.
@@ -75,7 +81,7 @@ pub struct PointArgs {
     /// Data set directory.
     #[arg(long)]
     pub dataset: PathBuf,
-    /// `hnsw_rs` or `exact`.
+    /// `htg`, `hnsw_rs` or `exact`.
     #[arg(long)]
     pub library: String,
     /// Distance kernel (l2, dot, l2sq).

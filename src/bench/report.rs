@@ -68,7 +68,7 @@ pub struct RunInfo {
 /// One built index and its searches.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BuildResult {
-    /// `hnsw_rs`, `hnswlib`, `faiss`, `usearch` or `exact` (brute force).
+    /// `htg` (our engine), `hnsw_rs`, `hnswlib`, `faiss`, `usearch` or `exact` (brute force).
     pub library: String,
     /// Version of the library.
     pub library_version: String,
@@ -199,8 +199,9 @@ pub fn best_at_recall(
     best
 }
 
-/// Ratios of every `hnsw_rs` variant to every peer at recall@10 >= `target`: QPS (one thread
-/// and all threads) at each side's fastest qualifying point, and the build time of those builds.
+/// Ratios of every htg engine (`htg`, ours, and `hnsw_rs`, the design card's) to every peer at
+/// recall@10 >= `target`: QPS (one thread and all threads) at each side's fastest qualifying
+/// point, and the build time and memory of those builds.
 pub fn ratio_table(builds: &[BuildResult], target: f64) -> String {
     let best = best_at_recall(builds, target);
     let mut s = String::new();
@@ -228,15 +229,16 @@ pub fn ratio_table(builds: &[BuildResult], target: f64) -> String {
             build_mib(b)
         );
     }
-    let ours: Vec<_> = best.iter().filter(|e| e.1.library == "hnsw_rs").collect();
+    let is_ours = |l: &str| l == "htg" || l == "hnsw_rs";
+    let ours: Vec<_> = best.iter().filter(|e| is_ours(&e.1.library)).collect();
     let peers: Vec<_> = best
         .iter()
-        .filter(|e| e.1.library != "hnsw_rs" && e.1.library != "exact")
+        .filter(|e| !is_ours(&e.1.library) && e.1.library != "exact")
         .collect();
     if !ours.is_empty() && !peers.is_empty() {
         let _ = writeln!(
             s,
-            "\nhtg (hnsw_rs) / peer at recall@10 >= {target} (QPS above 1: htg faster; build time and memory above 1: htg slower, larger):\n"
+            "\nhtg engine / peer at recall@10 >= {target} (QPS above 1: htg faster; build time and memory above 1: htg slower, larger):\n"
         );
         let _ = writeln!(
             s,

@@ -14,6 +14,8 @@ use htg_ann::dataset::{self, Dataset, SynthParams};
 use htg_ann::hnsw::{self, BuildParams, Engine, Index, Metric};
 use htg_ann::npy::{self, Matrix};
 use htg_ann::{exact, stats};
+use htg_retrieval::index::{CreateOptions, EngineKind};
+use htg_retrieval::{HnswParams, LocalIndex, SearchIndex, SearchOptions};
 use serde::{Deserialize, Serialize};
 
 use super::args::{EmbedDataArgs, ExportArgs, IndexArgs, PointArgs, Source, SynthArgs};
@@ -281,7 +283,15 @@ fn validate(a: &IndexArgs) -> Result<Vec<Metric>> {
             .validate()?;
         }
     }
-    if a.ef.is_empty() || a.m.is_empty() || a.ef_construction.is_empty() || metrics.is_empty() {
+    for e in &a.engine {
+        EngineKind::parse(e)?;
+    }
+    if a.ef.is_empty()
+        || a.m.is_empty()
+        || a.ef_construction.is_empty()
+        || metrics.is_empty()
+        || a.engine.is_empty()
+    {
         bail!("--m, --ef-construction, --ef and --distance each need at least one value");
     }
     if let Some(&ef) = a.ef.iter().find(|&&ef| ef == 0 || ef > 100_000) {
@@ -367,10 +377,16 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
     if !a.no_exact {
         points.push(("exact".into(), "l2sq".into(), 0, 0));
     }
-    for metric in &metrics {
-        for &m in &a.m {
-            for &efc in &a.ef_construction {
-                points.push(("hnsw_rs".into(), metric.name().into(), m, efc));
+    for engine in &a.engine {
+        let kernels: Vec<&str> = match engine.as_str() {
+            "htg" => vec!["l2sq"],
+            _ => metrics.iter().map(|m| m.name()).collect(),
+        };
+        for kernel in kernels {
+            for &m in &a.m {
+                for &efc in &a.ef_construction {
+                    points.push((engine.clone(), kernel.into(), m, efc));
+                }
             }
         }
     }
@@ -486,6 +502,87 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
     Ok(())
 }
 
+/// Builds the production index (`LocalIndex`, engine from `a.library`) over `base` in a
+/// directory: rows go in through the write-ahead log in batches of 10k (row i gets id i + 1),
+/// timed; then a checkpoint, whose directory size is the index's size on disk.
+fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(LocalIndex, f64, u64, TempDir)> {
+    let dir = temp_dir("local")?;
+    let at = a
+        .dump_dir
+        .clone()
+        .unwrap_or_else(|| dir.0.clone())
+        .join("index");
+    let model = synthetic_model(base.cols);
+    let index = LocalIndex::create(
+        &at,
+        model,
+        None,
+        &CreateOptions {
+            params: HnswParams {
+                m: a.m,
+                ef_construction: a.ef_construction,
+            },
+            engine: EngineKind::parse(&a.library)?,
+        },
+    )?;
+    let t = Instant::now();
+    for (c, chunk) in base.data.chunks(base.cols * 10_000).enumerate() {
+        let items = chunk
+            .chunks(base.cols)
+            .enumerate()
+            .map(|(i, v)| (synthetic_record(c * 10_000 + i), v.to_vec()))
+            .collect();
+        index.insert_many(items)?;
+    }
+    let build_s = t.elapsed().as_secs_f64();
+    index.flush()?;
+    let bytes = dir_size(&at);
+    Ok((index, build_s, bytes, dir))
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_size(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The provenance of an index of synthetic vectors (no model made them).
+pub fn synthetic_model(dim: usize) -> htg_retrieval::ModelId {
+    use htg_retrieval::spec::{Color, Layout, ModelSpec, Pooling};
+    htg_retrieval::ModelId {
+        sha256: "0".repeat(64),
+        spec: ModelSpec {
+            input_name: "synthetic".into(),
+            output_name: "synthetic".into(),
+            layout: Layout::Nchw,
+            height: 1,
+            width: 1,
+            color: Color::Rgb,
+            scale: 1.0,
+            mean: vec![0.0; 3],
+            std: vec![1.0; 3],
+            pooling: Pooling::None,
+            embedding_dim: dim,
+        },
+    }
+}
+
+/// A record for synthetic row `i`.
+pub fn synthetic_record(i: usize) -> htg_retrieval::Record {
+    htg_retrieval::Record {
+        path: format!("synthetic/{i}.png"),
+        sha256: format!("{i:064x}"),
+        label: None,
+    }
+}
+
 /// `htg bench point`: one build and its searches, JSON on stdout.
 pub fn run_point(a: PointArgs) -> Result<()> {
     rayon::ThreadPoolBuilder::new()
@@ -495,8 +592,13 @@ pub fn run_point(a: PointArgs) -> Result<()> {
     let data = Dataset::load(&a.dataset)?;
     let rss_before = machine::rss_mib();
     let metric = Metric::parse(&a.distance)?;
-    let (index, build_s, bytes) = match a.library.as_str() {
-        "exact" => (None, 0.0, 0),
+    let production = a.library == "htg" || (a.library == "hnsw_rs" && a.distance == "l2");
+    let (index, local, build_s, bytes) = match a.library.as_str() {
+        "exact" => (None, None, 0.0, 0),
+        "htg" | "hnsw_rs" if production => {
+            let (local, build_s, bytes, _dir) = build_local(&a, &data.base)?;
+            (None, Some(local), build_s, bytes)
+        }
         "hnsw_rs" => {
             let t = Instant::now();
             let index = Index::build(
@@ -512,27 +614,37 @@ pub fn run_point(a: PointArgs) -> Result<()> {
                 Some(d) => index.dump(d)?,
                 None => 0,
             };
-            (Some(index), build_s, bytes)
+            (Some(index), None, build_s, bytes)
         }
-        other => bail!("unknown library {other:?} (hnsw_rs, exact)"),
+        other => bail!("unknown library {other:?} (htg, hnsw_rs, exact)"),
     };
-    let efs: Vec<usize> = if index.is_some() {
-        a.ef.clone()
-    } else {
-        vec![0]
-    };
+    let built = index.is_some() || local.is_some();
+    let efs: Vec<usize> = if built { a.ef.clone() } else { vec![0] };
     let mut searches = Vec::new();
     for ef in efs {
-        let engine = match &index {
-            Some(i) => Engine::Hnsw(i, ef.max(K)),
-            None => Engine::Exact(&data.base),
+        let opts = SearchOptions {
+            ef: Some(ef.max(K)),
+            ..SearchOptions::default()
+        };
+        // External ids are 1 + row (inserted in row order into a fresh index).
+        let production = |q: &[f32], k: usize| -> Vec<usize> {
+            local.as_ref().map_or_else(Vec::new, |l| {
+                l.search(q, k, &opts)
+                    .map(|hits| hits.iter().map(|h| h.id as usize - 1).collect())
+                    .unwrap_or_default()
+            })
+        };
+        let engine = match (&index, &local) {
+            (Some(i), _) => Engine::Hnsw(i, ef.max(K)),
+            (None, Some(_)) => Engine::Custom(&production, data.base.cols),
+            (None, None) => Engine::Exact(&data.base),
         };
         let serial = hnsw::search_serial(engine, &data.queries, K, a.min_seconds)?;
         let qps_all = hnsw::search_parallel(engine, &data.queries, K, a.min_seconds)?;
         let us = |p: f64| stats::percentile(&serial.latencies_ns, p) as f64 / 1000.0;
         searches.push(SearchResult {
-            // The effective candidate list: hnsw_rs searches with max(ef, k).
-            ef: if index.is_some() { ef.max(K) } else { 0 },
+            // The effective candidate list: both engines search with max(ef, k).
+            ef: if built { ef.max(K) } else { 0 },
             recall_at_1: stats::recall(&serial.found, &data.gt, 1),
             recall_at_10: stats::recall(&serial.found, &data.gt, K),
             qps_1t: serial.queries as f64 / serial.seconds,
@@ -544,18 +656,14 @@ pub fn run_point(a: PointArgs) -> Result<()> {
     }
     let result = BuildResult {
         library: a.library.clone(),
-        library_version: if a.library == "exact" {
-            format!("htg {}", env!("CARGO_PKG_VERSION"))
-        } else {
+        library_version: if a.library == "hnsw_rs" {
             "0.3.5".into()
+        } else {
+            format!("htg {}", env!("CARGO_PKG_VERSION"))
         },
         distance: a.distance.clone(),
-        m: if index.is_some() { a.m } else { 0 },
-        ef_construction: if index.is_some() {
-            a.ef_construction
-        } else {
-            0
-        },
+        m: if built { a.m } else { 0 },
+        ef_construction: if built { a.ef_construction } else { 0 },
         build_s,
         index_bytes: bytes,
         peak_rss_mib: machine::peak_rss_mib(),

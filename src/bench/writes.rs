@@ -14,8 +14,9 @@ use anyhow::{Context, Result};
 use htg_ann::dataset::{self, SynthParams};
 use htg_ann::stats;
 use htg_retrieval::index::{CreateOptions, EngineKind};
-use htg_retrieval::spec::{Color, Layout, ModelSpec, Pooling};
-use htg_retrieval::{HnswParams, LocalIndex, ModelId, Record, SearchIndex, SearchOptions};
+use htg_retrieval::{HnswParams, LocalIndex, SearchIndex, SearchOptions};
+
+use super::sweep::synthetic_record;
 use serde::Serialize;
 
 use super::args::WritesArgs;
@@ -69,33 +70,6 @@ pub struct WritesReport {
     pub points: Vec<WritePoint>,
     /// The command, as `htg ...`.
     pub command: Vec<String>,
-}
-
-fn synthetic_model(dim: usize) -> ModelId {
-    ModelId {
-        sha256: "0".repeat(64),
-        spec: ModelSpec {
-            input_name: "synthetic".into(),
-            output_name: "synthetic".into(),
-            layout: Layout::Nchw,
-            height: 1,
-            width: 1,
-            color: Color::Rgb,
-            scale: 1.0,
-            mean: vec![0.0; 3],
-            std: vec![1.0; 3],
-            pooling: Pooling::None,
-            embedding_dim: dim,
-        },
-    }
-}
-
-fn record(i: usize) -> Record {
-    Record {
-        path: format!("synthetic/{i}.png"),
-        sha256: format!("{i:064x}"),
-        label: None,
-    }
 }
 
 fn ms(ns: u64) -> f64 {
@@ -173,7 +147,7 @@ pub fn run(a: WritesArgs) -> Result<()> {
         let t = Instant::now();
         let index = LocalIndex::create(
             &dir,
-            synthetic_model(a.dim),
+            super::sweep::synthetic_model(a.dim),
             None,
             &CreateOptions { params, engine },
         )?;
@@ -181,7 +155,7 @@ pub fn run(a: WritesArgs) -> Result<()> {
             let items = chunk
                 .chunks(a.dim)
                 .enumerate()
-                .map(|(i, v)| (record(c * 10_000 + i), v.to_vec()))
+                .map(|(i, v)| (synthetic_record(c * 10_000 + i), v.to_vec()))
                 .collect();
             index.insert_many(items)?;
         }
@@ -229,7 +203,7 @@ pub fn run(a: WritesArgs) -> Result<()> {
                                 }
                                 let t = Instant::now();
                                 index
-                                    .insert(record(1_000_000_000 + k * 100_000 + i), v)
+                                    .insert(synthetic_record(1_000_000_000 + k * 100_000 + i), v)
                                     .expect("bench add");
                                 lat.push(t.elapsed().as_nanos() as u64);
                             }

@@ -43,6 +43,13 @@ pub struct Args {
 
 /// Indexes the folder and prints a summary; bad files are reported, not fatal.
 pub fn run(args: Args) -> Result<()> {
+    // Refuse a missing folder before an index is created for it.
+    if !args.dir.is_dir() {
+        anyhow::bail!(
+            "indexing {0}: cannot read folder {0}: not a directory or not found",
+            args.dir.display()
+        );
+    }
     let location = args.index.to_string_lossy().to_string();
     let existing = if index::exists(&location) {
         Some(crate::flags::open_index(&location)?)

@@ -65,6 +65,8 @@ fn tiny_sweep_reports_recall_qps_latency_memory_and_plots() {
         "40",
         "--ef",
         "10,64",
+        "--engine",
+        "hnsw_rs",
         "--distance",
         "l2,dot,l2sq",
         "--min-seconds",
@@ -541,8 +543,65 @@ fn peers_script_writes_the_same_schema_when_installed() {
     ]);
     for peer in ["hnswlib/l2sq", "faiss/l2sq", "usearch/l2sq"] {
         assert!(
-            table.contains(&format!("| hnsw_rs/l2 | {peer} |")),
+            // htg's default engine is ours now (`--engine htg`), compared with each peer.
+            table.contains(&format!("| htg/l2sq | {peer} |")),
             "{table}"
         );
     }
+}
+
+#[test]
+fn index_sweep_measures_the_production_index_on_both_engines() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 1500);
+    let json = tmp.path().join("engines.json");
+    let table = htg_ok(&[
+        "bench",
+        "index",
+        "--dataset",
+        s(&data),
+        "--engine",
+        "htg,hnsw_rs",
+        "--m",
+        "12",
+        "--ef-construction",
+        "60",
+        "--ef",
+        "16,64",
+        "--no-exact",
+        "--min-seconds",
+        "0",
+        "--json",
+        s(&json),
+        "--plots",
+        "-",
+    ]);
+    assert!(table.contains("| htg | l2sq | 12 | 60 | 64 |"), "{table}");
+    let r = report(&json);
+    let builds = r["builds"].as_array().unwrap();
+    let libs: Vec<&str> = builds
+        .iter()
+        .map(|b| b["library"].as_str().unwrap())
+        .collect();
+    assert_eq!(libs, ["htg", "hnsw_rs"]);
+    for b in builds {
+        // The production index keeps vectors, graph, records and metadata on disk.
+        assert!(b["index_bytes"].as_u64().unwrap() > 1500 * 16 * 4, "{b}");
+        let best = b["searches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["recall_at_10"].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        assert!(
+            best > 0.9,
+            "{} at ef=64 on 1500 points: {best}",
+            b["library"]
+        );
+    }
+    assert_clean_failure(
+        &["bench", "index", "--dataset", s(&data), "--engine", "faiss"],
+        "unknown engine",
+    );
 }

@@ -129,6 +129,11 @@ impl Engine {
         }
     }
 
+    /// Whether no id was handed out yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Makes room for `additional` more inserts (copies a mapped graph into memory).
     /// Needs exclusive access; call before inserting when [`Engine::has_room`] says no.
     pub fn reserve(&mut self, additional: usize) -> Result<(), IndexError> {
