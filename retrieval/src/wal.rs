@@ -366,7 +366,14 @@ impl Wal {
                 .write(true)
                 .open(&lock_path)
                 .map_err(io_err("open", &lock_path))?;
-            if lock.try_lock().is_err() {
+            // A handle of this process that was just dropped may still be finishing a
+            // batch: wait briefly before concluding someone else writes.
+            let mut tries = 0;
+            while lock.try_lock().is_err() && tries < 40 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                tries += 1;
+            }
+            if tries == 40 {
                 return Err(WalError::Io {
                     op: "lock",
                     path: lock_path,

@@ -503,8 +503,9 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
 }
 
 /// Builds the production index (`LocalIndex`, engine from `a.library`) over `base` in a
-/// directory: rows go in through the write-ahead log in batches of 10k (row i gets id i + 1),
-/// timed; then a checkpoint, whose directory size is the index's size on disk.
+/// directory: rows go in through the write-ahead log in batches of 10k (row i gets id i + 1)
+/// and the build is timed until the graph holds them all; then a checkpoint, whose directory
+/// size is the index's size on disk.
 fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(LocalIndex, f64, u64, TempDir)> {
     let dir = temp_dir("local")?;
     let at = a
@@ -534,6 +535,8 @@ fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(LocalIndex, f64, u6
             .collect();
         index.insert_many(items)?;
     }
+    // Acknowledged is not yet indexed: the build ends when the graph holds every vector.
+    index.wait_indexed()?;
     let build_s = t.elapsed().as_secs_f64();
     index.flush()?;
     let bytes = dir_size(&at);

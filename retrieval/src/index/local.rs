@@ -10,7 +10,10 @@
 //! - `uploads/`: images added over HTTP (the server's).
 //!
 //! A write (add or delete) is appended to the log, applied in memory and fsynced (one fsync
-//! shared by concurrent writers) before it returns: acknowledged writes survive a crash. When
+//! shared by concurrent writers) before it returns: acknowledged writes survive a crash. An
+//! add is acknowledged before it is in the graph: it waits in a pending buffer that every
+//! search scans exactly, and a background applier moves it into the graph, so an add costs
+//! the same at any index size and is visible to the next search. When
 //! the log passes [`LocalIndex::set_checkpoint_bytes`], a checkpoint runs on a background
 //! thread: it writes a new generation while appends wait, swaps `CURRENT`, and deletes the log
 //! it covers. Searches take only read locks and never wait for a write's fsync or a checkpoint.
@@ -20,7 +23,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
+use std::time::Duration;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -70,6 +74,14 @@ struct Inner {
     params: HnswParams,
     engine: RwLock<Engine>,
     records: RwLock<Records>,
+    /// Adds that are durable (logged) but not yet in the graph, in log order: searched
+    /// exactly until the applier moves them in. Lock order: `records`, then `pending`.
+    pending: RwLock<Vec<PendingAdd>>,
+    /// One applier (background thread or checkpoint) moves pending adds into the graph at a
+    /// time, so internal ids stay contiguous.
+    apply_lock: Mutex<()>,
+    /// Wakes the applier (shared with it, so it waits without keeping the index alive).
+    wake: Arc<(Mutex<bool>, Condvar)>,
     /// Next external id; changed only under the log's append lock.
     next_id: AtomicU64,
     wal: Wal,
@@ -80,6 +92,14 @@ struct Inner {
     checkpoints: AtomicU64,
     last_checkpoint_error: Mutex<Option<String>>,
     notice: Option<String>,
+}
+
+/// An add that is logged but not yet in the graph.
+#[derive(Clone)]
+struct PendingAdd {
+    id: u64,
+    record: Record,
+    vector: Vec<f32>,
 }
 
 /// A single-machine index: our HNSW (or `hnsw_rs`) over vectors stored once, records in a
@@ -156,7 +176,7 @@ impl LocalIndex {
         wal: Wal,
         notice: Option<String>,
     ) -> LocalIndex {
-        LocalIndex {
+        let index = LocalIndex {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 model,
@@ -165,6 +185,9 @@ impl LocalIndex {
                 params,
                 engine: RwLock::new(engine),
                 records: RwLock::new(records),
+                pending: RwLock::new(Vec::new()),
+                apply_lock: Mutex::new(()),
+                wake: Arc::new((Mutex::new(false), Condvar::new())),
                 next_id: AtomicU64::new(next_id),
                 wal,
                 ckpt: Mutex::new(()),
@@ -174,7 +197,14 @@ impl LocalIndex {
                 last_checkpoint_error: Mutex::new(None),
                 notice,
             }),
-        }
+        };
+        let weak = Arc::downgrade(&index.inner);
+        let wake = Arc::clone(&index.inner.wake);
+        std::thread::Builder::new()
+            .name("htg-index-applier".into())
+            .spawn(move || applier(weak, wake))
+            .expect("spawning the index applier thread");
+        index
     }
 
     /// Opens the index saved in `dir`: maps its checkpoint and replays its log.
@@ -324,42 +354,96 @@ impl LocalIndex {
         Ok(())
     }
 
-    /// Applies logged ops to the engine and records (under the log's append lock, or while
-    /// replaying). Adds are inserted through the engine's `&self` path, so searches proceed.
+    /// Applies logged ops in memory (under the log's append lock, or while replaying): adds
+    /// join the pending buffer (searched exactly at once, moved into the graph by the
+    /// applier), so a write's cost does not grow with the index; deletes apply directly.
     fn apply(&self, ops: &[Op]) -> Result<Vec<bool>, IndexError> {
-        let adds: Vec<(u64, &Record, &[f32])> = ops
-            .iter()
-            .filter_map(|o| match o {
-                Op::Add { id, record, vector } => Some((*id, record, vector.as_slice())),
-                Op::Remove { .. } => None,
-            })
-            .collect();
-        let mut out = Vec::new();
-        if !adds.is_empty() {
-            if !read_lock(&self.inner.engine).has_room(adds.len()) {
-                write_lock(&self.inner.engine).reserve(adds.len())?;
-            }
-            let vectors: Vec<&[f32]> = adds.iter().map(|a| a.2).collect();
-            let ids = read_lock(&self.inner.engine).insert_many(&vectors)?;
-            let mut order: Vec<(u32, usize)> =
-                ids.iter().enumerate().map(|(k, &i)| (i, k)).collect();
-            order.sort_unstable();
-            let mut records = write_lock(&self.inner.records);
-            for (internal, k) in order {
-                records.push(internal, adds[k].0, adds[k].1.clone())?;
-            }
-            out.extend(std::iter::repeat_n(true, adds.len()));
-        }
+        let mut out = Vec::with_capacity(ops.len());
+        let mut added = false;
         for o in ops {
-            if let Op::Remove { id } = o {
-                let removed = write_lock(&self.inner.records).remove(*id);
-                if let Some(internal) = removed {
-                    read_lock(&self.inner.engine).delete(internal)?;
+            match o {
+                Op::Add { id, record, vector } => {
+                    write_lock(&self.inner.pending).push(PendingAdd {
+                        id: *id,
+                        record: record.clone(),
+                        vector: vector.clone(),
+                    });
+                    added = true;
+                    out.push(true);
                 }
-                out.push(removed.is_some());
+                Op::Remove { id } => {
+                    let mut records = write_lock(&self.inner.records);
+                    let mut pending = write_lock(&self.inner.pending);
+                    if let Some(internal) = records.remove(*id) {
+                        read_lock(&self.inner.engine).delete(internal)?;
+                        out.push(true);
+                    } else if let Some(k) = pending.iter().position(|p| p.id == *id) {
+                        pending.remove(k);
+                        out.push(true);
+                    } else {
+                        out.push(false);
+                    }
+                }
             }
+        }
+        if added {
+            let (flag, cv) = &*self.inner.wake;
+            *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            cv.notify_one();
         }
         Ok(out)
+    }
+
+    /// Moves up to `max` pending adds into the graph; returns how many were taken. Inserts run
+    /// through the engine's `&self` path, concurrently with searches; the hand-over from the
+    /// pending buffer to the records is one critical section, so a search sees each add
+    /// exactly once.
+    fn drain_once(&self, max: usize) -> Result<usize, IndexError> {
+        let inner = &self.inner;
+        let _one = inner
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let batch: Vec<PendingAdd> = read_lock(&inner.pending)
+            .iter()
+            .take(max)
+            .cloned()
+            .collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        if !read_lock(&inner.engine).has_room(batch.len()) {
+            write_lock(&inner.engine).reserve(batch.len())?;
+        }
+        let vectors: Vec<&[f32]> = batch.iter().map(|p| p.vector.as_slice()).collect();
+        let ids = read_lock(&inner.engine).insert_many(&vectors)?;
+        let mut order: Vec<(u32, usize)> = ids.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+        order.sort_unstable();
+        let mut records = write_lock(&inner.records);
+        let mut pending = write_lock(&inner.pending);
+        let taken: std::collections::HashSet<u64> = batch.iter().map(|p| p.id).collect();
+        let still: std::collections::HashSet<u64> = pending
+            .iter()
+            .filter(|p| taken.contains(&p.id))
+            .map(|p| p.id)
+            .collect();
+        for (internal, k) in order {
+            let p = &batch[k];
+            records.push(internal, p.id, p.record.clone())?;
+            if !still.contains(&p.id) {
+                // Deleted while it was being inserted: keep the slot, dead.
+                records.remove(p.id);
+                read_lock(&inner.engine).delete(internal)?;
+            }
+        }
+        pending.retain(|p| !taken.contains(&p.id));
+        Ok(batch.len())
+    }
+
+    /// Moves every pending add into the graph (checkpoints, and callers that time a build).
+    pub fn wait_indexed(&self) -> Result<(), IndexError> {
+        while self.drain_once(4096)? > 0 {}
+        Ok(())
     }
 
     fn check_vector(&self, v: &[f32]) -> Result<(), IndexError> {
@@ -433,6 +517,12 @@ impl LocalIndex {
         let tmp = inner.dir.join(format!(".tmp-{gen}"));
         fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
         let covered = inner.wal.rotate_with(|last| -> Result<u64, IndexError> {
+            // No appends now: what is pending is everything logged and not yet in the graph.
+            self.wait_indexed()?;
+            let _one = inner
+                .apply_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if read_lock(&inner.engine).needs_compaction(COMPACT_RATIO) {
                 let (engine, map) = read_lock(&inner.engine).compact(inner.params)?;
                 let records = read_lock(&inner.records).remap(&map)?;
@@ -484,12 +574,73 @@ impl LocalIndex {
     /// Exact k nearest live records by brute force (ground truth; `--exact`).
     pub fn search_exact(&self, query: &[f32], k: usize, opts: &SearchOptions) -> Vec<(u64, f32)> {
         let records = read_lock(&self.inner.records);
+        let pending = read_lock(&self.inner.pending);
         let keep = |i: u32| records.accepts(i, opts);
         let found = read_lock(&self.inner.engine).exact(query, k, &keep);
-        found
+        let found = found
             .into_iter()
             .filter_map(|(i, d)| records.external(i).map(|e| (e, d)))
-            .collect()
+            .collect();
+        merge_pending(found, &pending, query, k, opts)
+    }
+}
+
+/// Adds the pending adds that pass `opts` to `found` (exact distances) and keeps the `k`
+/// nearest, ties by id.
+fn merge_pending(
+    mut found: Vec<(u64, f32)>,
+    pending: &[PendingAdd],
+    query: &[f32],
+    k: usize,
+    opts: &SearchOptions,
+) -> Vec<(u64, f32)> {
+    if pending.is_empty() {
+        return found;
+    }
+    found.extend(
+        pending
+            .iter()
+            .filter(|p| opts.accepts(&p.record))
+            .map(|p| (p.id, htg_ann::kernels::l2_sq(query, &p.vector))),
+    );
+    found.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    found.dedup_by_key(|h| h.0);
+    found.truncate(k);
+    found
+}
+
+/// The background thread that moves pending adds into the graph; ends with the index. It
+/// holds the index only while it works, never while it waits.
+fn applier(weak: Weak<Inner>, wake: Arc<(Mutex<bool>, Condvar)>) {
+    loop {
+        {
+            let Some(inner) = weak.upgrade() else { return };
+            let index = LocalIndex { inner };
+            loop {
+                match index.drain_once(1024) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        *index
+                            .inner
+                            .last_checkpoint_error
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) =
+                            Some(format!("indexing: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        let (flag, cv) = &*wake;
+        let mut woken = flag.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*woken {
+            woken = cv
+                .wait_timeout(woken, Duration::from_millis(200))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *woken = false;
     }
 }
 
@@ -515,21 +666,40 @@ impl SearchIndex for LocalIndex {
     }
 
     fn len(&self) -> usize {
-        read_lock(&self.inner.records).live()
+        let records = read_lock(&self.inner.records);
+        records.live() + read_lock(&self.inner.pending).len()
     }
 
     fn record(&self, id: u64) -> Option<Record> {
         let records = read_lock(&self.inner.records);
-        records.internal(id).and_then(|i| records.get(i))
+        let pending = read_lock(&self.inner.pending);
+        match records.internal(id) {
+            Some(i) => records.get(i),
+            None => pending
+                .iter()
+                .find(|p| p.id == id)
+                .map(|p| p.record.clone()),
+        }
     }
 
     fn vector(&self, id: u64) -> Option<Vec<f32>> {
-        let i = read_lock(&self.inner.records).internal(id)?;
-        read_lock(&self.inner.engine).vector(i)
+        let records = read_lock(&self.inner.records);
+        let pending = read_lock(&self.inner.pending);
+        match records.internal(id) {
+            Some(i) => read_lock(&self.inner.engine).vector(i),
+            None => pending
+                .iter()
+                .find(|p| p.id == id)
+                .map(|p| p.vector.clone()),
+        }
     }
 
     fn records(&self) -> Vec<(u64, Record)> {
-        read_lock(&self.inner.records).all()
+        let records = read_lock(&self.inner.records);
+        let pending = read_lock(&self.inner.pending);
+        let mut all = records.all();
+        all.extend(pending.iter().map(|p| (p.id, p.record.clone())));
+        all
     }
 
     fn insert_many(&self, items: Vec<(Record, Vec<f32>)>) -> Result<Vec<u64>, IndexError> {
@@ -571,9 +741,10 @@ impl SearchIndex for LocalIndex {
     fn remove_many(&self, ids: &[u64]) -> Result<Vec<bool>, IndexError> {
         let present: Vec<u64> = {
             let records = read_lock(&self.inner.records);
+            let pending = read_lock(&self.inner.pending);
             ids.iter()
                 .copied()
-                .filter(|id| records.internal(*id).is_some())
+                .filter(|id| records.internal(*id).is_some() || pending.iter().any(|p| p.id == *id))
                 .collect()
         };
         let mut removed = Vec::new();
@@ -621,6 +792,7 @@ impl SearchIndex for LocalIndex {
         } else {
             let ef = opts.ef.unwrap_or(64).max(k);
             let records = read_lock(&self.inner.records);
+            let pending = read_lock(&self.inner.pending);
             let keep = |i: u32| records.accepts(i, opts);
             let filtered = opts.filtered();
             let found = read_lock(&self.inner.engine).search(
@@ -630,18 +802,17 @@ impl SearchIndex for LocalIndex {
                 filtered.then_some(&keep as &(dyn Fn(u32) -> bool + Sync)),
                 None,
             )?;
-            found
+            let found = found
                 .into_iter()
                 .filter(|(i, _)| records.is_live(*i))
                 .filter_map(|(i, d)| records.external(i).map(|e| (e, d)))
-                .collect()
+                .collect();
+            merge_pending(found, &pending, query, k, opts)
         };
-        let records = read_lock(&self.inner.records);
         Ok(found
             .into_iter()
             .filter_map(|(id, distance)| {
-                let i = records.internal(id)?;
-                records.get(i).map(|record| Hit {
+                self.record(id).map(|record| Hit {
                     id,
                     distance,
                     record,
@@ -659,6 +830,7 @@ impl SearchIndex for LocalIndex {
             engine: self.engine_kind().name().to_string(),
             count: self.len(),
             tombstones: read_lock(&self.inner.engine).tombstones(),
+            unindexed: read_lock(&self.inner.pending).len(),
             log_bytes: self.inner.wal.pending_bytes(),
             checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
         }
@@ -670,5 +842,156 @@ impl SearchIndex for LocalIndex {
 
     fn snapshot(&self, out: &Path) -> Result<(u64, u64), IndexError> {
         self.snapshot_to(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Color, Layout, ModelSpec, Pooling};
+
+    fn model(dim: usize) -> ModelId {
+        ModelId {
+            sha256: "ab".repeat(32),
+            spec: ModelSpec {
+                input_name: "x".into(),
+                output_name: "y".into(),
+                layout: Layout::Nchw,
+                height: 1,
+                width: 1,
+                color: Color::Rgb,
+                scale: 1.0,
+                mean: vec![0.0; 3],
+                std: vec![1.0; 3],
+                pooling: Pooling::None,
+                embedding_dim: dim,
+            },
+        }
+    }
+
+    fn unit(seed: u64, dim: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut v: Vec<f32> = (0..dim)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+        v
+    }
+
+    fn rec(i: u64, label: &str) -> Record {
+        Record {
+            path: format!("/p/{i}.png"),
+            sha256: format!("{i:064x}"),
+            label: Some(label.into()),
+        }
+    }
+
+    #[test]
+    fn writes_are_visible_at_once_survive_reopen_and_deletes_stick() {
+        let d = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let idx =
+            LocalIndex::create(d.path(), model(dim), None, &CreateOptions::default()).unwrap();
+        let items: Vec<_> = (0..300u64)
+            .map(|i| (rec(i, if i % 3 == 0 { "a" } else { "b" }), unit(i, dim)))
+            .collect();
+        let ids = idx.insert_many(items).unwrap();
+        // Read your writes: found at once, whether or not the applier has moved them yet.
+        let q = unit(7, dim);
+        let hits = idx.search(&q, 1, &SearchOptions::default()).unwrap();
+        assert_eq!(hits[0].id, ids[7]);
+        assert!(hits[0].distance < 1e-5);
+        assert!(idx.remove(ids[7]).unwrap());
+        assert!(
+            !idx.remove(ids[7]).unwrap(),
+            "a second delete finds nothing"
+        );
+        let hits = idx.search(&q, 5, &SearchOptions::default()).unwrap();
+        assert!(hits.iter().all(|h| h.id != ids[7]));
+        idx.wait_indexed().unwrap();
+        assert_eq!(idx.stats().unindexed, 0);
+        let only_a = SearchOptions {
+            label: Some("a".into()),
+            ..Default::default()
+        };
+        let hits = idx.search(&q, 10, &only_a).unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|h| h.record.label.as_deref() == Some("a")));
+        drop(idx);
+        // Reopen: replayed from the log (no checkpoint since create).
+        let idx = LocalIndex::open(d.path()).unwrap();
+        assert_eq!(idx.len(), 299);
+        assert!(idx.record(ids[7]).is_none());
+        assert_eq!(idx.record(ids[8]).unwrap().path, "/p/8.png");
+        // Checkpoint, reopen from the mapped files: the same answers.
+        let before = idx
+            .search(&unit(11, dim), 10, &SearchOptions::default())
+            .unwrap();
+        idx.checkpoint().unwrap();
+        assert_eq!(
+            idx.stats().log_bytes,
+            0,
+            "the checkpoint covers the whole log"
+        );
+        drop(idx);
+        let idx = LocalIndex::open(d.path()).unwrap();
+        let after = idx
+            .search(&unit(11, dim), 10, &SearchOptions::default())
+            .unwrap();
+        assert_eq!(before, after);
+        let exact = SearchOptions {
+            exact: true,
+            ..Default::default()
+        };
+        let truth = idx.search(&unit(11, dim), 10, &exact).unwrap();
+        let overlap = truth
+            .iter()
+            .filter(|h| after.iter().any(|a| a.id == h.id))
+            .count();
+        assert!(overlap >= 9, "recall@10 {overlap}/10");
+    }
+
+    #[test]
+    fn a_snapshot_restores_and_a_damaged_one_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dim = 4;
+        let idx = LocalIndex::create(
+            &d.path().join("i"),
+            model(dim),
+            None,
+            &CreateOptions::default(),
+        )
+        .unwrap();
+        idx.insert_many((0..50u64).map(|i| (rec(i, "x"), unit(i, dim))).collect())
+            .unwrap();
+        let snap = d.path().join("s.htgsnap");
+        let (bytes, _) = idx.snapshot_to(&snap).unwrap();
+        assert!(bytes > 50 * 16);
+        idx.insert(rec(99, "y"), &unit(99, dim)).unwrap();
+        super::super::snapshot::restore(&snap, &d.path().join("r")).unwrap();
+        let r = LocalIndex::open(&d.path().join("r")).unwrap();
+        assert_eq!(
+            r.len(),
+            50,
+            "the snapshot holds what was there when it was taken"
+        );
+        let data = std::fs::read(&snap).unwrap();
+        std::fs::write(&snap, &data[..data.len() - 10]).unwrap();
+        let err = super::super::snapshot::restore(&snap, &d.path().join("r2")).unwrap_err();
+        assert!(
+            err.to_string().contains("not a valid htg snapshot"),
+            "{err}"
+        );
+        assert!(!d.path().join("r2").join("CURRENT").exists());
+        assert!(
+            super::super::snapshot::restore(&snap, &d.path().join("r")).is_err(),
+            "refuses to overwrite"
+        );
     }
 }

@@ -188,6 +188,8 @@ pub struct IndexStats {
     pub count: usize,
     /// Deleted ids still in the graph, waiting for compaction.
     pub tombstones: usize,
+    /// Acknowledged adds not yet in the graph (searched exactly meanwhile).
+    pub unindexed: usize,
     /// Bytes of log not yet covered by a checkpoint.
     pub log_bytes: u64,
     /// Checkpoints written since the index was opened.
