@@ -11,7 +11,8 @@
 //! - [`hnsw`]: timed HNSW builds and searches for benchmarks, over `hnsw_rs` or [`graph`];
 //! - [`npy`], [`dataset`]: the `.npy` data set directories shared with the Python peers in
 //!   `benches/peers/`, and the seeded clustered synthetic set;
-//! - [`stats`]: recall and latency percentiles.
+//! - [`stats`]: recall and latency percentiles;
+//! - [`fsio`]: the one durable write (temporary file, fsync, rename, directory fsync).
 //!
 //! A separate crate so that the dev profile can compile it at `opt-level = 3` (see the root
 //! `Cargo.toml`), as a release build would: search loops and kernels are straight-line code
@@ -19,6 +20,7 @@
 
 pub mod dataset;
 pub mod exact;
+pub mod fsio;
 pub mod graph;
 pub mod hnsw;
 pub mod kernels;

@@ -1,14 +1,14 @@
-//! Minimal `.npy` (NumPy format 1.0–3.0) reading and writing of 2-D little-endian `f32` and
-//! `i32` arrays in C order: all that a data set directory holds, so Rust and the Python peers
-//! read exactly the same bytes without a NumPy dependency here.
+//! `.npy` reading and writing of 2-D `f32` and `i32` arrays through `ndarray-npy`: the files a
+//! data set directory holds, so Rust and the Python peers read exactly the same bytes. This
+//! module only maps them to [`Matrix`] and turns the crate's errors into one precise line.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
-use crate::{io_err, AnnError};
+use ndarray::{Array2, ArrayView2};
+use ndarray_npy::{ReadNpyError, ReadNpyExt, ReadableElement, WritableElement, WriteNpyExt};
 
-const MAGIC: &[u8] = b"\x93NUMPY";
+use crate::{io_err, AnnError};
 
 /// A 2-D array read from a `.npy` file, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,36 +29,20 @@ impl<T> Matrix<T> {
 }
 
 /// Element types this module reads and writes.
-pub trait Element: Copy {
-    /// NumPy's `descr` for the type, little-endian.
+pub trait Element: Copy + ReadableElement + WritableElement {
+    /// NumPy's `descr` for the type, little-endian (for messages).
     const DESCR: &'static str;
-    /// Decodes one value from 4 little-endian bytes.
-    fn from_le(b: [u8; 4]) -> Self;
-    /// Encodes one value as 4 little-endian bytes.
-    fn to_le(self) -> [u8; 4];
 }
 
 impl Element for f32 {
     const DESCR: &'static str = "<f4";
-    fn from_le(b: [u8; 4]) -> Self {
-        f32::from_le_bytes(b)
-    }
-    fn to_le(self) -> [u8; 4] {
-        self.to_le_bytes()
-    }
 }
 
 impl Element for i32 {
     const DESCR: &'static str = "<i4";
-    fn from_le(b: [u8; 4]) -> Self {
-        i32::from_le_bytes(b)
-    }
-    fn to_le(self) -> [u8; 4] {
-        self.to_le_bytes()
-    }
 }
 
-/// Reads a 2-D array of `T`; any other dtype, rank or Fortran order is an error naming the file.
+/// Reads a 2-D array of `T`; any other dtype or rank is an error naming the file.
 pub fn read<T: Element>(path: &Path) -> Result<Matrix<T>, AnnError> {
     let bytes = fs::read(path).map_err(io_err("read", path))?;
     parse(&bytes).map_err(|reason| AnnError::Npy {
@@ -67,124 +51,68 @@ pub fn read<T: Element>(path: &Path) -> Result<Matrix<T>, AnnError> {
     })
 }
 
-/// Parses the bytes of a `.npy` file.
+/// Parses the bytes of a `.npy` file (C or Fortran order; the result is row-major).
 pub fn parse<T: Element>(bytes: &[u8]) -> Result<Matrix<T>, String> {
-    if bytes.len() < 10 || &bytes[..6] != MAGIC {
-        return Err("not a .npy file (bad magic)".into());
-    }
-    let major = bytes[6];
-    let (header_len, start): (usize, usize) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 => {
-            if bytes.len() < 12 {
-                return Err("truncated header".into());
-            }
-            (
-                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-                12,
-            )
-        }
-        v => return Err(format!("unsupported .npy version {v}")),
+    let a = Array2::<T>::read_npy(bytes).map_err(|e| describe(e, T::DESCR))?;
+    let (rows, cols) = a.dim();
+    let data = if a.is_standard_layout() {
+        a.into_raw_vec_and_offset().0
+    } else {
+        a.iter().copied().collect()
     };
-    let end = start
-        .checked_add(header_len)
-        .filter(|e| *e <= bytes.len())
-        .ok_or("truncated header")?;
-    let header = std::str::from_utf8(&bytes[start..end]).map_err(|_| "header is not text")?;
-    let descr = dict_value(header, "descr").ok_or("header has no 'descr'")?;
-    let descr = descr
-        .trim_start_matches(['\'', '"'])
-        .split(['\'', '"'])
-        .next()
-        .unwrap_or("");
-    if descr != T::DESCR {
-        return Err(format!("dtype {descr}, expected {}", T::DESCR));
-    }
-    if dict_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
-        return Err("Fortran order is not supported; save with C order".into());
-    }
-    let shape = dict_value(header, "shape").ok_or("header has no 'shape'")?;
-    let dims: Vec<usize> = shape
-        .trim_start_matches('(')
-        .split(')')
-        .next()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape {shape}")))
-        .collect::<Result<_, _>>()?;
-    if dims.len() != 2 {
-        return Err(format!(
-            "shape has {} dimensions, expected 2 (rows, columns)",
-            dims.len()
-        ));
-    }
-    let (rows, cols) = (dims[0], dims[1]);
-    let count = rows.checked_mul(cols).ok_or("shape overflows")?;
-    let body = &bytes[end..];
-    if Some(body.len()) != count.checked_mul(4) {
-        return Err(format!(
-            "shape ({rows}, {cols}) needs {} data bytes, the file has {}",
-            count.saturating_mul(4),
-            body.len()
-        ));
-    }
-    let data = body
-        .chunks_exact(4)
-        .map(|b| T::from_le([b[0], b[1], b[2], b[3]]))
-        .collect();
     Ok(Matrix { rows, cols, data })
 }
 
-/// The text after `'key':` in a header dict, up to the end of the value.
-fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let at = header
-        .find(&format!("'{key}'"))
-        .or_else(|| header.find(&format!("\"{key}\"")))?;
-    let rest = &header[at + key.len() + 2..];
-    let colon = rest.find(':')?;
-    Some(rest[colon + 1..].trim_start())
+/// One line for each way a file can be wrong.
+fn describe(e: ReadNpyError, expected: &str) -> String {
+    match e {
+        ReadNpyError::WrongDescriptor(v) => {
+            let got = v.to_string();
+            format!(
+                "dtype {}, expected {expected}",
+                got.trim_matches(['\'', '"'])
+            )
+        }
+        ReadNpyError::WrongNdim(_, got) => {
+            format!("shape has {got} dimensions, expected 2 (rows, columns)")
+        }
+        ReadNpyError::MissingData => "the data is shorter than the shape says (truncated)".into(),
+        ReadNpyError::ExtraBytes(n) => format!("{n} bytes follow the data the shape describes"),
+        ReadNpyError::ParseHeader(h) => format!("not a .npy file or a bad header: {h}"),
+        ReadNpyError::LengthOverflow => "the shape overflows".into(),
+        // Reading from bytes, an I/O error can only be running out of them.
+        ReadNpyError::Io(e) => format!("not a .npy file or truncated ({e})"),
+        other => other.to_string(),
+    }
 }
 
-/// Writes `data` (row-major, `rows x cols`) as a version 1.0 `.npy` file.
+/// Writes `data` (row-major, `rows x cols`) as a `.npy` file, as NumPy writes it.
 pub fn write<T: Element>(
     path: &Path,
     rows: usize,
     cols: usize,
     data: &[T],
 ) -> Result<(), AnnError> {
-    if data.len() != rows * cols {
-        return Err(AnnError::Mismatch(format!(
+    let view = ArrayView2::from_shape((rows, cols), data).map_err(|_| {
+        AnnError::Mismatch(format!(
             "writing {}: {} values for shape ({rows}, {cols})",
             path.display(),
             data.len()
-        )));
-    }
-    let mut header = format!(
-        "{{'descr': '{}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}",
-        T::DESCR
-    );
-    // Magic, version and length take 10 bytes; the header ends in '\n' and the data starts on a
-    // 64-byte boundary, as NumPy writes it.
-    let total = 10 + header.len() + 1;
-    header.push_str(&" ".repeat((64 - total % 64) % 64));
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[1, 0]);
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le());
-    }
-    let mut f = fs::File::create(path).map_err(io_err("create", path))?;
-    f.write_all(&out).map_err(io_err("write", path))
+        ))
+    })?;
+    let f = fs::File::create(path).map_err(io_err("create", path))?;
+    view.write_npy(std::io::BufWriter::new(f))
+        .map_err(|e| AnnError::Npy {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MAGIC: &[u8] = b"\x93NUMPY";
 
     #[test]
     fn round_trips_and_pads_to_64_bytes() {

@@ -5,7 +5,8 @@
 //! the CLI and the HTTP server share one implementation of each.
 
 pub mod embed;
-pub mod fsio;
+/// Durable writes, from the vector engine's crate: one helper for every layer.
+pub use htg_ann::fsio;
 pub mod index;
 pub mod ingest;
 pub mod loader;

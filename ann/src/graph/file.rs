@@ -26,7 +26,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -119,27 +119,12 @@ impl Graph {
                 "an insert is raising the entry point; save with inserts paused".into(),
             ));
         }
-        let tmp = tmp_path(path);
-        let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        let r = self.write_to(file, count, eid, elevel as u32);
-        let file = match r {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(io_err("write", &tmp)(e));
-            }
-        };
-        file.sync_all().map_err(io_err("fsync", &tmp))?;
-        let size = file.metadata().map_err(io_err("stat", &tmp))?.len();
-        drop(file);
-        fs::rename(&tmp, path).map_err(io_err("rename into", path))?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        if let Ok(d) = File::open(dir) {
-            d.sync_all().map_err(io_err("fsync", dir))?;
-        }
+        crate::fsio::write_atomic_with(path, |file| {
+            self.write_to(file.try_clone()?, count, eid, elevel as u32)
+                .map(|_| ())
+        })
+        .map_err(io_err("write", path))?;
+        let size = fs::metadata(path).map_err(io_err("stat", path))?.len();
         Ok(size)
     }
 
@@ -488,12 +473,4 @@ impl Graph {
         g.kernels = kernels::best();
         Ok(g)
     }
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    static SAVES: AtomicU64 = AtomicU64::new(0);
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    let n = SAVES.fetch_add(1, Ordering::Relaxed);
-    name.push(format!(".tmp-{}-{n}", std::process::id()));
-    path.with_file_name(name)
 }

@@ -1,5 +1,6 @@
-//! Durable file writes: the one helper every artefact (index generations, uploads, models)
-//! goes through, so that a crash leaves either the old file or the complete new one.
+//! Durable file writes: the one helper every artefact (graph files, index generations,
+//! uploads, models) goes through, so that a crash leaves either the old file or the complete
+//! new one. It lives in the lowest crate so every layer above can use it.
 
 use std::fs;
 use std::io::{self, Write};
@@ -10,6 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// fsync, rename over `path`, then fsync of the directory so the rename itself survives a
 /// power cut. Two writers of the same path never share a temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] for content streamed by `fill` into the temporary file (large files that
+/// are never held whole in memory).
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
+) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -21,7 +31,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .unwrap_or_default();
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
-    let result = write_synced(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    let result = fs::File::create(&tmp)
+        .and_then(|mut f| {
+            fill(&mut f)?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
