@@ -524,6 +524,7 @@ fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(LocalIndex, f64, u6
                 ef_construction: a.ef_construction,
             },
             engine: EngineKind::parse(&a.library)?,
+            capacity: base.rows,
         },
     )?;
     let t = Instant::now();

@@ -149,7 +149,11 @@ pub fn run(a: WritesArgs) -> Result<()> {
             &dir,
             super::sweep::synthetic_model(a.dim),
             None,
-            &CreateOptions { params, engine },
+            &CreateOptions {
+                params,
+                engine,
+                capacity: n,
+            },
         )?;
         for (c, chunk) in base.data[..n * a.dim].chunks(a.dim * 10_000).enumerate() {
             let items = chunk

@@ -78,6 +78,7 @@ pub fn run(args: Args) -> Result<()> {
                         ef_construction: args.ef_construction,
                     },
                     engine: EngineKind::parse(&args.engine)?,
+                    capacity: 0,
                 },
             )?
         }

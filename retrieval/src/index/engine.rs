@@ -84,8 +84,10 @@ pub enum Engine {
 }
 
 /// Growth step when an engine with fixed capacity fills up.
+/// Grows by half (not double) so a large index does not hold twice its size in slack; a
+/// bulk load that knows its size reserves it up front instead.
 fn grown(capacity: usize, need: usize) -> usize {
-    (capacity.max(1024) * 2).max(need)
+    (capacity.max(1024) * 3 / 2).max(need)
 }
 
 impl Engine {

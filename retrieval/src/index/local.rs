@@ -45,6 +45,9 @@ pub const FORMAT_VERSION: u32 = 2;
 /// Default log size that triggers a background checkpoint.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 << 20;
 
+/// Acknowledged adds allowed to wait for the graph before writers help move them in.
+const MAX_PENDING: usize = 8192;
+
 /// Tombstones past this fraction of the graph are compacted away at the next checkpoint.
 const COMPACT_RATIO: f64 = 0.2;
 
@@ -145,7 +148,7 @@ impl LocalIndex {
             ));
         }
         fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-        let engine = Engine::new(opts.engine, dim, opts.params, 1024)?;
+        let engine = Engine::new(opts.engine, dim, opts.params, opts.capacity.max(1024))?;
         let opened = Wal::open(dir, 0)?;
         let index = LocalIndex::assemble(
             dir,
@@ -575,13 +578,35 @@ impl LocalIndex {
     pub fn search_exact(&self, query: &[f32], k: usize, opts: &SearchOptions) -> Vec<(u64, f32)> {
         let records = read_lock(&self.inner.records);
         let pending = read_lock(&self.inner.pending);
+        self.exact_locked(&records, &pending, query, k, opts)
+    }
+
+    fn exact_locked(
+        &self,
+        records: &Records,
+        pending: &[PendingAdd],
+        query: &[f32],
+        k: usize,
+        opts: &SearchOptions,
+    ) -> Vec<(u64, f32)> {
         let keep = |i: u32| records.accepts(i, opts);
         let found = read_lock(&self.inner.engine).exact(query, k, &keep);
         let found = found
             .into_iter()
             .filter_map(|(i, d)| records.external(i).map(|e| (e, d)))
             .collect();
-        merge_pending(found, &pending, query, k, opts)
+        merge_pending(found, pending, query, k, opts)
+    }
+}
+
+/// The record of external id `id`, from the store or the pending buffer.
+fn lookup(records: &Records, pending: &[PendingAdd], id: u64) -> Option<Record> {
+    match records.internal(id) {
+        Some(i) => records.get(i),
+        None => pending
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.record.clone()),
     }
 }
 
@@ -673,13 +698,7 @@ impl SearchIndex for LocalIndex {
     fn record(&self, id: u64) -> Option<Record> {
         let records = read_lock(&self.inner.records);
         let pending = read_lock(&self.inner.pending);
-        match records.internal(id) {
-            Some(i) => records.get(i),
-            None => pending
-                .iter()
-                .find(|p| p.id == id)
-                .map(|p| p.record.clone()),
-        }
+        lookup(&records, &pending, id)
     }
 
     fn vector(&self, id: u64) -> Option<Vec<f32>> {
@@ -734,6 +753,11 @@ impl SearchIndex for LocalIndex {
             )
             .map_err(wal_err)?;
         self.inner.wal.sync_to(seq)?;
+        // A bulk load outruns the applier: past a bound, the writer helps it, so the pending
+        // buffer (and the exact scan every search does over it) stays small.
+        while read_lock(&self.inner.pending).len() > MAX_PENDING {
+            self.drain_once(4096)?;
+        }
         self.maybe_checkpoint();
         Ok((first_id..first_id + n).collect())
     }
@@ -787,12 +811,13 @@ impl SearchIndex for LocalIndex {
         if k == 0 {
             return Ok(Vec::new());
         }
+        // One consistent view for the search and the records it returns.
+        let records = read_lock(&self.inner.records);
+        let pending = read_lock(&self.inner.pending);
         let found = if opts.exact {
-            self.search_exact(query, k, opts)
+            self.exact_locked(&records, &pending, query, k, opts)
         } else {
             let ef = opts.ef.unwrap_or(64).max(k);
-            let records = read_lock(&self.inner.records);
-            let pending = read_lock(&self.inner.pending);
             let keep = |i: u32| records.accepts(i, opts);
             let filtered = opts.filtered();
             let found = read_lock(&self.inner.engine).search(
@@ -812,7 +837,7 @@ impl SearchIndex for LocalIndex {
         Ok(found
             .into_iter()
             .filter_map(|(id, distance)| {
-                self.record(id).map(|record| Hit {
+                lookup(&records, &pending, id).map(|record| Hit {
                     id,
                     distance,
                     record,

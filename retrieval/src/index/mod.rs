@@ -292,6 +292,9 @@ pub struct CreateOptions {
     pub params: HnswParams,
     /// Vector engine (local indexes).
     pub engine: EngineKind,
+    /// Vectors to make room for up front (a bulk load that knows its size); the engine grows
+    /// past it as needed.
+    pub capacity: usize,
 }
 
 /// Opens the index at `location`: a directory path (local).
