@@ -117,6 +117,44 @@ async fn search_and_error_shapes_in_process() {
     )
     .await;
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // RFC 9110: a 405 lists the resource's methods in `Allow`.
+    assert_eq!(res.headers().get("allow").unwrap(), "POST");
+    let body: Value = test::read_body_json(res).await;
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    for (method, uri, allow) in [
+        (actix_web::http::Method::GET, "/images/1", "DELETE"),
+        (actix_web::http::Method::PUT, "/stats", "GET"),
+        (actix_web::http::Method::POST, "/images/1/similar", "GET"),
+        (actix_web::http::Method::GET, "/images", "POST"),
+    ] {
+        let res = test::call_service(
+            &app,
+            test::TestRequest::default()
+                .method(method.clone())
+                .uri(uri)
+                .to_request(),
+        )
+        .await;
+        assert_eq!(
+            res.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}"
+        );
+        assert_eq!(res.headers().get("allow").unwrap(), allow, "{method} {uri}");
+    }
+
+    // The OpenAPI document is served, generated from the handlers.
+    let res = test::call_service(
+        &app,
+        test::TestRequest::get().uri("/openapi.json").to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let api: Value = test::read_body_json(res).await;
+    assert!(
+        api["paths"]["/images/{id}/similar"]["get"].is_object(),
+        "{api}"
+    );
 
     // Stats count what the index holds.
     let res = test::call_service(&app, test::TestRequest::get().uri("/stats").to_request()).await;

@@ -7,6 +7,7 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpMessage, HttpRequest};
 use memchr::memmem;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use super::config::Config;
 use super::error::ApiError;
@@ -242,20 +243,95 @@ fn split_params(s: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Search parameters, from the query string or a JSON body.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
-    /// Neighbours wanted (default: the configured `default_k`).
+    /// Neighbours wanted: 1..=`max_k` (default: the configured `default_k`).
+    #[param(minimum = 1)]
     pub k: Option<usize>,
     /// HNSW candidate list size.
+    #[param(minimum = 1, maximum = 10_000)]
     pub ef: Option<usize>,
     /// Brute force instead of HNSW.
     pub exact: Option<bool>,
-    /// Only images with this label.
+    /// Only images with this label (1 to 4096 bytes, no control characters).
+    #[param(
+        min_length = 1,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub label: Option<String>,
-    /// Only images whose path starts with this.
+    /// Only images whose path starts with this (1 to 4096 bytes, no control characters).
+    #[param(
+        min_length = 1,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub path_prefix: Option<String>,
 }
+
+/// An encoded image (PNG, JPEG, GIF, BMP, WebP), as a raw body or a form field: the
+/// OpenAPI schema of image bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct RawImage(pub Vec<u8>);
+
+/// The form of `POST /search`: exactly one `image` field.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageForm {
+    /// The query image.
+    pub image: RawImage,
+}
+
+/// The form of `POST /search/batch`: 1..=`max_batch_queries` `image` fields.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchForm {
+    /// The query images, one field each, in order.
+    #[schema(min_items = 1, max_items = 4096)]
+    pub image: Vec<RawImage>,
+}
+
+/// The form of `POST /images`.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddForm {
+    /// The images to add (1..=`max_batch_queries`), one field each.
+    #[schema(min_items = 1, max_items = 4096)]
+    pub image: Vec<RawImage>,
+    /// One label for all of them (1 to 4096 bytes, no control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub label: Option<String>,
+    /// Paths to record, none or one per image in order (1 to 4096 bytes each).
+    pub path: Option<Vec<TextField>>,
+}
+
+/// The pattern of text parameters: no control characters (what [`check_text`] refuses).
+pub const TEXT_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
+
+/// A text form field: 1 to [`MAX_TEXT`] bytes without control characters.
+pub struct TextField(pub String);
+
+/// Written out because utoipa's derive takes no length limits on a newtype.
+impl utoipa::PartialSchema for TextField {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_TEXT))
+            .pattern(Some(TEXT_PATTERN))
+            .into()
+    }
+}
+
+impl ToSchema for TextField {}
 
 impl SearchParams {
     /// Checks ranges and returns `k` and the index's options.

@@ -2,16 +2,22 @@
 
 use actix_web::{web, HttpResponse};
 
-use super::resource;
+use super::Endpoint;
 use crate::server::State;
 
-/// Mounts the resource.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/metrics").route(web::get().to(metrics)));
+/// The resource's endpoint.
+pub fn endpoints() -> Vec<Endpoint> {
+    Endpoint::documented::<__path_metrics>(|| web::to(metrics))
 }
 
 /// Request counts and latencies per route, decode/embed/search time, and gauges.
-async fn metrics(state: web::Data<State>) -> HttpResponse {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text exposition.", body = String, content_type = "text/plain"))
+)]
+pub(super) async fn metrics(state: web::Data<State>) -> HttpResponse {
     let stats = state.index.stats();
     let text = state.metrics.render(&[
         (
