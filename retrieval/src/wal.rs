@@ -548,7 +548,7 @@ mod tests {
             record: Record {
                 path: format!("/img/{id}.png"),
                 sha256: "ab".repeat(32),
-                label: (id % 2 == 0).then(|| "even \"quoted\"".to_string()),
+                label: id.is_multiple_of(2).then(|| "even \"quoted\"".to_string()),
             },
             vector: vec![id as f32, -1.5, 0.25],
         }

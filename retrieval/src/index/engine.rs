@@ -117,6 +117,11 @@ impl Engine {
         }
     }
 
+    /// True before the first insert: no id handed out yet (the pair of [`Engine::len`]).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Ids handed out so far (live and deleted).
     pub fn len(&self) -> usize {
         match self {

@@ -364,7 +364,7 @@ mod tests {
         Record {
             path: format!("/a/{i}.png"),
             sha256: format!("{i:064x}"),
-            label: (i % 2 == 0).then(|| format!("l{i}")),
+            label: i.is_multiple_of(2).then(|| format!("l{i}")),
         }
     }
 
