@@ -143,6 +143,34 @@ async fn search_and_error_shapes_in_process() {
         assert_eq!(res.headers().get("allow").unwrap(), allow, "{method} {uri}");
     }
 
+    // Every endpoint `routes::configure` mounts answers its method (never "no route" or 405).
+    for e in server::routes::endpoints() {
+        let uri = e.path.replace("{id}", "999999");
+        let res = test::call_service(
+            &app,
+            test::TestRequest::default()
+                .method(e.method.clone())
+                .uri(&uri)
+                .to_request(),
+        )
+        .await;
+        let status = res.status();
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{} {uri}", e.method);
+        let body = test::read_body(res).await;
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            !text.contains("no route"),
+            "{} {uri}: {status} {text}",
+            e.method
+        );
+        // 503 only from /readyz: this state never listened, so it is not ready.
+        assert!(
+            !status.is_server_error() || status == StatusCode::SERVICE_UNAVAILABLE,
+            "{} {uri}: {status} {text}",
+            e.method
+        );
+    }
+
     // The OpenAPI document is served, generated from the handlers.
     let res = test::call_service(
         &app,
