@@ -117,6 +117,72 @@ async fn search_and_error_shapes_in_process() {
     )
     .await;
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // RFC 9110: a 405 lists the resource's methods in `Allow`.
+    assert_eq!(res.headers().get("allow").unwrap(), "POST");
+    let body: Value = test::read_body_json(res).await;
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    for (method, uri, allow) in [
+        (actix_web::http::Method::GET, "/images/1", "DELETE"),
+        (actix_web::http::Method::PUT, "/stats", "GET"),
+        (actix_web::http::Method::POST, "/images/1/similar", "GET"),
+        (actix_web::http::Method::GET, "/images", "POST"),
+    ] {
+        let res = test::call_service(
+            &app,
+            test::TestRequest::default()
+                .method(method.clone())
+                .uri(uri)
+                .to_request(),
+        )
+        .await;
+        assert_eq!(
+            res.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}"
+        );
+        assert_eq!(res.headers().get("allow").unwrap(), allow, "{method} {uri}");
+    }
+
+    // Every endpoint `routes::configure` mounts answers its method (never "no route" or 405).
+    for e in server::routes::endpoints() {
+        let uri = e.path.replace("{id}", "999999");
+        let res = test::call_service(
+            &app,
+            test::TestRequest::default()
+                .method(e.method.clone())
+                .uri(&uri)
+                .to_request(),
+        )
+        .await;
+        let status = res.status();
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{} {uri}", e.method);
+        let body = test::read_body(res).await;
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            !text.contains("no route"),
+            "{} {uri}: {status} {text}",
+            e.method
+        );
+        // 503 only from /readyz: this state never listened, so it is not ready.
+        assert!(
+            !status.is_server_error() || status == StatusCode::SERVICE_UNAVAILABLE,
+            "{} {uri}: {status} {text}",
+            e.method
+        );
+    }
+
+    // The OpenAPI document is served, generated from the handlers.
+    let res = test::call_service(
+        &app,
+        test::TestRequest::get().uri("/openapi.json").to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let api: Value = test::read_body_json(res).await;
+    assert!(
+        api["paths"]["/images/{id}/similar"]["get"].is_object(),
+        "{api}"
+    );
 
     // Stats count what the index holds.
     let res = test::call_service(&app, test::TestRequest::get().uri("/stats").to_request()).await;

@@ -605,6 +605,9 @@ fn every_endpoint_answers_and_every_bad_input_gets_its_status() {
     srv.get("/nope").assert_error(404, "not_found");
     srv.get("/search").assert_error(405, "method_not_allowed");
     srv.delete("/stats").assert_error(405, "method_not_allowed");
+    // RFC 9110: a 405 names the methods the resource has.
+    assert_eq!(srv.get("/search").header("allow"), Some("POST"));
+    assert_eq!(srv.get("/images/1").header("allow"), Some("DELETE"));
 
     // Nothing above got a worker stuck: the server still answers searches.
     assert_eq!(srv.get("/readyz").status, 200);

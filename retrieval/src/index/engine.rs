@@ -119,6 +119,11 @@ impl Engine {
         }
     }
 
+    /// True before the first insert: no id handed out yet (the pair of [`Engine::len`]).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Ids handed out so far (live and deleted).
     pub fn len(&self) -> usize {
         match self {
@@ -129,11 +134,6 @@ impl Engine {
                 .unwrap_or_else(PoisonError::into_inner)
                 .len(),
         }
-    }
-
-    /// Whether no id was handed out yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Makes room for `additional` more inserts (copies a mapped graph into memory).

@@ -1,15 +1,18 @@
-//! Server configuration, layered: built-in defaults, then a TOML file, then `HTG__*`
-//! environment variables (`HTG__BATCH__MAX_SIZE=16` sets `batch.max_size`).
+//! Server configuration, layered with `figment`: built-in defaults, then a TOML file, then
+//! `HTG__*` environment variables (`HTG__BATCH__MAX_SIZE=16` sets `batch.max_size`).
 //!
-//! The defaults double as the schema: a file or variable naming a key the defaults lack, or
-//! giving a value of another type, is refused, and [`Config::validate`] checks ranges, so the
-//! server never starts on a typo or a value it would misbehave with.
+//! `deny_unknown_fields` refuses keys the configuration lacks and serde refuses values of
+//! another type; figment's error says which key and which layer, and [`refusal`] words it.
+//! [`Config::validate`] checks ranges, so the server never starts on a typo or a value it
+//! would misbehave with.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{error::Kind, Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
-use toml::{Table, Value};
 
 /// Prefix of the environment variables that override the configuration.
 pub const ENV_PREFIX: &str = "HTG__";
@@ -125,49 +128,23 @@ impl Default for Config {
 
 impl Config {
     /// Defaults, overlaid with `file` (if any), overlaid with the `HTG__*` variables of `env`.
-    /// The result is validated.
+    /// The layers are merged by `figment`; the result is validated.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let Value::Table(mut merged) =
-            Value::try_from(Config::default()).expect("the defaults serialise to TOML")
-        else {
-            unreachable!("a struct serialises to a table")
-        };
-        let schema = merged.clone();
+        let defaults = Figment::from(Serialized::defaults(Config::default()));
+        let mut figment = defaults.clone();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            // figment reads a missing file as empty; a file named on the command line must exist.
+            std::fs::metadata(path).map_err(|source| ConfigError::Read {
                 path: path.to_path_buf(),
                 source,
             })?;
-            let table: Table =
-                toml::from_str(&text).map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: path.to_path_buf(),
-                    reason: e.message().to_string(),
-                })?;
-            let origin = path.display().to_string();
-            overlay(&mut merged, &schema, table, "", &origin)?;
+            figment = figment.merge(Toml::file_exact(path));
         }
-        let mut vars: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .collect();
-        vars.sort();
-        for (name, raw) in vars {
-            let path: Vec<String> = name[ENV_PREFIX.len()..]
-                .split("__")
-                .map(str::to_ascii_lowercase)
-                .collect();
-            set_from_env(&mut merged, &schema, &path, &raw, &name)?;
-        }
-        let config: Config = Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Type {
-                key: "?".into(),
-                origin: "merged configuration".into(),
-                reason: e.message().to_string(),
-            })?;
+        figment = figment.merge(EnvLayer::new(&defaults, env)?);
+        let config: Config = figment.extract().map_err(|e| refusal(e, &defaults))?;
         config.validate()?;
         Ok(config)
     }
@@ -250,97 +227,155 @@ impl Config {
     }
 }
 
-fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_string()
-    } else {
-        format!("{prefix}.{key}")
+/// The name of a default value's type, as the refusals say it.
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::String(..) | Value::Char(..) => "string",
+        Value::Num(_, n) if n.to_f64().is_some_and(|f| f.fract() != 0.0) => "float",
+        Value::Num(..) => "integer",
+        Value::Bool(..) => "boolean",
+        Value::Dict(..) => "table",
+        Value::Array(..) => "array",
+        Value::Empty(..) => "nothing",
     }
 }
 
-/// Same TOML type, so a file cannot put a string where a number belongs.
-fn same_kind(a: &Value, b: &Value) -> bool {
-    std::mem::discriminant(a) == std::mem::discriminant(b)
+/// A figment error as a refusal that names the key and where it came from.
+fn refusal(e: figment::Error, defaults: &Figment) -> ConfigError {
+    let mut keys = e.path.clone();
+    let origin = |keys: &[String]| match &e.metadata {
+        Some(m) => match &m.source {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            _ if m.name == ENV_NAME => m.interpolate(&figment::Profile::Default, keys),
+            _ => m.name.to_string(),
+        },
+        None => "merged configuration".into(),
+    };
+    match &e.kind {
+        Kind::UnknownField(field, _) => {
+            // figment's path already ends with the field; serde's alone would not.
+            if keys.last() != Some(field) {
+                keys.push(field.clone());
+            }
+            ConfigError::UnknownKey {
+                key: keys.join("."),
+                origin: origin(&keys),
+            }
+        }
+        Kind::InvalidType(actual, _) | Kind::InvalidValue(actual, _) => {
+            let key = keys.join(".");
+            let expected = defaults
+                .find_value(&key)
+                .map(|v| kind_of(&v))
+                .unwrap_or("another type");
+            ConfigError::Type {
+                origin: origin(&keys),
+                key,
+                reason: format!("expected {expected}, got {actual}"),
+            }
+        }
+        Kind::Message(reason)
+            if matches!(
+                e.metadata.as_ref().and_then(|m| m.source.as_ref()),
+                Some(figment::Source::File(_))
+            ) =>
+        {
+            let Some(figment::Source::File(path)) =
+                e.metadata.as_ref().and_then(|m| m.source.clone())
+            else {
+                unreachable!("matched above")
+            };
+            ConfigError::Parse {
+                path,
+                reason: reason.clone(),
+            }
+        }
+        _ => ConfigError::Type {
+            key: keys.join("."),
+            origin: origin(&keys),
+            reason: e.kind.to_string(),
+        },
+    }
 }
 
-/// Copies `layer` over `base`, refusing keys and types the schema lacks.
-fn overlay(
-    base: &mut Table,
-    schema: &Table,
-    layer: Table,
-    prefix: &str,
-    origin: &str,
-) -> Result<(), ConfigError> {
-    for (key, value) in layer {
-        let dotted = join(prefix, &key);
-        let Some(expected) = schema.get(&key) else {
-            return Err(ConfigError::UnknownKey {
-                key: dotted,
-                origin: origin.into(),
-            });
-        };
-        match (expected, value) {
-            (Value::Table(sub_schema), Value::Table(sub)) => {
-                let Some(Value::Table(sub_base)) = base.get_mut(&key) else {
-                    unreachable!("base follows the schema")
+/// Name of the environment layer's figment metadata.
+const ENV_NAME: &str = "`HTG__` environment variables";
+
+/// The `HTG__*` variables as a figment layer. Each is parsed as the type its default has (a
+/// string key takes the text as it is, so `HTG__ADDR=8080` stays a string), and a variable
+/// naming no key, or a whole table, is refused with the variable's name. figment's own `Env`
+/// provider reads only the process environment; this one reads the pairs `load` is given.
+struct EnvLayer(Dict);
+
+impl EnvLayer {
+    fn new(
+        defaults: &Figment,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<EnvLayer, ConfigError> {
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        vars.sort();
+        let mut root = Dict::new();
+        for (name, raw) in vars {
+            let path: Vec<String> = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            let dotted = path.join(".");
+            let unknown = || ConfigError::UnknownKey {
+                key: dotted.clone(),
+                origin: name.clone(),
+            };
+            if path.iter().any(String::is_empty) {
+                return Err(unknown());
+            }
+            let expected = defaults.find_value(&dotted).map_err(|_| unknown())?;
+            let bad = |what: &str| ConfigError::Type {
+                key: dotted.clone(),
+                origin: name.clone(),
+                reason: format!("{raw:?} is not {what}"),
+            };
+            let value = match kind_of(&expected) {
+                "string" => Value::from(raw.clone()),
+                "integer" => Value::from(raw.trim().parse::<i64>().map_err(|_| bad("an integer"))?),
+                "float" => Value::from(raw.trim().parse::<f64>().map_err(|_| bad("a number"))?),
+                "boolean" => Value::from(
+                    raw.trim()
+                        .parse::<bool>()
+                        .map_err(|_| bad("true or false"))?,
+                ),
+                _ => return Err(bad("settable from the environment (set it in the file)")),
+            };
+            let (last, parents) = path.split_last().ok_or_else(unknown)?;
+            let mut table = &mut root;
+            for p in parents {
+                let entry = table
+                    .entry(p.clone())
+                    .or_insert_with(|| Value::from(Dict::new()));
+                let Value::Dict(_, sub) = entry else {
+                    return Err(unknown());
                 };
-                overlay(sub_base, sub_schema, sub, &dotted, origin)?;
+                table = sub;
             }
-            (expected, value) if same_kind(expected, &value) => {
-                base.insert(key, value);
-            }
-            (expected, value) => {
-                return Err(ConfigError::Type {
-                    key: dotted,
-                    origin: origin.into(),
-                    reason: format!("expected {}, got {}", expected.type_str(), value.type_str()),
-                })
-            }
+            table.insert(last.clone(), value);
         }
+        Ok(EnvLayer(root))
     }
-    Ok(())
 }
 
-/// Sets one dotted key from an environment variable, parsing it as the schema's type.
-fn set_from_env(
-    base: &mut Table,
-    schema: &Table,
-    path: &[String],
-    raw: &str,
-    var: &str,
-) -> Result<(), ConfigError> {
-    let dotted = path.join(".");
-    let unknown = || ConfigError::UnknownKey {
-        key: dotted.clone(),
-        origin: var.into(),
-    };
-    let (last, parents) = path.split_last().ok_or_else(unknown)?;
-    let mut table = base;
-    let mut sub_schema = schema;
-    for p in parents {
-        match (sub_schema.get(p), table.get_mut(p)) {
-            (Some(Value::Table(s)), Some(Value::Table(t))) => {
-                sub_schema = s;
-                table = t;
-            }
-            _ => return Err(unknown()),
-        }
+impl Provider for EnvLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(ENV_NAME).interpolater(|_, keys| {
+            let upper: Vec<String> = keys.iter().map(|k| k.to_ascii_uppercase()).collect();
+            format!("{ENV_PREFIX}{}", upper.join("__"))
+        })
     }
-    let expected = sub_schema.get(last).ok_or_else(unknown)?;
-    let bad = |what: &str| ConfigError::Type {
-        key: dotted.clone(),
-        origin: var.into(),
-        reason: format!("{raw:?} is not {what}"),
-    };
-    let value = match expected {
-        Value::String(_) => Value::String(raw.to_string()),
-        Value::Integer(_) => Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?),
-        Value::Float(_) => Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?),
-        Value::Boolean(_) => Value::Boolean(raw.trim().parse().map_err(|_| bad("true or false"))?),
-        _ => return Err(bad("settable from the environment (set it in the file)")),
-    };
-    table.insert(last.clone(), value);
-    Ok(())
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.0.clone()))
+    }
 }
 
 #[cfg(test)]
@@ -420,5 +455,27 @@ mod tests {
         }
         let missing = Config::load(Some(&dir.path().join("absent.toml")), env(&[]));
         assert!(matches!(missing, Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn refusals_name_the_layer_the_value_came_from() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("serve.toml");
+        std::fs::write(&file, "[batch]\nthreads = \"two\"\n").unwrap();
+        let err = Config::load(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("`batch.threads`"), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        // A string key keeps the variable's text as it is: validated as an address, not typed.
+        let err = Config::load(None, env(&[("HTG__ADDR", "8080")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"8080\" is not an address"), "{err}");
+        let err = Config::load(None, env(&[("HTG__BATCH____X", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown config key") && err.contains("HTG__BATCH____X"),
+            "{err}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use crate::{EmbedError, IndexError, PreprocessError};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +50,15 @@ pub enum ApiError {
     /// No such route or image.
     #[error("{0}")]
     NotFound(String),
-    /// The route exists but not with this method.
-    #[error("method {0} is not allowed on this route")]
-    MethodNotAllowed(String),
+    /// The route exists but not with this method; `allow` lists the ones it has, for the
+    /// `Allow` header RFC 9110 requires on a 405.
+    #[error("method {method} is not allowed on this route (allowed: {allow})")]
+    MethodNotAllowed {
+        /// Method sent.
+        method: String,
+        /// The resource's methods, comma-separated (`GET, DELETE`).
+        allow: String,
+    },
     /// The inference queue is full: the client should retry later.
     #[error("the inference queue is full ({0} images waiting); retry later")]
     Overloaded(usize),
@@ -63,66 +70,139 @@ pub enum ApiError {
     Internal(String),
 }
 
-/// The JSON body of every error answer.
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// The JSON body of every error answer (also its schema in the OpenAPI document).
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    status: u16,
-    code: &'a str,
-    message: String,
+/// Status, stable code and a human-readable reason.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// The HTTP status, repeated for clients that only keep the body.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// Machine-readable code: branch on this, not on the message.
+    pub code: ErrorCode,
+    /// Why, in words (a decoder's reason, the range a parameter must be in...).
+    pub message: String,
+}
+
+/// Every error code the API answers with. Serialised (and documented) in snake_case, so the
+/// OpenAPI document's enum is this type and cannot drift from what is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed request: JSON, parameter, form or id.
+    BadRequest,
+    /// An image that cannot be decoded.
+    BadImage,
+    /// An image above `max_pixels`.
+    ImageTooLarge,
+    /// A body above `max_upload_bytes`.
+    PayloadTooLarge,
+    /// A content type the route does not read.
+    UnsupportedMediaType,
+    /// A vector with non-finite values.
+    InvalidVector,
+    /// A vector of another dimension than the index's.
+    WrongDimension,
+    /// No such route or image.
+    NotFound,
+    /// The route exists, not with this method.
+    MethodNotAllowed,
+    /// The inference queue is full.
+    Overloaded,
+    /// Starting or shutting down.
+    Unavailable,
+    /// The index failed.
+    IndexError,
+    /// Inference failed.
+    InferenceFailed,
+    /// Another server-side failure.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears in answers (`bad_image`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::BadImage => "bad_image",
+            ErrorCode::ImageTooLarge => "image_too_large",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::InvalidVector => "invalid_vector",
+            ErrorCode::WrongDimension => "wrong_dimension",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::IndexError => "index_error",
+            ErrorCode::InferenceFailed => "inference_failed",
+            ErrorCode::Internal => "internal",
+        }
+    }
 }
 
 impl ApiError {
     /// HTTP status and a stable machine-readable code: the single mapping for the whole API.
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub fn status_and_code(&self) -> (StatusCode, ErrorCode) {
         match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
             ApiError::BadImage { source, .. } => match source {
-                PreprocessError::TooLarge { .. } => (StatusCode::BAD_REQUEST, "image_too_large"),
+                PreprocessError::TooLarge { .. } => {
+                    (StatusCode::BAD_REQUEST, ErrorCode::ImageTooLarge)
+                }
                 PreprocessError::Empty
                 | PreprocessError::UnknownFormat
                 | PreprocessError::Decode(_)
-                | PreprocessError::Read { .. } => (StatusCode::BAD_REQUEST, "bad_image"),
+                | PreprocessError::Read { .. } => (StatusCode::BAD_REQUEST, ErrorCode::BadImage),
             },
             ApiError::PayloadTooLarge { .. } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
             }
-            ApiError::UnsupportedMediaType { .. } => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            ApiError::UnsupportedMediaType { .. } => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
+            ),
+            ApiError::Unprocessable(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidVector)
             }
-            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_vector"),
             ApiError::Index(e) => match e {
                 IndexError::Dimension { .. } => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "wrong_dimension")
+                    (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::WrongDimension)
                 }
-                IndexError::UnknownId(_) => (StatusCode::NOT_FOUND, "not_found"),
-                IndexError::Param(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+                IndexError::UnknownId(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+                IndexError::Param(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
                 IndexError::ModelMismatch { .. }
                 | IndexError::Io { .. }
                 | IndexError::NotFound(_)
                 | IndexError::Corrupt { .. }
                 | IndexError::Engine(_)
                 | IndexError::Wal(_)
-                | IndexError::Location { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "index_error"),
+                | IndexError::Location { .. } => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::IndexError)
+                }
             },
             ApiError::Embed(e) => match e {
                 EmbedError::Spec(_)
                 | EmbedError::Load { .. }
                 | EmbedError::Run(_)
                 | EmbedError::InputShape { .. }
-                | EmbedError::OutputShape { .. } => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "inference_failed")
-                }
+                | EmbedError::OutputShape { .. } => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::InferenceFailed,
+                ),
             },
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
+            }
+            ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
     }
 
@@ -143,8 +223,14 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let (status, code) = self.status_and_code();
         let mut res = HttpResponse::build(status);
-        if matches!(self, ApiError::Overloaded(_)) {
-            res.insert_header(("Retry-After", "1"));
+        match self {
+            ApiError::Overloaded(_) => {
+                res.insert_header(("Retry-After", "1"));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                res.insert_header((actix_web::http::header::ALLOW, allow.as_str()));
+            }
+            _ => {}
         }
         res.json(ErrorBody {
             error: ErrorDetail {
@@ -219,6 +305,25 @@ mod tests {
             assert_eq!(v["error"]["status"], status);
             assert_eq!(v["error"]["code"], code);
             assert_eq!(v["error"]["message"], err.to_string());
+        }
+        let all = [
+            ErrorCode::BadRequest,
+            ErrorCode::BadImage,
+            ErrorCode::ImageTooLarge,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::InvalidVector,
+            ErrorCode::WrongDimension,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::Overloaded,
+            ErrorCode::Unavailable,
+            ErrorCode::IndexError,
+            ErrorCode::InferenceFailed,
+            ErrorCode::Internal,
+        ];
+        for code in all {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
         assert_eq!(
             ApiError::bad_image(Some(2), PreprocessError::Empty).to_string(),

@@ -1,12 +1,15 @@
-//! Reading requests: bounded bodies, `multipart/form-data`, raw image bodies, search
-//! parameters. Everything a client can get wrong becomes an [`ApiError`] here, never a panic.
+//! Reading requests: bounded bodies, `multipart/form-data` (streamed through `actix-multipart`),
+//! raw image bodies, search parameters. Everything a client can get wrong becomes an [`ApiError`] here, never a panic.
 
 use crate::SearchOptions;
+use actix_multipart::{Multipart, MultipartError};
+use actix_web::error::PayloadError;
 use actix_web::http::header;
-use actix_web::web::{self, Bytes};
+use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpMessage, HttpRequest};
-use memchr::memmem;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use super::config::Config;
 use super::error::ApiError;
@@ -23,12 +26,7 @@ pub async fn read_body(
     payload: web::Payload,
     limit: u64,
 ) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if declared_length(req).is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let max = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -37,6 +35,14 @@ pub async fn read_body(
         Ok(Err(e)) => Err(ApiError::BadRequest(format!("cannot read the body: {e}"))),
         Err(_) => Err(ApiError::PayloadTooLarge { limit }),
     }
+}
+
+/// The `Content-Length` the client declared, if any.
+fn declared_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// One part of a `multipart/form-data` body.
@@ -106,15 +112,17 @@ pub async fn read_typed(
     };
     let essence = mime.essence_str().to_ascii_lowercase();
     if essence == "multipart/form-data" {
-        let boundary = mime
-            .get_param("boundary")
-            .map(|b| b.as_str().to_string())
-            .filter(|b| !b.is_empty() && b.len() <= 200)
+        // RFC 2046 caps a boundary at 70 characters; 200 leaves room for lax clients.
+        mime.get_param("boundary")
+            .filter(|b| !b.as_str().is_empty() && b.as_str().len() <= 200)
             .ok_or_else(|| {
                 ApiError::BadRequest("multipart/form-data without a valid boundary".into())
             })?;
-        let body = read_body(req, payload, config.max_upload_bytes).await?;
-        return Ok(Body::Form(parse_multipart(&body, &boundary)?));
+        let limit = config.max_upload_bytes;
+        if declared_length(req).is_some_and(|n| n > limit) {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        return Ok(Body::Form(read_form(req.headers(), payload, limit).await?));
     }
     if mime.type_() == "image" || essence == "application/octet-stream" {
         return Ok(Body::Image(
@@ -144,118 +152,147 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
 }
 
-/// Splits a `multipart/form-data` body (RFC 7578) into its parts.
-pub fn parse_multipart(body: &Bytes, boundary: &str) -> Result<Vec<Part>, ApiError> {
-    let bad = |why: &str| ApiError::BadRequest(format!("malformed multipart body: {why}"));
-    let delim = format!("--{boundary}");
-    let next_delim = format!("\r\n--{boundary}");
-    let finder = memmem::Finder::new(next_delim.as_bytes());
-    // The body starts with the delimiter, or with a preamble and then CRLF + delimiter.
-    let mut pos = if body.starts_with(delim.as_bytes()) {
-        delim.len()
-    } else {
-        finder
-            .find(body)
-            .map(|i| i + next_delim.len())
-            .ok_or_else(|| bad("no boundary found"))?
-    };
+/// Reads a `multipart/form-data` body (RFC 7578) into its parts with `actix-multipart`, while
+/// streaming: the raw body is counted as it arrives and refused (413) past `limit` bytes, so
+/// neither a huge part nor a preamble or header that never ends is buffered without bound.
+pub async fn read_form<S>(
+    headers: &header::HeaderMap,
+    payload: S,
+    limit: u64,
+) -> Result<Vec<Part>, ApiError>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + 'static,
+{
+    let mut seen = 0u64;
+    let bounded = payload.map(move |chunk| {
+        let chunk = chunk?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            return Err(PayloadError::Overflow);
+        }
+        Ok(chunk)
+    });
+    let mut form = Multipart::new(headers, bounded);
     let mut parts = Vec::new();
-    loop {
-        let rest = &body[pos..];
-        if rest.starts_with(b"--") {
-            return Ok(parts);
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(|e| multipart_error(e, limit))?;
+        let name = field.name().map(str::to_string).ok_or_else(|| {
+            ApiError::BadRequest(
+                "malformed multipart body: a part lacks `Content-Disposition: form-data; name=...`"
+                    .into(),
+            )
+        })?;
+        let mut data = BytesMut::new();
+        while let Some(chunk) = field.next().await {
+            data.extend_from_slice(&chunk.map_err(|e| multipart_error(e, limit))?);
         }
-        // Transport padding, then CRLF, then the part's headers.
-        let line_end = memmem::find(rest, b"\r\n").ok_or_else(|| bad("boundary line not ended"))?;
-        if !rest[..line_end].iter().all(|b| *b == b' ' || *b == b'\t') {
-            return Err(bad("text after a boundary"));
-        }
-        let start = pos + line_end + 2;
-        let head_len = memmem::find(&body[start..], b"\r\n\r\n")
-            .ok_or_else(|| bad("part headers not ended"))?;
-        let headers = std::str::from_utf8(&body[start..start + head_len])
-            .map_err(|_| bad("part headers are not UTF-8"))?;
-        let data_start = start + head_len + 4;
-        let data_len = finder
-            .find(&body[data_start..])
-            .ok_or_else(|| bad("closing boundary missing"))?;
-        let name = disposition(headers)
-            .ok_or_else(|| bad("a part lacks `Content-Disposition: form-data; name=...`"))?;
         parts.push(Part {
             name,
-            data: body.slice(data_start..data_start + data_len),
+            data: data.freeze(),
         });
-        pos = data_start + data_len + next_delim.len();
     }
+    Ok(parts)
 }
 
-/// The `name` of a part's `Content-Disposition: form-data` header (a `filename` is allowed and
-/// not needed: uploads are named by content hash).
-fn disposition(headers: &str) -> Option<String> {
-    let line = headers.split("\r\n").find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("content-disposition")
-            .then_some(v.trim())
-    })?;
-    let mut params = split_params(line);
-    let kind = params.next()?;
-    if !kind.eq_ignore_ascii_case("form-data") {
-        return None;
+/// The body's overflow is 413; everything else the parser refuses is a malformed form, 400.
+fn multipart_error(e: MultipartError, limit: u64) -> ApiError {
+    match e {
+        MultipartError::Payload(PayloadError::Overflow) => ApiError::PayloadTooLarge { limit },
+        MultipartError::Payload(e) => ApiError::BadRequest(format!("cannot read the body: {e}")),
+        e => ApiError::BadRequest(format!("malformed multipart body: {e}")),
     }
-    let mut name = None;
-    for p in params {
-        let Some((k, v)) = p.split_once('=') else {
-            continue;
-        };
-        let v = v.trim();
-        let v = v
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(v)
-            .replace("\\\"", "\"");
-        if k.trim().eq_ignore_ascii_case("name") {
-            name = Some(v);
-        }
-    }
-    name
-}
-
-/// Splits a header value on `;` outside quotes.
-fn split_params(s: &str) -> impl Iterator<Item = &str> {
-    let mut out = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ';' if !quoted => {
-                out.push(s[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(s[start..].trim());
-    out.into_iter()
 }
 
 /// Search parameters, from the query string or a JSON body.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
-    /// Neighbours wanted (default: the configured `default_k`).
+    /// Neighbours wanted: 1..=`max_k` (default: the configured `default_k`).
+    #[param(minimum = 1)]
     pub k: Option<usize>,
     /// HNSW candidate list size.
+    #[param(minimum = 1, maximum = 10_000)]
     pub ef: Option<usize>,
     /// Brute force instead of HNSW.
     pub exact: Option<bool>,
-    /// Only images with this label.
+    /// Only images with this label (1 to 4096 bytes, no control characters).
+    #[param(
+        min_length = 1,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub label: Option<String>,
-    /// Only images whose path starts with this.
+    /// Only images whose path starts with this (1 to 4096 bytes, no control characters).
+    #[param(
+        min_length = 1,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub path_prefix: Option<String>,
 }
+
+/// An encoded image (PNG, JPEG, GIF, BMP, WebP), as a raw body or a form field: the
+/// OpenAPI schema of image bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct RawImage(pub Vec<u8>);
+
+/// The form of `POST /search`: exactly one `image` field.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageForm {
+    /// The query image.
+    pub image: RawImage,
+}
+
+/// The form of `POST /search/batch`: 1..=`max_batch_queries` `image` fields.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchForm {
+    /// The query images, one field each, in order.
+    #[schema(min_items = 1, max_items = 4096)]
+    pub image: Vec<RawImage>,
+}
+
+/// The form of `POST /images`.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddForm {
+    /// The images to add (1..=`max_batch_queries`), one field each.
+    #[schema(min_items = 1, max_items = 4096)]
+    pub image: Vec<RawImage>,
+    /// One label for all of them (1 to 4096 bytes, no control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub label: Option<String>,
+    /// Paths to record, none or one per image in order (1 to 4096 bytes each).
+    pub path: Option<Vec<TextField>>,
+}
+
+/// The pattern of text parameters: no control characters (what [`check_text`] refuses).
+pub const TEXT_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
+
+/// A text form field: 1 to [`MAX_TEXT`] bytes without control characters.
+pub struct TextField(pub String);
+
+/// Written out because utoipa's derive takes no length limits on a newtype.
+impl utoipa::PartialSchema for TextField {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_TEXT))
+            .pattern(Some(TEXT_PATTERN))
+            .into()
+    }
+}
+
+impl ToSchema for TextField {}
 
 impl SearchParams {
     /// Checks ranges and returns `k` and the index's options.
@@ -314,6 +351,26 @@ mod tests {
         Bytes::from(b)
     }
 
+    /// Drives [`read_form`] as a request would: headers, and the body in small chunks.
+    fn parse(body: &Bytes, boundary: &str, limit: u64) -> Result<Vec<Part>, ApiError> {
+        let mut headers = header::HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}"))
+                .unwrap(),
+        );
+        let chunks: Vec<Result<Bytes, PayloadError>> = body
+            .chunks(7)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures_util::future::FutureExt::now_or_never(read_form(
+            &headers,
+            futures_util::stream::iter(chunks),
+            limit,
+        ))
+        .expect("an in-memory stream never waits")
+    }
+
     #[test]
     fn multipart_parts_keep_binary_data_intact() {
         let png: &[u8] = b"\x89PNG\r\n\x1a\n\r\n--not-the-boundary\r\n";
@@ -325,7 +382,7 @@ mod tests {
             ],
             "XyZ",
         );
-        let parts = parse_multipart(&body, "XyZ").unwrap();
+        let parts = parse(&body, "XyZ", 1 << 20).unwrap();
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[0].name, "image");
         assert_eq!(&parts[0].data[..], png);
@@ -337,7 +394,7 @@ mod tests {
         let mut with_preamble = b"ignored preamble\r\n".to_vec();
         with_preamble.extend_from_slice(&body);
         assert_eq!(
-            parse_multipart(&Bytes::from(with_preamble), "XyZ")
+            parse(&Bytes::from(with_preamble), "XyZ", 1 << 20)
                 .unwrap()
                 .len(),
             3
@@ -348,28 +405,39 @@ mod tests {
     fn malformed_multipart_is_a_bad_request() {
         let good = form(&[("image", Some("x.png"), b"abc")], "B");
         let cut = good.slice(..good.len() - 10);
-        let cases: Vec<(Bytes, &str)> = vec![
-            (Bytes::from_static(b""), "no boundary"),
-            (Bytes::from_static(b"--B"), "not ended"),
-            (cut, "closing boundary missing"),
-            (
-                Bytes::from_static(b"--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B--"),
-                "Content-Disposition",
-            ),
-            (
-                Bytes::from_static(
-                    b"--B\r\nContent-Disposition: form-data; name=\"a\"\r\nx\r\n--B--",
-                ),
-                "headers not ended",
-            ),
-            (Bytes::from_static(b"--Bjunk\r\n"), "text after a boundary"),
+        let cases: Vec<Bytes> = vec![
+            Bytes::from_static(b""),
+            Bytes::from_static(b"--B"),
+            cut,
+            Bytes::from_static(b"--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B--"),
+            Bytes::from_static(b"--B\r\nContent-Disposition: form-data; name=\"a\"\r\nx\r\n--B--"),
+            Bytes::from_static(b"--Bjunk\r\n"),
         ];
-        for (body, want) in cases {
-            match parse_multipart(&body, "B") {
-                Err(ApiError::BadRequest(m)) => assert!(m.contains(want), "{m} vs {want}"),
+        for body in cases {
+            match parse(&body, "B", 1 << 20) {
+                Err(ApiError::BadRequest(m)) => {
+                    assert!(m.contains("multipart") || m.contains("body"), "{m}")
+                }
                 other => panic!("{body:?}: expected BadRequest, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_form_is_bounded_while_streaming() {
+        let big = vec![7u8; 5000];
+        let body = form(&[("image", Some("x.png"), &big)], "B");
+        assert!(matches!(
+            parse(&body, "B", 4096),
+            Err(ApiError::PayloadTooLarge { limit: 4096 })
+        ));
+        // A preamble that never reaches a boundary is refused at the limit, not buffered.
+        let endless = Bytes::from(vec![b'a'; 10_000]);
+        assert!(matches!(
+            parse(&endless, "B", 4096),
+            Err(ApiError::PayloadTooLarge { .. })
+        ));
+        assert_eq!(parse(&body, "B", 1 << 20).unwrap()[0].data.len(), 5000);
     }
 
     #[test]

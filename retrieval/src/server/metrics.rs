@@ -1,13 +1,20 @@
-//! Prometheus metrics, written by hand in the text exposition format (version 0.0.4).
+//! Prometheus metrics: `metrics` handles recorded into a `metrics-exporter-prometheus`
+//! recorder owned by the server (not installed globally, so in-process tests can run several
+//! servers), rendered in the Prometheus text format (version 0.0.4).
 //!
 //! Per route (the matched pattern, so ids do not explode the label space): request counts by
 //! status and a latency histogram. Beside them, the time spent decoding, embedding (per batch,
 //! with the batch size) and searching, which is what tells a slow model from a slow index.
+//!
+//! `prometheus-client` was measured first and not kept: its encoder writes `le` before a
+//! family's labels (`..._bucket{le="+Inf",method="POST",route="/search"}`), which fails the
+//! line `tests/integration/http.rs` asserts (`{method=...,route=...,le="+Inf"}`), and it
+//! does not escape label values. This exporter writes `le` last and escapes values.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
 use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
 /// Latency buckets in seconds: 0.25 ms to 10 s.
 const SECONDS: &[f64] = &[
@@ -17,174 +24,191 @@ const SECONDS: &[f64] = &[
 /// Batch-size buckets.
 const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
-/// A cumulative histogram with fixed buckets.
-#[derive(Clone, Debug)]
-struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+/// Where our metrics say they come from (the exporter does not print it).
+static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// Values read from the index and the batcher when `/metrics` is scraped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sampled {
+    /// Live images.
+    pub images: u64,
+    /// Deleted images still in the graph.
+    pub tombstones: u64,
+    /// Write-ahead log bytes not yet checkpointed.
+    pub log_bytes: u64,
+    /// Checkpoints written since start.
+    pub checkpoints: u64,
+    /// Images waiting for inference.
+    pub queue: u64,
 }
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
+/// The gauges, in [`Sampled`]'s order.
+const GAUGES: [(&str, &str); 5] = [
+    ("htg_index_images", "Live images in the index."),
+    (
+        "htg_index_tombstones",
+        "Deleted images still in the graph, waiting for compaction.",
+    ),
+    (
+        "htg_index_log_bytes",
+        "Write-ahead log bytes not yet covered by a checkpoint.",
+    ),
+    (
+        "htg_index_checkpoints",
+        "Checkpoints written since the server started.",
+    ),
+    (
+        "htg_inference_queue_images",
+        "Images waiting for an inference batch.",
+    ),
+];
 
-    fn observe(&mut self, v: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
-            self.counts[i] += 1;
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn write(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cumulative += c;
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = |s: &str| {
-            if s.is_empty() {
-                String::new()
-            } else {
-                format!("{{{s}}}")
-            }
-        };
-        let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum);
-        let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count);
-    }
-}
-
-#[derive(Debug)]
-struct Inner {
-    /// (method, route, status) → count.
-    requests: BTreeMap<(String, String, u16), u64>,
-    /// (method, route) → latency.
-    latency: BTreeMap<(String, String), Histogram>,
+/// The server's metrics registry.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
     decode: Histogram,
     embed: Histogram,
     batch_size: Histogram,
     search: Histogram,
+    gauges: Vec<Gauge>,
 }
 
-/// The server's metrics registry.
-#[derive(Debug)]
-pub struct Metrics {
-    inner: Mutex<Inner>,
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("htg_embed_batch_size".into()), SIZES)
+            })
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let describe = |name: &'static str, help: &'static str| (name, help);
+        for (name, help) in [
+            describe(
+                "htg_http_requests_total",
+                "HTTP requests answered, by method, route pattern and status.",
+            ),
+            describe(
+                "htg_http_request_duration_seconds",
+                "Time from request to response, by method and route pattern.",
+            ),
+            describe(
+                "htg_decode_duration_seconds",
+                "Decoding and preprocessing one uploaded image.",
+            ),
+            describe(
+                "htg_embed_duration_seconds",
+                "One inference call on a dynamic batch.",
+            ),
+            describe(
+                "htg_embed_batch_size",
+                "Images per inference call (dynamic batching).",
+            ),
+            describe(
+                "htg_search_duration_seconds",
+                "One index search (HNSW or exact).",
+            ),
+        ]
+        .into_iter()
+        .chain(GAUGES)
+        {
+            // Kinds are told apart by how they are registered; help text is per name.
+            let (key, help) = (KeyName::from_const_str(name), help.into());
+            if name.ends_with("_total") {
+                recorder.describe_counter(key, None, help);
+            } else if GAUGES.iter().any(|(g, _)| *g == name) {
+                recorder.describe_gauge(key, None, help);
+            } else {
+                recorder.describe_histogram(key, None, help);
+            }
+        }
+        let histogram =
+            |name: &'static str| recorder.register_histogram(&Key::from_static_name(name), &META);
+        let (decode, embed, batch_size, search) = (
+            histogram("htg_decode_duration_seconds"),
+            histogram("htg_embed_duration_seconds"),
+            histogram("htg_embed_batch_size"),
+            histogram("htg_search_duration_seconds"),
+        );
+        let gauges = GAUGES
+            .iter()
+            .map(|(name, _)| recorder.register_gauge(&Key::from_static_name(name), &META))
+            .collect();
         Metrics {
-            inner: Mutex::new(Inner {
-                requests: BTreeMap::new(),
-                latency: BTreeMap::new(),
-                decode: Histogram::new(SECONDS),
-                embed: Histogram::new(SECONDS),
-                batch_size: Histogram::new(SIZES),
-                search: Histogram::new(SECONDS),
-            }),
+            recorder,
+            decode,
+            embed,
+            batch_size,
+            search,
+            gauges,
         }
     }
 }
 
-/// Escapes a label value (backslash, quote, newline).
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 impl Metrics {
-    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
-        // A panic elsewhere while holding the lock leaves counters usable: keep serving them.
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut g)
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &META)
     }
 
     /// Records one answered request.
     pub fn request(&self, method: &str, route: &str, status: u16, took: Duration) {
-        self.with(|m| {
-            let key = (method.to_string(), route.to_string());
-            *m.requests
-                .entry((key.0.clone(), key.1.clone(), status))
-                .or_default() += 1;
-            m.latency
-                .entry(key)
-                .or_insert_with(|| Histogram::new(SECONDS))
-                .observe(took.as_secs_f64());
-        })
+        let (m, r) = (
+            Label::new("method", method.to_string()),
+            Label::new("route", route.to_string()),
+        );
+        self.counter(
+            "htg_http_requests_total",
+            vec![
+                m.clone(),
+                r.clone(),
+                Label::new("status", status.to_string()),
+            ],
+        )
+        .increment(1);
+        self.recorder
+            .register_histogram(
+                &Key::from_parts("htg_http_request_duration_seconds", vec![m, r]),
+                &META,
+            )
+            .record(took.as_secs_f64());
     }
 
     /// Records decoding and preprocessing of one image.
     pub fn decode(&self, took: Duration) {
-        self.with(|m| m.decode.observe(took.as_secs_f64()))
+        self.decode.record(took.as_secs_f64())
     }
 
     /// Records one inference call on a batch of `size` images.
     pub fn embed(&self, size: usize, took: Duration) {
-        self.with(|m| {
-            m.embed.observe(took.as_secs_f64());
-            m.batch_size.observe(size as f64);
-        })
+        self.embed.record(took.as_secs_f64());
+        self.batch_size.record(size as f64);
     }
 
     /// Records one index search.
     pub fn search(&self, took: Duration) {
-        self.with(|m| m.search.observe(took.as_secs_f64()))
+        self.search.record(took.as_secs_f64())
     }
 
-    /// The text exposition, with `gauges` (name, help, value) appended.
-    pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
-        let mut out = String::new();
-        self.with(|m| {
-            out.push_str("# HELP htg_http_requests_total HTTP requests answered, by method, route pattern and status.\n");
-            out.push_str("# TYPE htg_http_requests_total counter\n");
-            for ((method, route, status), n) in &m.requests {
-                let _ = writeln!(
-                    out,
-                    "htg_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
-                    escape(method),
-                    escape(route)
-                );
-            }
-            out.push_str("# HELP htg_http_request_duration_seconds Time from request to response, by method and route pattern.\n");
-            out.push_str("# TYPE htg_http_request_duration_seconds histogram\n");
-            for ((method, route), h) in &m.latency {
-                let labels = format!("method=\"{}\",route=\"{}\"", escape(method), escape(route));
-                h.write(&mut out, "htg_http_request_duration_seconds", &labels);
-            }
-            let singles: [(&str, &str, &str, &Histogram); 4] = [
-                ("htg_decode_duration_seconds", "Decoding and preprocessing one uploaded image.", "histogram", &m.decode),
-                ("htg_embed_duration_seconds", "One inference call on a dynamic batch.", "histogram", &m.embed),
-                ("htg_embed_batch_size", "Images per inference call (dynamic batching).", "histogram", &m.batch_size),
-                ("htg_search_duration_seconds", "One index search (HNSW or exact).", "histogram", &m.search),
-            ];
-            for (name, help, kind, h) in singles {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                h.write(&mut out, name, "");
-            }
-        });
-        for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
+    /// The text exposition, with the gauges set to `now`.
+    pub fn render(&self, now: Sampled) -> String {
+        let values = [
+            now.images,
+            now.tombstones,
+            now.log_bytes,
+            now.checkpoints,
+            now.queue,
+        ];
+        for (g, v) in self.gauges.iter().zip(values) {
+            g.set(v as f64);
         }
-        out
+        self.recorder.handle().render()
     }
 }
 
@@ -199,7 +223,10 @@ mod tests {
         m.request("POST", "/search", 200, Duration::from_millis(20));
         m.request("POST", "/search", 400, Duration::from_millis(20));
         m.embed(4, Duration::from_millis(3));
-        let text = m.render(&[("htg_index_images", "Live images.", 24.0)]);
+        let text = m.render(Sampled {
+            images: 24,
+            ..Sampled::default()
+        });
         for want in [
             "htg_http_requests_total{method=\"POST\",route=\"/search\",status=\"200\"} 2",
             "htg_http_requests_total{method=\"POST\",route=\"/search\",status=\"400\"} 1",
@@ -215,6 +242,9 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        // Label values are escaped by the exporter (the hand-written `escape` is gone).
+        m.request("GET", "a\"b\\c", 404, Duration::from_millis(1));
+        let text = m.render(Sampled::default());
+        assert!(text.contains("route=\"a\\\"b\\\\c\""), "{text}");
     }
 }

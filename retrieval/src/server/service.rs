@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::State;
 
 /// One search result as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HitOut {
     /// Image id (stable across restarts).
     pub id: u64,
@@ -139,7 +139,7 @@ pub struct NewImage {
 }
 
 /// An image that was added.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Added {
     /// Its new id.
     pub id: u64,

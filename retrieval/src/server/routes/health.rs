@@ -2,26 +2,55 @@
 
 use std::sync::atomic::Ordering;
 
-use actix_web::{web, HttpResponse};
-use serde_json::json;
+use actix_web::web::{self, Json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::resource;
-use crate::server::error::ApiError;
+use super::Endpoint;
+use crate::server::error::{ApiError, ErrorBody};
 use crate::server::State;
 
-/// Mounts the resources.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz").route(web::get().to(healthz)))
-        .service(resource("/readyz").route(web::get().to(readyz)));
+/// The resources' endpoints.
+pub fn endpoints() -> Vec<Endpoint> {
+    [
+        Endpoint::documented::<__path_healthz>(|| web::to(healthz)),
+        Endpoint::documented::<__path_readyz>(|| web::to(readyz)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Answer of the health checks.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` (liveness) or `ready` (readiness).
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
 /// Liveness: answering at all is the signal.
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "The process answers.", body = Health))
+)]
+pub(super) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// Readiness: listening, not shutting down, and every inference thread alive.
-async fn readyz(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready to search.", body = Health),
+        (status = 503, description = "Starting, shutting down, or an inference thread stopped.", body = ErrorBody),
+    )
+)]
+pub(super) async fn readyz(state: web::Data<State>) -> Result<Json<Health>, ApiError> {
     if !state.ready.load(Ordering::SeqCst) {
         return Err(ApiError::Unavailable(
             "not ready: starting or shutting down".into(),
@@ -32,5 +61,5 @@ async fn readyz(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
             "not ready: an inference thread stopped".into(),
         ));
     }
-    Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
+    Ok(Json(Health { status: "ready" }))
 }

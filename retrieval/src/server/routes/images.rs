@@ -6,32 +6,60 @@ use actix_web::http::StatusCode;
 use actix_web::web::{self, Json};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
-use super::resource;
 use super::search::SearchAnswer;
-use crate::server::error::ApiError;
-use crate::server::input::{read_typed, Body, SearchParams};
+use super::Endpoint;
+use crate::server::error::{ApiError, ErrorBody};
+use crate::server::input::{read_typed, AddForm, Body, RawImage, SearchParams};
 use crate::server::service::{self, Added, NewImage};
 use crate::server::{ms_since, State};
 
-/// Mounts the resources.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/images").route(web::post().to(add)))
-        .service(resource("/images/{id}").route(web::delete().to(delete)))
-        .service(resource("/images/{id}/similar").route(web::get().to(similar)))
-        .service(resource("/images/{id}/file").route(web::get().to(file)));
+/// The resources' endpoints.
+pub fn endpoints() -> Vec<Endpoint> {
+    [
+        Endpoint::documented::<__path_add>(|| web::to(add)),
+        Endpoint::documented::<__path_delete>(|| web::to(delete)),
+        Endpoint::documented::<__path_similar>(|| web::to(similar)),
+        Endpoint::documented::<__path_file>(|| web::to(file)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
-#[derive(Serialize)]
-struct AddAnswer {
-    added: Vec<Added>,
-    took_ms: f64,
+/// Answer of `POST /images`.
+#[derive(Serialize, ToSchema)]
+pub struct AddAnswer {
+    /// The images added, in the order sent.
+    pub added: Vec<Added>,
+    /// Time spent in the server.
+    pub took_ms: f64,
+}
+
+/// Answer of `DELETE /images/{id}`.
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    /// The id removed.
+    pub deleted: u64,
 }
 
 /// A form of `image` fields, with optional `label` (one, for all) and `path` (one per image,
 /// in order). Answers 201 once the index is saved.
-async fn add(
+#[utoipa::path(
+    post,
+    path = "/images",
+    tag = "images",
+    request_body(content = AddForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Added and durable.", body = AddAnswer),
+        (status = 400, description = "Malformed form, unknown field, 0 or too many images, or an undecodable image.", body = ErrorBody),
+        (status = 413, description = "Body above `max_upload_bytes`.", body = ErrorBody),
+        (status = 415, description = "Not a multipart form.", body = ErrorBody),
+        (status = 503, description = "Inference queue full (`Retry-After`).", body = ErrorBody),
+    )
+)]
+pub(super) async fn add(
     state: web::Data<State>,
     req: HttpRequest,
     payload: web::Payload,
@@ -98,14 +126,38 @@ async fn add(
 }
 
 /// Removes an image; the index is saved before the answer.
-async fn delete(state: web::Data<State>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    delete,
+    path = "/images/{id}",
+    tag = "images",
+    params(("id" = u64, Path, description = "Image id.")),
+    responses(
+        (status = 200, description = "Removed and durable.", body = Deleted),
+        (status = 404, description = "No such image.", body = ErrorBody),
+    )
+)]
+pub(super) async fn delete(
+    state: web::Data<State>,
+    id: web::Path<u64>,
+) -> Result<Json<Deleted>, ApiError> {
     let id = id.into_inner();
     service::remove(&state, id).await?;
-    Ok(HttpResponse::Ok().json(json!({ "deleted": id })))
+    Ok(Json(Deleted { deleted: id }))
 }
 
 /// The images nearest to an indexed one (itself left out).
-async fn similar(
+#[utoipa::path(
+    get,
+    path = "/images/{id}/similar",
+    tag = "images",
+    params(("id" = u64, Path, description = "Image id."), SearchParams),
+    responses(
+        (status = 200, description = "Nearest images first, the image itself left out.", body = SearchAnswer),
+        (status = 400, description = "Bad parameters.", body = ErrorBody),
+        (status = 404, description = "No such image.", body = ErrorBody),
+    )
+)]
+pub(super) async fn similar(
     state: web::Data<State>,
     id: web::Path<u64>,
     query: web::Query<SearchParams>,
@@ -122,7 +174,20 @@ async fn similar(
 }
 
 /// The image file, for thumbnails.
-async fn file(state: web::Data<State>, id: web::Path<u64>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/images/{id}/file",
+    tag = "images",
+    params(("id" = u64, Path, description = "Image id.")),
+    responses(
+        (status = 200, description = "The image bytes, as indexed.", content((RawImage = "image/*"), (RawImage = "application/octet-stream"))),
+        (status = 404, description = "No such image, or its file is gone or changed.", body = ErrorBody),
+    )
+)]
+pub(super) async fn file(
+    state: web::Data<State>,
+    id: web::Path<u64>,
+) -> Result<HttpResponse, ApiError> {
     let (bytes, mime) = service::file(&state, id.into_inner()).await?;
     Ok(HttpResponse::Ok()
         .content_type(mime)

@@ -1,45 +1,32 @@
-//! `GET /metrics`: Prometheus text format.
+//! `GET /metrics`: Prometheus text format (from `metrics-exporter-prometheus`).
 
 use actix_web::{web, HttpResponse};
 
-use super::resource;
+use super::Endpoint;
+use crate::server::metrics::Sampled;
 use crate::server::State;
 
-/// Mounts the resource.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/metrics").route(web::get().to(metrics)));
+/// The resource's endpoint.
+pub fn endpoints() -> Vec<Endpoint> {
+    Endpoint::documented::<__path_metrics>(|| web::to(metrics))
 }
 
 /// Request counts and latencies per route, decode/embed/search time, and gauges.
-async fn metrics(state: web::Data<State>) -> HttpResponse {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text exposition (format 0.0.4).", body = String, content_type = "text/plain"))
+)]
+pub(super) async fn metrics(state: web::Data<State>) -> HttpResponse {
     let stats = state.index.stats();
-    let text = state.metrics.render(&[
-        (
-            "htg_index_images",
-            "Live images in the index.",
-            stats.count as f64,
-        ),
-        (
-            "htg_index_tombstones",
-            "Deleted images still in the graph, waiting for compaction.",
-            stats.tombstones as f64,
-        ),
-        (
-            "htg_index_log_bytes",
-            "Write-ahead log bytes not yet covered by a checkpoint.",
-            stats.log_bytes as f64,
-        ),
-        (
-            "htg_index_checkpoints",
-            "Checkpoints written since the server started.",
-            stats.checkpoints as f64,
-        ),
-        (
-            "htg_inference_queue_images",
-            "Images waiting for an inference batch.",
-            state.batcher.waiting() as f64,
-        ),
-    ]);
+    let text = state.metrics.render(Sampled {
+        images: stats.count as u64,
+        tombstones: stats.tombstones as u64,
+        log_bytes: stats.log_bytes,
+        checkpoints: stats.checkpoints,
+        queue: state.batcher.waiting() as u64,
+    });
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text)

@@ -2,17 +2,24 @@
 
 use actix_web::{web, HttpResponse};
 
-use super::resource;
+use super::Endpoint;
 
 /// The page.
 const PAGE: &str = include_str!("../static/index.html");
 
-/// Mounts the resource.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/").route(web::get().to(page)));
+/// The resource's endpoint.
+pub fn endpoints() -> Vec<Endpoint> {
+    Endpoint::documented::<__path_page>(|| web::to(page))
 }
 
-async fn page() -> HttpResponse {
+/// The search page.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "page",
+    responses((status = 200, description = "The search page.", body = String, content_type = "text/html"))
+)]
+pub(super) async fn page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         // Everything comes from this origin: the policy makes a stray CDN link fail loudly.

@@ -6,21 +6,30 @@ use actix_web::web::{self, Bytes, Json};
 use actix_web::{HttpMessage, HttpRequest};
 use serde::{Deserialize, Serialize};
 
-use super::resource;
-use crate::server::error::ApiError;
-use crate::server::input::{parse_json, read_body, read_typed, Body, Part, SearchParams};
+use utoipa::ToSchema;
+
+use super::Endpoint;
+use crate::server::error::{ApiError, ErrorBody};
+use crate::server::input::{
+    parse_json, read_body, read_typed, BatchForm, Body, ImageForm, Part, RawImage, SearchParams,
+};
 use crate::server::service::{self, check_finite, HitOut};
 use crate::server::{ms_since, State};
 
-/// Mounts the resources.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/search").route(web::post().to(search_image)))
-        .service(resource("/search/vector").route(web::post().to(search_vector)))
-        .service(resource("/search/batch").route(web::post().to(search_batch)));
+/// The resources' endpoints.
+pub fn endpoints() -> Vec<Endpoint> {
+    [
+        Endpoint::documented::<__path_search_image>(|| web::to(search_image)),
+        Endpoint::documented::<__path_search_vector>(|| web::to(search_vector)),
+        Endpoint::documented::<__path_search_batch>(|| web::to(search_batch)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Answer of a single search.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SearchAnswer {
     /// Nearest first.
     pub results: Vec<HitOut>,
@@ -29,15 +38,19 @@ pub struct SearchAnswer {
 }
 
 /// Answer of a batch search: one result list per query, in order.
-#[derive(Serialize)]
-struct BatchAnswer {
-    queries: Vec<QueryAnswer>,
-    took_ms: f64,
+#[derive(Serialize, ToSchema)]
+pub struct BatchAnswer {
+    /// One entry per query, in the order sent.
+    pub queries: Vec<QueryAnswer>,
+    /// Time spent in the server.
+    pub took_ms: f64,
 }
 
-#[derive(Serialize)]
-struct QueryAnswer {
-    results: Vec<HitOut>,
+/// The results of one query of a batch.
+#[derive(Serialize, ToSchema)]
+pub struct QueryAnswer {
+    /// Nearest first.
+    pub results: Vec<HitOut>,
 }
 
 /// The image parts of a form; other fields are refused so that typos do not pass silently.
@@ -61,7 +74,28 @@ pub fn images_of(parts: Vec<Part>, allowed_text: &[&str]) -> Result<Vec<Bytes>, 
 }
 
 /// The image in the body (multipart `image` field or a raw image body).
-async fn search_image(
+#[utoipa::path(
+    post,
+    path = "/search",
+    tag = "search",
+    params(SearchParams),
+    request_body(
+        description = "One image: a raw `image/*` (or `application/octet-stream`) body, or a form with one `image` field.",
+        content(
+            (RawImage = "image/*"),
+            (RawImage = "application/octet-stream"),
+            (ImageForm = "multipart/form-data"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Nearest images first.", body = SearchAnswer),
+        (status = 400, description = "Undecodable image (`bad_image`), above the pixel limit (`image_too_large`), bad parameters or form (`bad_request`).", body = ErrorBody),
+        (status = 413, description = "Body above `max_upload_bytes`.", body = ErrorBody),
+        (status = 415, description = "Not an image or a form.", body = ErrorBody),
+        (status = 503, description = "Inference queue full (`Retry-After`).", body = ErrorBody),
+    )
+)]
+pub(super) async fn search_image(
     state: web::Data<State>,
     req: HttpRequest,
     payload: web::Payload,
@@ -91,29 +125,87 @@ async fn search_image(
     }))
 }
 
-/// Body of `POST /search/vector`.
-#[derive(Deserialize)]
+/// Body of `POST /search/vector`; its fields win over the query string's.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct VectorRequest {
-    vector: Vec<f32>,
-    k: Option<usize>,
-    ef: Option<usize>,
-    exact: Option<bool>,
-    label: Option<String>,
-    path_prefix: Option<String>,
+pub struct VectorRequest {
+    /// The query, of the index's dimension (`/stats` `dimension`; 422 otherwise).
+    #[schema(min_items = 1)]
+    pub vector: Vec<f32>,
+    /// Neighbours wanted (1..=`max_k`).
+    #[schema(minimum = 1)]
+    pub k: Option<usize>,
+    /// HNSW candidate list size.
+    #[schema(minimum = 1, maximum = 10_000)]
+    pub ef: Option<usize>,
+    /// Brute force instead of HNSW.
+    pub exact: Option<bool>,
+    /// Only images with this label.
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub label: Option<String>,
+    /// Only images whose path starts with this.
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub path_prefix: Option<String>,
 }
 
-/// Body of `POST /search/batch` as JSON.
-#[derive(Deserialize)]
+/// Body of `POST /search/batch` as JSON; its fields win over the query string's.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BatchRequest {
-    vectors: Vec<Vec<f32>>,
-    k: Option<usize>,
-    ef: Option<usize>,
-    exact: Option<bool>,
-    label: Option<String>,
-    path_prefix: Option<String>,
+pub struct BatchRequest {
+    /// The queries (1..=`max_batch_queries`), each of the index's dimension.
+    #[schema(min_items = 1, max_items = 4096)]
+    pub vectors: Vec<QueryVector>,
+    /// Neighbours wanted (1..=`max_k`).
+    #[schema(minimum = 1)]
+    pub k: Option<usize>,
+    /// HNSW candidate list size.
+    #[schema(minimum = 1, maximum = 10_000)]
+    pub ef: Option<usize>,
+    /// Brute force instead of HNSW.
+    pub exact: Option<bool>,
+    /// Only images with this label.
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub label: Option<String>,
+    /// Only images whose path starts with this.
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub path_prefix: Option<String>,
 }
+
+/// One query vector of a batch, of the index's dimension.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct QueryVector(pub Vec<f32>);
+
+/// Written out because utoipa's derive takes no `min_items` on a newtype.
+impl utoipa::PartialSchema for QueryVector {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        ArrayBuilder::new()
+            .items(ObjectBuilder::new().schema_type(Type::Number).format(Some(
+                utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Float),
+            )))
+            .min_items(Some(1))
+            .into()
+    }
+}
+
+impl ToSchema for QueryVector {}
 
 /// Fields given in a JSON body win over the query string.
 fn merge(
@@ -150,7 +242,21 @@ fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// A query vector (dimension checked by the index: 422 when wrong).
-async fn search_vector(
+#[utoipa::path(
+    post,
+    path = "/search/vector",
+    tag = "search",
+    params(SearchParams),
+    request_body(content = VectorRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Nearest images first.", body = SearchAnswer),
+        (status = 400, description = "Malformed JSON, unknown fields or bad parameters.", body = ErrorBody),
+        (status = 413, description = "Body above `max_upload_bytes`.", body = ErrorBody),
+        (status = 415, description = "Not JSON.", body = ErrorBody),
+        (status = 422, description = "Wrong dimension (`wrong_dimension`) or non-finite values (`invalid_vector`).", body = ErrorBody),
+    )
+)]
+pub(super) async fn search_vector(
     state: web::Data<State>,
     req: HttpRequest,
     payload: web::Payload,
@@ -171,7 +277,28 @@ async fn search_vector(
 }
 
 /// Several queries: JSON `{"vectors": [...]}` or a form with several `image` fields.
-async fn search_batch(
+#[utoipa::path(
+    post,
+    path = "/search/batch",
+    tag = "search",
+    params(SearchParams),
+    request_body(
+        description = "JSON vectors, or a form of 1..=`max_batch_queries` `image` fields.",
+        content(
+            (BatchRequest = "application/json"),
+            (BatchForm = "multipart/form-data"),
+        )
+    ),
+    responses(
+        (status = 200, description = "One result list per query, in order.", body = BatchAnswer),
+        (status = 400, description = "Malformed body or parameters, too many queries, or an undecodable image (`bad_image`, prefixed `image N: `).", body = ErrorBody),
+        (status = 413, description = "Body above `max_upload_bytes`.", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor a form.", body = ErrorBody),
+        (status = 422, description = "Wrong dimension or non-finite values.", body = ErrorBody),
+        (status = 503, description = "Inference queue full (`Retry-After`).", body = ErrorBody),
+    )
+)]
+pub(super) async fn search_batch(
     state: web::Data<State>,
     req: HttpRequest,
     payload: web::Payload,
@@ -181,11 +308,12 @@ async fn search_batch(
     let (vectors, params) = match read_typed(&req, payload, &state.config, true).await? {
         Body::Json(body) => {
             let r: BatchRequest = parse_json(&body)?;
-            for v in &r.vectors {
+            let vectors: Vec<Vec<f32>> = r.vectors.into_iter().map(|v| v.0).collect();
+            for v in &vectors {
                 check_finite(v)?;
             }
             let params = merge(&query, r.k, r.ef, r.exact, r.label, r.path_prefix);
-            (r.vectors, params)
+            (vectors, params)
         }
         Body::Form(parts) => {
             let images = images_of(parts, &[])?;

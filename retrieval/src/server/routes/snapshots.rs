@@ -4,19 +4,42 @@
 use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::resource;
-use crate::server::error::ApiError;
+use super::Endpoint;
+use crate::server::error::{ApiError, ErrorBody};
 use crate::server::{ms_since, State};
 
-/// Mounts the resource.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/snapshots").route(web::post().to(create)));
+/// The resource's endpoint.
+pub fn endpoints() -> Vec<Endpoint> {
+    Endpoint::documented::<__path_create>(|| web::to(create))
+}
+
+/// Answer of `POST /snapshots`.
+#[derive(Serialize, ToSchema)]
+pub struct Snapshot {
+    /// File name under the data directory's `snapshots/`.
+    pub name: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Write-ahead log position the snapshot is consistent at.
+    pub log_position: u64,
+    /// Time spent in the server.
+    pub took_ms: f64,
 }
 
 /// Writes `snapshots/snap-<unix ms>.htgsnap` under the server's data directory.
-async fn create(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    post,
+    path = "/snapshots",
+    tag = "index",
+    responses(
+        (status = 201, description = "Snapshot written.", body = Snapshot),
+        (status = 500, description = "Writing failed.", body = ErrorBody),
+    )
+)]
+pub(super) async fn create(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     let start = Instant::now();
     let state2 = state.clone();
     let (name, bytes, seq) = web::block(move || -> Result<_, ApiError> {
@@ -32,10 +55,10 @@ async fn create(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
         Ok((name, bytes, seq))
     })
     .await??;
-    Ok(HttpResponse::Created().json(json!({
-        "name": name,
-        "bytes": bytes,
-        "log_position": seq,
-        "took_ms": ms_since(start),
-    })))
+    Ok(HttpResponse::Created().json(Snapshot {
+        name,
+        bytes,
+        log_position: seq,
+        took_ms: ms_since(start),
+    }))
 }
