@@ -1,8 +1,9 @@
-//! Retrieval core of htg: resolve how to feed an ONNX image model, embed images with it, and
-//! search the embeddings in a persisted HNSW index.
+//! Retrieval core of htg: resolve how to feed an ONNX image model, embed images with it,
+//! keep the embeddings in a durable index (our HNSW engine from `htg-ann`, a write-ahead log),
+//! and serve nearest-neighbour search over HTTP ([`server`], feature `http`).
 //!
-//! The pieces are separate so that training (which needs the same preprocessing and metrics),
-//! the CLI and the HTTP server share one implementation of each.
+//! The pieces are separate so that training (which needs the same preprocessing), the CLI and
+//! the HTTP server share one implementation of each.
 
 pub mod embed;
 /// Durable writes, from the vector engine's crate: one helper for every layer.
@@ -15,7 +16,6 @@ pub mod preprocess;
 #[cfg(feature = "http")]
 pub mod server;
 pub mod spec;
-pub mod wal;
 
 pub use embed::{Backend, EmbedError, Embedder, ModelFile, ModelId, TractEmbedder};
 pub use index::{

@@ -2,6 +2,7 @@
 //!
 //! Modules:
 //! - `util`: paths of fixtures, running the real `htg` binary, temporary copies.
+//! - `architecture`: no import cycles between modules; `src/` stays a thin layer.
 //! - `spec`: model spec resolution from metadata, manifest and graph, and its errors.
 //! - `golden`: the tiny fixture model on tract against onnxruntime's golden output.
 //! - `formats`: every supported image encoding decodes and embeds like its PNG source.
@@ -17,6 +18,7 @@
 
 mod util;
 
+mod architecture;
 mod bad_input;
 mod bench;
 mod browser;

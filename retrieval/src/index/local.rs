@@ -5,7 +5,7 @@
 //! - `CURRENT`: the name of the live checkpoint generation (replaced atomically);
 //! - `gen-<stamp>/`: `meta.json` (model provenance, parameters, the log position it covers),
 //!   the engine's file (`graph.htg`, or the `hnsw_rs` dump) and `records.bin`;
-//! - `wal-<seq>.log`: the write-ahead log segments after that position ([`crate::wal`]);
+//! - `wal-<seq>.log`: the write-ahead log segments after that position ([`super::wal`]);
 //! - `LOCK`: held by the one process that writes;
 //! - `uploads/`: images added over HTTP (the server's).
 //!
@@ -31,12 +31,12 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::{Engine, EngineKind};
 use super::records::Records;
+use super::wal::{AppendError, Op, Wal};
 use super::{
     io_err, legacy, CreateOptions, Hit, HnswParams, IndexError, IndexStats, Record, SearchIndex,
     SearchOptions,
 };
 use crate::embed::ModelId;
-use crate::wal::{AppendError, Op, Wal};
 
 /// Current on-disk format version (1: JSON records and an `hnsw_rs` dump, read by
 /// [`legacy`]; 2: engine file, `records.bin` and a write-ahead log).
@@ -328,7 +328,7 @@ impl LocalIndex {
         self.inner.checkpoint_bytes.store(bytes, Ordering::Relaxed);
     }
 
-    fn replay(&self, entries: Vec<crate::wal::Entry>) -> Result<(), IndexError> {
+    fn replay(&self, entries: Vec<super::wal::Entry>) -> Result<(), IndexError> {
         let mut ops = Vec::new();
         for e in entries {
             if let Op::Add { id, .. } = &e.op {

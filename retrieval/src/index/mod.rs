@@ -3,8 +3,9 @@
 //! engine or machine holds them.
 //!
 //! - [`LocalIndex`] ([`local`]): one directory on this machine: a checkpoint (engine file,
-//!   records file, metadata) plus a write-ahead log ([`crate::wal`]); see its docs for the
+//!   records file, metadata) plus a write-ahead log ([`wal`]); see its docs for the
 //!   layout and the crash guarantees.
+//! - [`wal`]: the write-ahead log under [`LocalIndex`];
 //! - [`open`] / [`create`]: the one opener, deciding the engine from the location.
 
 pub mod engine;
@@ -12,6 +13,7 @@ mod legacy;
 pub mod local;
 pub mod records;
 pub mod snapshot;
+pub mod wal;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -76,7 +78,7 @@ pub enum IndexError {
     Engine(String),
     /// The write-ahead log failed.
     #[error(transparent)]
-    Wal(#[from] crate::wal::WalError),
+    Wal(#[from] wal::WalError),
     /// A location that names no engine this build can open.
     #[error("cannot open index {location:?}: {reason}")]
     Location {

@@ -19,7 +19,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use crate::index::Record;
+use super::Record;
 
 /// Why the log could not be read or written.
 #[derive(Debug, thiserror::Error)]
