@@ -339,21 +339,9 @@ impl LocalIndex {
             }
             ops.push(e.op);
         }
-        // Consecutive adds go in as one parallel batch.
-        let mut start = 0;
-        while start < ops.len() {
-            let end = if matches!(ops[start], Op::Add { .. }) {
-                start
-                    + ops[start..]
-                        .iter()
-                        .take_while(|o| matches!(o, Op::Add { .. }))
-                        .count()
-            } else {
-                start + 1
-            };
-            self.apply(&ops[start..end])?;
-            start = end;
-        }
+        // Adds join the pending buffer; the applier moves them into the graph in parallel
+        // batches while the index already answers.
+        self.apply(&ops)?;
         Ok(())
     }
 

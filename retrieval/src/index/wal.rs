@@ -478,8 +478,9 @@ impl Wal {
             w.first_seq = w.next_seq;
             w.file = file;
             w.path = path;
-            let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
-            *synced = (*synced).max(last);
+            // `synced` is not raised here: `sync_to` takes it before this lock, so taking it
+            // under this lock could deadlock. A later `sync_to` of an entry up to `last` costs
+            // one fsync of the new (empty) segment.
         }
         snapshot(last)
     }
