@@ -61,6 +61,29 @@ pub struct ModelId {
     pub spec: ModelSpec,
 }
 
+impl ModelId {
+    /// The provenance of an index whose vectors no model made (benchmarks over synthetic or
+    /// exported vectors, tests): a zero hash and a 1×1 input, so no image query can match it.
+    pub fn synthetic(dim: usize) -> ModelId {
+        ModelId {
+            sha256: "0".repeat(64),
+            spec: ModelSpec {
+                input_name: "synthetic".into(),
+                output_name: "synthetic".into(),
+                layout: crate::spec::Layout::Nchw,
+                height: 1,
+                width: 1,
+                color: crate::spec::Color::Rgb,
+                scale: 1.0,
+                mean: vec![0.0; 3],
+                std: vec![1.0; 3],
+                pooling: Pooling::None,
+                embedding_dim: dim,
+            },
+        }
+    }
+}
+
 /// A runtime that maps preprocessed image batches to l2-normalised embeddings.
 ///
 /// Implementations must be usable from several threads at once (servers share one embedder).

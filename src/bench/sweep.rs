@@ -513,7 +513,7 @@ fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(LocalIndex, f64, u6
         .clone()
         .unwrap_or_else(|| dir.0.clone())
         .join("index");
-    let model = synthetic_model(base.cols);
+    let model = htg_retrieval::ModelId::synthetic(base.cols);
     let index = LocalIndex::create(
         &at,
         model,
@@ -555,27 +555,6 @@ fn dir_size(p: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
-}
-
-/// The provenance of an index of synthetic vectors (no model made them).
-pub fn synthetic_model(dim: usize) -> htg_retrieval::ModelId {
-    use htg_retrieval::spec::{Color, Layout, ModelSpec, Pooling};
-    htg_retrieval::ModelId {
-        sha256: "0".repeat(64),
-        spec: ModelSpec {
-            input_name: "synthetic".into(),
-            output_name: "synthetic".into(),
-            layout: Layout::Nchw,
-            height: 1,
-            width: 1,
-            color: Color::Rgb,
-            scale: 1.0,
-            mean: vec![0.0; 3],
-            std: vec![1.0; 3],
-            pooling: Pooling::None,
-            embedding_dim: dim,
-        },
-    }
 }
 
 /// A record for synthetic row `i`.

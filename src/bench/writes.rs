@@ -147,7 +147,7 @@ pub fn run(a: WritesArgs) -> Result<()> {
         let t = Instant::now();
         let index = LocalIndex::create(
             &dir,
-            super::sweep::synthetic_model(a.dim),
+            htg_retrieval::ModelId::synthetic(a.dim),
             None,
             &CreateOptions {
                 params,

@@ -861,25 +861,9 @@ impl SearchIndex for LocalIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Color, Layout, ModelSpec, Pooling};
 
     fn model(dim: usize) -> ModelId {
-        ModelId {
-            sha256: "ab".repeat(32),
-            spec: ModelSpec {
-                input_name: "x".into(),
-                output_name: "y".into(),
-                layout: Layout::Nchw,
-                height: 1,
-                width: 1,
-                color: Color::Rgb,
-                scale: 1.0,
-                mean: vec![0.0; 3],
-                std: vec![1.0; 3],
-                pooling: Pooling::None,
-                embedding_dim: dim,
-            },
-        }
+        ModelId::synthetic(dim)
     }
 
     fn unit(seed: u64, dim: usize) -> Vec<f32> {
