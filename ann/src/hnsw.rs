@@ -69,21 +69,15 @@ pub struct BuildParams {
 }
 
 impl BuildParams {
-    /// Rejects values `hnsw_rs` answers with `process::exit` (M > 256) or nonsense.
+    /// Rejects values `hnsw_rs` answers with `process::exit` (M > 256) or nonsense: the
+    /// same ranges as our graph's ([`crate::graph::GraphParams::validate`]).
     pub fn validate(&self) -> Result<(), AnnError> {
-        if !(2..=256).contains(&self.m) {
-            return Err(AnnError::Param(format!(
-                "M = {} is outside 2..=256 (hnsw_rs exits the process above 256)",
-                self.m
-            )));
+        crate::graph::GraphParams {
+            m: self.m,
+            ef_construction: self.ef_construction,
+            ..Default::default()
         }
-        if !(1..=10_000).contains(&self.ef_construction) {
-            return Err(AnnError::Param(format!(
-                "ef_construction = {} is outside 1..=10000",
-                self.ef_construction
-            )));
-        }
-        Ok(())
+        .validate()
     }
 }
 

@@ -122,19 +122,11 @@ impl Default for HnswParams {
 impl HnswParams {
     /// Rejects values that `hnsw_rs` would answer with `process::exit` or nonsense.
     pub fn validate(&self) -> Result<(), IndexError> {
-        if !(2..=256).contains(&self.m) {
-            return Err(IndexError::Param(format!(
-                "m = {} is outside 2..=256",
-                self.m
-            )));
-        }
-        if self.ef_construction == 0 || self.ef_construction > 10_000 {
-            return Err(IndexError::Param(format!(
-                "ef_construction = {} is outside 1..=10000",
-                self.ef_construction
-            )));
-        }
-        Ok(())
+        // One set of ranges, the engine's, for every engine.
+        engine::graph_params(*self).validate().map_err(|e| match e {
+            htg_ann::AnnError::Param(m) => IndexError::Param(m),
+            other => IndexError::Param(other.to_string()),
+        })
     }
 }
 
