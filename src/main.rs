@@ -40,6 +40,9 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Write or restore a consistent snapshot of an index.
     Snapshot(cmd::snapshot::Args),
+    /// Copy an index's records and vectors to another location (local or Milvus), without
+    /// re-embedding.
+    Migrate(cmd::migrate::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Snapshot(a) => cmd::snapshot::run(a),
+        Command::Migrate(a) => cmd::migrate::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -45,8 +45,13 @@ pub struct IndexArgs {
     /// Engines, comma-separated: htg (our graph, what `htg index` builds) and hnsw_rs (the
     /// design card's library). Both run through the production index (`LocalIndex`: log,
     /// records, checkpoint), except hnsw_rs with a --distance other than l2.
+    /// `milvus` builds each point in a fresh collection on the --milvus server (dropped after)
+    /// and searches it through the same index seam.
     #[arg(long, value_delimiter = ',', default_value = "htg")]
     pub engine: Vec<String>,
+    /// Milvus server (HOST:PORT) for --engine milvus.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub milvus: Option<String>,
     /// Distance kernels for hnsw_rs, comma-separated: l2 (DistL2, its production path), dot
     /// (DistDot, unit vectors only), l2sq (htg's squared-L2 kernel plugged into hnsw_rs).
     /// htg always uses squared L2.
@@ -105,6 +110,9 @@ pub struct PointArgs {
     /// Where to persist the index to measure its size; none: skip.
     #[arg(long)]
     pub dump_dir: Option<PathBuf>,
+    /// Milvus server (HOST:PORT) for --library milvus.
+    #[arg(long)]
+    pub milvus: Option<String>,
 }
 
 /// `htg bench dataset` subcommands.

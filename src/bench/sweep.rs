@@ -284,7 +284,13 @@ fn validate(a: &IndexArgs) -> Result<Vec<Metric>> {
         }
     }
     for e in &a.engine {
-        EngineKind::parse(e)?;
+        if e == "milvus" {
+            if a.milvus.is_none() {
+                bail!("--engine milvus needs --milvus HOST:PORT");
+            }
+        } else {
+            EngineKind::parse(e)?;
+        }
     }
     if a.ef.is_empty()
         || a.m.is_empty()
@@ -379,7 +385,7 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
     }
     for engine in &a.engine {
         let kernels: Vec<&str> = match engine.as_str() {
-            "htg" => vec!["l2sq"],
+            "htg" | "milvus" => vec!["l2sq"],
             _ => metrics.iter().map(|m| m.name()).collect(),
         };
         for kernel in kernels {
@@ -397,7 +403,7 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
             i + 1,
             points.len()
         );
-        let dump = if a.disk_size && library != "exact" {
+        let dump = if a.disk_size && library != "exact" && library != "milvus" {
             Some(temp_dir("dump")?)
         } else {
             None
@@ -418,6 +424,9 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
         .args(["--min-seconds", &a.min_seconds.to_string()]);
         if let Some(d) = &dump {
             cmd.arg("--dump-dir").arg(&d.0);
+        }
+        if let (Some(addr), "milvus") = (&a.milvus, library.as_str()) {
+            cmd.args(["--milvus", addr]);
         }
         let out = cmd.output().context("starting a bench child process")?;
         if !out.status.success() {
@@ -506,7 +515,7 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
 /// directory: rows go in through the write-ahead log in batches of 10k (row i gets id i + 1)
 /// and the build is timed until the graph holds them all; then a checkpoint, whose directory
 /// size is the index's size on disk.
-fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(LocalIndex, f64, u64, TempDir)> {
+fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(Built, f64, u64, TempDir)> {
     let dir = temp_dir("local")?;
     let at = a
         .dump_dir
@@ -528,20 +537,97 @@ fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(LocalIndex, f64, u6
         },
     )?;
     let t = Instant::now();
+    let first_id = insert_rows(&index, base)?;
+    // Acknowledged is not yet indexed: the build ends when the graph holds every vector.
+    index.wait_indexed()?;
+    let build_s = t.elapsed().as_secs_f64();
+    index.flush()?;
+    let bytes = dir_size(&at);
+    let built = Built {
+        index: Box::new(index),
+        first_id,
+        drop_at: None,
+    };
+    Ok((built, build_s, bytes, dir))
+}
+
+/// An index a build point made through the production seam, and how its ids map to rows.
+struct Built {
+    index: Box<dyn SearchIndex>,
+    /// The id of row 0; rows were inserted in order, so row i has id `first_id + i`.
+    first_id: u64,
+    /// A Milvus collection to drop when the point ends.
+    drop_at: Option<String>,
+}
+
+impl Drop for Built {
+    fn drop(&mut self) {
+        if let Some(loc) = self.drop_at.take() {
+            if let Err(e) = htg_retrieval::index::milvus::MilvusIndex::drop_collection(&loc) {
+                eprintln!("warning: could not drop {loc}: {e}");
+            }
+        }
+    }
+}
+
+/// Inserts `base` in row order in batches of 10k; returns row 0's id after checking that the
+/// ids are consecutive (what the recall computation relies on).
+fn insert_rows(index: &dyn SearchIndex, base: &Matrix<f32>) -> Result<u64> {
+    let mut first = None;
+    let mut expect = 0u64;
     for (c, chunk) in base.data.chunks(base.cols * 10_000).enumerate() {
         let items = chunk
             .chunks(base.cols)
             .enumerate()
             .map(|(i, v)| (synthetic_record(c * 10_000 + i), v.to_vec()))
             .collect();
-        index.insert_many(items)?;
+        for id in index.insert_many(items)? {
+            let f = *first.get_or_insert(id);
+            if id != f + expect {
+                bail!("the index gave id {id} to row {expect}; consecutive ids expected");
+            }
+            expect += 1;
+        }
     }
-    // Acknowledged is not yet indexed: the build ends when the graph holds every vector.
-    index.wait_indexed()?;
-    let build_s = t.elapsed().as_secs_f64();
-    index.flush()?;
-    let bytes = dir_size(&at);
-    Ok((index, build_s, bytes, dir))
+    Ok(first.unwrap_or(0))
+}
+
+/// Builds a fresh Milvus collection over `base` on the `--milvus` server: the build is timed
+/// until the rows are flushed (sealed and indexed on a real cluster).
+fn build_milvus(a: &PointArgs, base: &Matrix<f32>) -> Result<(Built, f64)> {
+    let addr = a
+        .milvus
+        .as_deref()
+        .context("--library milvus needs --milvus HOST:PORT")?;
+    let loc = format!(
+        "milvus://{addr}/htg_bench_{}_{}_{}",
+        std::process::id(),
+        a.m,
+        a.ef_construction
+    );
+    let params = HnswParams {
+        m: a.m,
+        ef_construction: a.ef_construction,
+    };
+    let model = htg_retrieval::ModelId::synthetic(base.cols);
+    let t = Instant::now();
+    let index = htg_retrieval::index::create(
+        &loc,
+        model,
+        None,
+        &CreateOptions {
+            params,
+            ..CreateOptions::default()
+        },
+    )?;
+    let mut built = Built {
+        index,
+        first_id: 0,
+        drop_at: Some(loc),
+    };
+    built.first_id = insert_rows(built.index.as_ref(), base)?;
+    built.index.flush()?;
+    Ok((built, t.elapsed().as_secs_f64()))
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -575,9 +661,15 @@ pub fn run_point(a: PointArgs) -> Result<()> {
     let data = Dataset::load(&a.dataset)?;
     let rss_before = machine::rss_mib();
     let metric = Metric::parse(&a.distance)?;
-    let production = a.library == "htg" || (a.library == "hnsw_rs" && a.distance == "l2");
+    let production = a.library == "htg"
+        || a.library == "milvus"
+        || (a.library == "hnsw_rs" && a.distance == "l2");
     let (index, local, build_s, bytes) = match a.library.as_str() {
         "exact" => (None, None, 0.0, 0),
+        "milvus" => {
+            let (built, build_s) = build_milvus(&a, &data.base)?;
+            (None, Some(built), build_s, 0)
+        }
         "htg" | "hnsw_rs" if production => {
             let (local, build_s, bytes, _dir) = build_local(&a, &data.base)?;
             (None, Some(local), build_s, bytes)
@@ -599,7 +691,7 @@ pub fn run_point(a: PointArgs) -> Result<()> {
             };
             (Some(index), None, build_s, bytes)
         }
-        other => bail!("unknown library {other:?} (htg, hnsw_rs, exact)"),
+        other => bail!("unknown library {other:?} (htg, hnsw_rs, milvus, exact)"),
     };
     let built = index.is_some() || local.is_some();
     let efs: Vec<usize> = if built { a.ef.clone() } else { vec![0] };
@@ -609,11 +701,12 @@ pub fn run_point(a: PointArgs) -> Result<()> {
             ef: Some(ef.max(K)),
             ..SearchOptions::default()
         };
-        // External ids are 1 + row (inserted in row order into a fresh index).
+        // Rows went in in order into a fresh index: row = id - first id.
         let production = |q: &[f32], k: usize| -> Vec<usize> {
             local.as_ref().map_or_else(Vec::new, |l| {
-                l.search(q, k, &opts)
-                    .map(|hits| hits.iter().map(|h| h.id as usize - 1).collect())
+                l.index
+                    .search(q, k, &opts)
+                    .map(|hits| hits.iter().map(|h| (h.id - l.first_id) as usize).collect())
                     .unwrap_or_default()
             })
         };
@@ -641,6 +734,8 @@ pub fn run_point(a: PointArgs) -> Result<()> {
         library: a.library.clone(),
         library_version: if a.library == "hnsw_rs" {
             "0.3.5".into()
+        } else if a.library == "milvus" {
+            format!("milvus at {}", a.milvus.as_deref().unwrap_or("?"))
         } else {
             format!("htg {}", env!("CARGO_PKG_VERSION"))
         },

@@ -15,7 +15,8 @@ use crate::flags as model;
 pub struct Args {
     /// Folder to walk recursively.
     pub dir: PathBuf,
-    /// Index directory (created if absent).
+    /// Index (created if absent): a directory, or `milvus://HOST:PORT/COLLECTION` for a Milvus
+    /// collection (credentials from `HTG_MILVUS_TOKEN` or `HTG_MILVUS_USER`/`_PASSWORD`).
     #[arg(long)]
     pub index: PathBuf,
     /// ONNX model; defaults to the model that built the index.

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod eval;
 pub mod index;
 pub mod inspect;
+pub mod migrate;
 pub mod search;
 pub mod serve;
 pub mod snapshot;

@@ -11,7 +11,7 @@ use crate::flags as model;
 /// Arguments of `htg search`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Index directory.
+    /// Index: a directory or `milvus://HOST:PORT/COLLECTION`.
     #[arg(long)]
     pub index: PathBuf,
     /// Query image.

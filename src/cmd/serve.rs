@@ -11,9 +11,14 @@ use htg_retrieval::server::{self, Config};
 /// Arguments of `htg serve`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Index directory to serve (and to save added or deleted images into).
+    /// Index to serve: a directory (added images are saved under it), or
+    /// `milvus://HOST:PORT/COLLECTION`.
     #[arg(long)]
     pub index: PathBuf,
+    /// Where images added over HTTP are kept (default: `<index>/uploads`; for a Milvus
+    /// collection, `uploads/<host>_<port>_<collection>` under the cache directory).
+    #[arg(long)]
+    pub uploads: Option<PathBuf>,
     /// Listen address, e.g. 127.0.0.1:8080; wins over the config file and `HTG__ADDR`.
     #[arg(long)]
     pub addr: Option<String>,
@@ -49,7 +54,24 @@ pub fn run(args: Args) -> Result<()> {
     }
     let embedder = model::load(&model_path, &backend)?;
     index.check_model(embedder.model_id())?;
-    let uploads = args.index.join("uploads");
+    let location = args.index.to_string_lossy().to_string();
+    let uploads = match args.uploads {
+        Some(dir) => dir,
+        None if htg_retrieval::index::is_remote(&location) => {
+            let name: String = location
+                .split_once("://")
+                .map_or(location.as_str(), |(_, rest)| rest)
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            let dir = htg_retrieval::ort_backend::cache_dir()
+                .join("uploads")
+                .join(name);
+            eprintln!("note: images added over HTTP are kept in {}", dir.display());
+            dir
+        }
+        None => args.index.join("uploads"),
+    };
     server::serve(config, Arc::from(index), Arc::from(embedder), uploads)?;
     Ok(())
 }

@@ -178,8 +178,14 @@ impl Server {
     /// Starts `htg serve --index <idx> --addr 127.0.0.1:0` with extra `env`, and waits for the
     /// line that names the port the OS chose.
     pub fn start(idx: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with(idx, &[], env)
+    }
+
+    /// [`Server::start`] with extra command-line arguments.
+    pub fn start_with(idx: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_htg"))
             .args(["serve", "--index", s(idx), "--addr", "127.0.0.1:0"])
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -13,6 +13,8 @@
 //! - `browser`: the search page in headless Chromium (playwright-core), with a screenshot.
 //! - `emoji_slice`: 100 real emoji classes from both vendors (fetched into a cache).
 //! - `bench`: `htg bench` sweeps, reports, plots and their bad input.
+//! - `milvus`: the index contract on a local directory and on Milvus Lite; `htg index`,
+//!   `serve` and `migrate` over a Milvus collection.
 //! - `ort`: the ONNX Runtime backend: parity with tract (fixture, bundled and external models),
 //!   CLI end to end, library-loading errors, GPU fallback (GPU checks skip without a GPU).
 
@@ -28,5 +30,6 @@ mod emoji_slice;
 mod formats;
 mod golden;
 mod http;
+mod milvus;
 mod ort;
 mod spec;

@@ -11,6 +11,8 @@
 pub mod engine;
 mod legacy;
 pub mod local;
+#[cfg(feature = "milvus")]
+pub mod milvus;
 pub mod records;
 pub mod snapshot;
 pub mod wal;
@@ -79,6 +81,15 @@ pub enum IndexError {
     /// The write-ahead log failed.
     #[error(transparent)]
     Wal(#[from] wal::WalError),
+    /// A remote engine (Milvus) did not answer: the server is down, unreachable or
+    /// overloaded. Worth retrying later, unlike the other errors.
+    #[error("{location} is unavailable: {reason}")]
+    Unavailable {
+        /// The index location.
+        location: String,
+        /// What failed.
+        reason: String,
+    },
     /// A location that names no engine this build can open.
     #[error("cannot open index {location:?}: {reason}")]
     Location {
@@ -227,6 +238,11 @@ pub trait SearchIndex: Send + Sync {
     fn record(&self, id: u64) -> Option<Record>;
     /// A stored vector by id.
     fn vector(&self, id: u64) -> Option<Vec<f32>>;
+    /// Stored vectors for many ids at once (what a migration copies): one round trip on a
+    /// remote engine instead of one per id.
+    fn vectors(&self, ids: &[u64]) -> Vec<Option<Vec<f32>>> {
+        ids.iter().map(|&id| self.vector(id)).collect()
+    }
     /// Every live record with its id (what incremental ingest compares hashes against).
     fn records(&self) -> Vec<(u64, Record)>;
     /// Adds records with their l2-normalised vectors; returns their new ids once durable.
@@ -291,13 +307,40 @@ pub struct CreateOptions {
     pub capacity: usize,
 }
 
-/// Opens the index at `location`: a directory path (local).
+/// Whether `location` names a remote Milvus collection (`milvus://…`, `milvus+tls://…`)
+/// rather than a local directory.
+pub fn is_remote(location: &str) -> bool {
+    location.starts_with("milvus://") || location.starts_with("milvus+tls://")
+}
+
+#[cfg(not(feature = "milvus"))]
+fn no_milvus(location: &str) -> IndexError {
+    IndexError::Location {
+        location: location.to_string(),
+        reason: "this build has no Milvus support (cargo feature `milvus`)".into(),
+    }
+}
+
+/// Opens the index at `location`: `milvus://HOST:PORT/COLLECTION` (Milvus), or else a
+/// directory path (local).
 pub fn open(location: &str) -> Result<Box<dyn SearchIndex>, IndexError> {
+    if is_remote(location) {
+        #[cfg(feature = "milvus")]
+        return Ok(Box::new(milvus::MilvusIndex::open(location)?));
+        #[cfg(not(feature = "milvus"))]
+        return Err(no_milvus(location));
+    }
     Ok(Box::new(LocalIndex::open(Path::new(location))?))
 }
 
 /// Whether an index exists at `location`.
 pub fn exists(location: &str) -> bool {
+    if is_remote(location) {
+        #[cfg(feature = "milvus")]
+        return milvus::MilvusIndex::exists(location);
+        #[cfg(not(feature = "milvus"))]
+        return false;
+    }
     LocalIndex::exists(Path::new(location))
 }
 
@@ -308,6 +351,17 @@ pub fn create(
     model_path: Option<String>,
     opts: &CreateOptions,
 ) -> Result<Box<dyn SearchIndex>, IndexError> {
+    if is_remote(location) {
+        #[cfg(feature = "milvus")]
+        return Ok(Box::new(milvus::MilvusIndex::create(
+            location,
+            model,
+            model_path,
+            opts.params,
+        )?));
+        #[cfg(not(feature = "milvus"))]
+        return Err(no_milvus(location));
+    }
     Ok(Box::new(LocalIndex::create(
         Path::new(location),
         model,

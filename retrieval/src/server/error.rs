@@ -176,6 +176,10 @@ impl ApiError {
                 }
                 IndexError::UnknownId(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
                 IndexError::Param(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+                // A remote engine that does not answer: the client may retry later.
+                IndexError::Unavailable { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+                }
                 IndexError::ModelMismatch { .. }
                 | IndexError::Io { .. }
                 | IndexError::NotFound(_)
