@@ -445,3 +445,73 @@ fn load_module<M: Module>(m: &mut M, path: &Path) -> Result<(), TrainError> {
         .map(|_| ())
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FeatureConfig;
+
+    fn tiny(method: Method) -> TrainConfig {
+        TrainConfig {
+            method,
+            steps: 3,
+            classes_per_batch: 4,
+            images_per_class: 2,
+            feature: FeatureConfig {
+                input_size: 8,
+                widths: vec![4],
+                embedding_dim: 8,
+                pool_grid: 1,
+                ..FeatureConfig::default()
+            },
+            ..TrainConfig::default()
+        }
+    }
+
+    fn set() -> ImageSet {
+        let n = 6 * 3;
+        ImageSet {
+            data: (0..n * 3 * 64)
+                .map(|i| ((i * 31 % 97) as f32) / 48.0 - 1.0)
+                .collect(),
+            labels: (0..n).map(|i| i / 3).collect(),
+            chw: [3, 8, 8],
+        }
+    }
+
+    #[test]
+    fn every_method_and_g_ablation_takes_finite_steps() {
+        let data = set();
+        let sampler = PkSampler::new(&data.labels).unwrap();
+        let mut cfgs = vec![
+            tiny(Method::TripletBatchhard),
+            tiny(Method::MultiSimilarity),
+            tiny(Method::Htg),
+        ];
+        for edit in [
+            |c: &mut TrainConfig| c.htg.g_mode = GeneratorMode::Identity,
+            |c: &mut TrainConfig| c.htg.g_mode = GeneratorMode::Noise,
+            |c: &mut TrainConfig| c.htg.g_cls_weight = Some(0.0),
+            |c: &mut TrainConfig| c.htg.real_triplet_weight = 0.0,
+            |c: &mut TrainConfig| {
+                c.htg.g_max_shift = 0.0;
+                c.htg.g_penalty = 1.0;
+            },
+        ] {
+            let mut c = tiny(Method::Htg);
+            edit(&mut c);
+            cfgs.push(c);
+        }
+        for cfg in cfgs {
+            let mut t = Trainer::new(&cfg, 6).unwrap();
+            for _ in 0..2 {
+                let s = t.train_step(&data, &sampler);
+                assert!(s.loss_f.is_finite(), "{:?} {:?}", cfg.method, cfg.htg);
+                if cfg.method == Method::Htg && cfg.htg.g_mode == GeneratorMode::Learned {
+                    let (r, g) = (s.d_p_fake_real.unwrap(), s.d_p_fake_gen.unwrap());
+                    assert!((0.0..=1.0).contains(&r) && (0.0..=1.0).contains(&g));
+                }
+            }
+        }
+    }
+}
