@@ -448,7 +448,7 @@ mod tests {
             .iter()
             .all(|&v| !val_classes.contains(&(v as usize / 4))));
         // Queries are Google base images (vendor 0), the gallery Twitter base (vendor 1).
-        assert!(query.data.iter().all(|&v| v as usize % 4 == 0));
+        assert!(query.data.iter().all(|&v| (v as usize).is_multiple_of(4)));
         assert!(gallery.data.iter().all(|&v| v as usize % 4 == 1));
         // Same seed, same split; too many classes is an error.
         let again = split.clone().carve_validation(2, 7).unwrap();
