@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::module::Module;
 use htg_retrieval::embed::TractEmbedder;
 use serde::{Deserialize, Serialize};
 
@@ -150,8 +151,9 @@ pub fn train_and_export(
     let started = Instant::now();
     let first_step = trainer.step();
     let mut losses = Vec::new();
-    // Model selection on the validation classes: the best F so far (a cheap clone: burn
-    // modules share their parameters until the optimiser replaces them).
+    // Model selection on the validation classes: the best F so far, as an independent copy
+    // (a plain clone would share batch norm's running statistics with the live F, which
+    // later steps keep updating).
     let mut best: Option<(f64, usize, crate::model::FeatureNet, EvalReport)> = None;
     let mut val_curve = Vec::new();
     let mut since_best = 0usize;
@@ -180,7 +182,10 @@ pub fn train_and_export(
             })?;
             val_curve.push((s.step, r.map_at_r));
             if best.as_ref().is_none_or(|b| r.map_at_r > b.0) {
-                best = Some((r.map_at_r, s.step, f.clone(), r));
+                let copy =
+                    crate::model::FeatureNet::new(&cfg.feature, &crate::backend::train_device())
+                        .load_record(f.clone().into_record());
+                best = Some((r.map_at_r, s.step, copy, r));
                 since_best = 0;
             } else {
                 since_best += 1;
