@@ -22,6 +22,9 @@ pub enum Method {
     TripletSemihard,
     /// Triplet loss, hardest positive and negative per anchor (Hermans et al. 2017).
     TripletBatchhard,
+    /// Multi-similarity loss with its pair mining (Wang et al. 2019), a stronger baseline
+    /// on the same F, batches and schedule.
+    MultiSimilarity,
 }
 
 impl Method {
@@ -32,6 +35,7 @@ impl Method {
             Method::TripletRandom => "triplet-random",
             Method::TripletSemihard => "triplet-semihard",
             Method::TripletBatchhard => "triplet-batchhard",
+            Method::MultiSimilarity => "multi-similarity",
         }
     }
 
@@ -42,8 +46,9 @@ impl Method {
             "triplet-random" => Ok(Method::TripletRandom),
             "triplet-semihard" => Ok(Method::TripletSemihard),
             "triplet-batchhard" => Ok(Method::TripletBatchhard),
+            "multi-similarity" => Ok(Method::MultiSimilarity),
             other => Err(TrainError::Config(format!(
-                "unknown method {other:?} (expected htg, triplet-random, triplet-semihard or triplet-batchhard)"
+                "unknown method {other:?} (expected htg, triplet-random, triplet-semihard, triplet-batchhard or multi-similarity)"
             ))),
         }
     }
@@ -71,6 +76,21 @@ pub enum Mining {
     Semihard,
     /// Hardest positive and hardest negative per anchor.
     Batchhard,
+}
+
+/// What produces F's hard triplets in HTG: G as the method trains it, or an ablation of G.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GeneratorMode {
+    /// G as trained by the method (inverted triplet loss + b·L_cls against D).
+    Learned,
+    /// Ablation: G fixed at the identity, so F sees its input triplets unchanged (D and G
+    /// are not trained). Separates what G adds from what the input mining gives.
+    Identity,
+    /// Ablation: each coordinate of the triplet moved by uniform noise in
+    /// `±g_max_shift`, then re-normalised. Separates G's learned direction from any
+    /// perturbation of the same size.
+    Noise,
 }
 
 /// Input colour of F.
@@ -162,6 +182,30 @@ pub struct HtgConfig {
     /// already train. Early on D cannot yet name the real classes, so L_cls does not keep
     /// G's triplets label-preserving; this lets D catch up before G's triplets shape F.
     pub warmup_steps: usize,
+    /// What produces the triplets F trains on (the G ablations).
+    pub g_mode: GeneratorMode,
+    /// Weight of a soft penalty `mean ‖G(x) − x‖²` in G's loss. With `g_max_shift = 0`
+    /// (no hard cap) this replaces the cap by a penalty (the ablation the issue asks for).
+    pub g_penalty: f32,
+    /// G's own b (weight of L_cls in L_G), when it should differ from D's; `None` = `cls_weight`.
+    /// `Some(0.0)` is "G without D".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub g_cls_weight: Option<f32>,
+    /// D's own b (weight of L_fake in L_D); `None` = `cls_weight`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub d_fake_weight: Option<f32>,
+}
+
+impl HtgConfig {
+    /// b in G's loss.
+    pub fn b_g(&self) -> f32 {
+        self.g_cls_weight.unwrap_or(self.cls_weight)
+    }
+
+    /// b in D's loss.
+    pub fn b_d(&self) -> f32 {
+        self.d_fake_weight.unwrap_or(self.cls_weight)
+    }
 }
 
 impl Default for HtgConfig {
@@ -178,6 +222,37 @@ impl Default for HtgConfig {
             g_max_shift: 0.1,
             d_steps: 3,
             warmup_steps: 0,
+            g_mode: GeneratorMode::Learned,
+            g_penalty: 0.0,
+            g_cls_weight: None,
+            d_fake_weight: None,
+        }
+    }
+}
+
+/// Multi-similarity loss settings (Wang et al. 2019, on cosine similarities of the
+/// l2-normalised embeddings); defaults are the paper's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MsConfig {
+    /// Scale of the positive term (α).
+    pub alpha: f32,
+    /// Scale of the negative term (β).
+    pub beta: f32,
+    /// Similarity threshold (λ).
+    pub lambda: f32,
+    /// Mining margin (ε): a negative is kept when it is within ε of the hardest positive, a
+    /// positive when it is within ε of the hardest negative.
+    pub epsilon: f32,
+}
+
+impl Default for MsConfig {
+    fn default() -> Self {
+        Self {
+            alpha: 2.0,
+            beta: 50.0,
+            lambda: 0.5,
+            epsilon: 0.1,
         }
     }
 }
@@ -232,12 +307,31 @@ pub struct TrainConfig {
     pub feature: FeatureConfig,
     /// HTG settings (ignored by the triplet baselines).
     pub htg: HtgConfig,
+    /// Multi-similarity settings (used by `multi-similarity` only).
+    pub ms: MsConfig,
     /// Augmentation.
     pub augment: AugmentConfig,
     /// Save a checkpoint every this many steps (and at the end); 0 = only at the end.
     pub checkpoint_every: usize,
     /// Cut-offs K of Recall@K in the evaluation.
     pub recall_ks: Vec<usize>,
+    /// Training classes held out as a class-disjoint validation split (0 = none). Every
+    /// setting and the step count are chosen on it; the unseen test classes are evaluated
+    /// once, on the model validation picked. The held-out classes are drawn with
+    /// `val_split_seed`, not `seed`, so every seed and method shares one split.
+    pub val_classes: usize,
+    /// Seed of the validation split's class draw.
+    pub val_split_seed: u64,
+    /// Validate every this many steps (and at the end); the best step's F is the one
+    /// exported. 0 = validate only at the end.
+    pub val_every: usize,
+    /// Stop after this many validations in a row without a better validation R@1
+    /// (0 = never stop early).
+    pub patience: usize,
+    /// Draw a class's K images from different vendors where the data set has vendors
+    /// (emoji: a Google and a Twitter image, base or skin-tone variant), so the positive
+    /// pair is the cross-vendor pair that the test measures.
+    pub cross_vendor: bool,
 }
 
 impl Default for TrainConfig {
@@ -254,9 +348,15 @@ impl Default for TrainConfig {
             lr_warmup_steps: 0,
             feature: FeatureConfig::default(),
             htg: HtgConfig::default(),
+            ms: MsConfig::default(),
             augment: AugmentConfig::default(),
             checkpoint_every: 100,
             recall_ks: vec![1, 2, 4, 8],
+            val_classes: 0,
+            val_split_seed: 0,
+            val_every: 0,
+            patience: 0,
+            cross_vendor: false,
         }
     }
 }
@@ -368,6 +468,22 @@ impl TrainConfig {
         if self.lr_schedule == LrSchedule::Cosine && self.lr_warmup_steps >= self.steps {
             return bad("lr_warmup_steps must be below steps");
         }
+        if !(self.htg.g_max_shift.is_finite() && self.htg.g_max_shift >= 0.0) {
+            return bad("htg.g_max_shift must be finite and non-negative (0 = no hard cap)");
+        }
+        if self.htg.g_mode == GeneratorMode::Noise && self.htg.g_max_shift == 0.0 {
+            return bad("htg.g_mode = \"noise\" needs htg.g_max_shift > 0 (the noise bound)");
+        }
+        let weights = [
+            self.htg.cls_weight,
+            self.htg.g_penalty,
+            self.htg.b_g(),
+            self.htg.b_d(),
+            self.htg.real_triplet_weight,
+        ];
+        if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
+            return bad("htg loss weights must be finite and non-negative");
+        }
         if self.recall_ks.is_empty() || self.recall_ks.contains(&0) {
             return bad("recall_ks must be non-empty and >= 1");
         }
@@ -396,6 +512,23 @@ mod tests {
         assert_eq!(c.method, Method::TripletBatchhard);
         assert_eq!(c.steps, 5);
         assert!(TrainConfig::from_toml_str("steps = 0\n").is_err());
+    }
+
+    #[test]
+    fn bundled_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                TrainConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 10, "{n} configs in {}", dir.display());
+        let e = TrainConfig::from_toml_str("[htg]\ng_mode = \"noise\"\ng_max_shift = 0.0\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("g_max_shift"), "{e}");
     }
 
     #[test]

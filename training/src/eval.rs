@@ -172,6 +172,39 @@ pub fn evaluate(
     })
 }
 
+/// Per query, whether its nearest neighbour (squared Euclidean distance, ties to the lower
+/// index) has the query's label; `emb` holds the embeddings in [`evaluate`]'s order (query
+/// then gallery, or the one leave-one-out set, where a query never matches itself).
+/// Paired tests over queries compare two models on these.
+pub fn top1_hits(protocol: &EvalProtocol, emb: &[Array2<f32>]) -> Vec<bool> {
+    let nearest = |q: ndarray::ArrayView1<f32>, g: &Array2<f32>, skip: Option<usize>| {
+        let mut best = (f32::INFINITY, 0usize);
+        for (j, row) in g.rows().into_iter().enumerate() {
+            if Some(j) == skip {
+                continue;
+            }
+            let d: f32 = q
+                .iter()
+                .zip(row.iter())
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum();
+            if d < best.0 {
+                best = (d, j);
+            }
+        }
+        best.1
+    };
+    match (protocol, emb) {
+        (EvalProtocol::QueryGallery { query, gallery }, [q, g, ..]) => (0..q.nrows())
+            .map(|i| gallery.labels[nearest(q.row(i), g, None)] == query.labels[i])
+            .collect(),
+        (EvalProtocol::LeaveOneOut(set), [e, ..]) => (0..e.nrows())
+            .map(|i| set.labels[nearest(e.row(i), e, Some(i))] == set.labels[i])
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Largest absolute difference between two embedding matrices (shape mismatch = infinity).
 pub fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
     if a.shape() != b.shape() {

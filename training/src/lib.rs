@@ -20,7 +20,8 @@
 //! - [`export`]: ONNX export with the `htg.*` metadata, and the check against tract.
 //! - [`eval`]: embedding an evaluation split and computing the retrieval metrics.
 //! - [`metrics`]: Recall@K, NMI and MAP@R, defined once for training, `htg eval` and benches.
-//! - [`run`]: a whole run (train, checkpoint, export, evaluate) as the CLI drives it.
+//! - [`run`]: a whole run (train, validate, checkpoint, export, evaluate) as the CLI drives it.
+//! - [`stats`]: mean ± sd, paired bootstrap intervals and the paired test over queries.
 
 use std::path::PathBuf;
 
@@ -33,6 +34,7 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod run;
+pub mod stats;
 pub mod trainer;
 
 pub use config::{Method, TrainConfig};

@@ -44,6 +44,72 @@ pub fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
     (log_softmax(logits, 1) * onehot).sum_dim(1).neg().mean()
 }
 
+/// Multi-similarity loss (Wang et al., CVPR 2019) of l2-normalised embeddings `emb` `[B, d]`
+/// with their `labels`, with the paper's pair mining: for anchor i a positive j is kept when
+/// `S_ij − ε < max S_in` (over negatives n), a negative when `S_ij + ε > min S_ip`. Per anchor
+/// `(1/α)·log(1 + Σ_P e^{−α(S−λ)}) + (1/β)·log(1 + Σ_N e^{β(S−λ)})`, averaged over the batch.
+/// Mining runs on the host copy of the similarities; the loss keeps the gradient.
+pub fn multi_similarity_loss(
+    emb: Tensor<2>,
+    labels: &[usize],
+    alpha: f32,
+    beta: f32,
+    lambda: f32,
+    epsilon: f32,
+) -> Tensor<1> {
+    let [b, _] = emb.dims();
+    let device = emb.device();
+    let sim = emb.clone().matmul(emb.transpose());
+    let s: Vec<f32> = sim
+        .clone()
+        .detach()
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("float tensor");
+    let mut pos = vec![0f32; b * b];
+    let mut neg = vec![0f32; b * b];
+    for i in 0..b {
+        let row = &s[i * b..(i + 1) * b];
+        let mut min_pos = f32::INFINITY;
+        let mut max_neg = f32::NEG_INFINITY;
+        for j in 0..b {
+            if j == i {
+                continue;
+            }
+            if labels[j] == labels[i] {
+                min_pos = min_pos.min(row[j]);
+            } else {
+                max_neg = max_neg.max(row[j]);
+            }
+        }
+        for j in 0..b {
+            if j == i {
+                continue;
+            }
+            if labels[j] == labels[i] {
+                if row[j] - epsilon < max_neg {
+                    pos[i * b + j] = 1.0;
+                }
+            } else if row[j] + epsilon > min_pos {
+                neg[i * b + j] = 1.0;
+            }
+        }
+    }
+    let mask = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [b, b]), &device);
+    let (pos, neg) = (mask(pos), mask(neg));
+    let pos_term = (sim.clone().sub_scalar(lambda).mul_scalar(-alpha).exp() * pos)
+        .sum_dim(1)
+        .add_scalar(1.0)
+        .log()
+        .div_scalar(alpha);
+    let neg_term = (sim.sub_scalar(lambda).mul_scalar(beta).exp() * neg)
+        .sum_dim(1)
+        .add_scalar(1.0)
+        .log()
+        .div_scalar(beta);
+    (pos_term + neg_term).mean()
+}
+
 /// Rows `idx` of `x` (gradients flow back to `x`).
 pub fn rows(x: Tensor<2>, idx: &[usize]) -> Tensor<2> {
     let device = x.device();
@@ -232,6 +298,29 @@ mod tests {
         let ld = cross_entropy(logits(vec![0.0; 9]), &[0, 1, 1])
             + cross_entropy(logits(fake_logits), &[2, 2, 2]).mul_scalar(b);
         assert!((scalar(ld) - (l3 + b * l_fake)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn golden_multi_similarity() {
+        // Unit vectors e0=(1,0), e1=(1,0), e2=(0,1), e3=(0,1); labels 0,0,1,1.
+        // S = [[1,1,0,0],[1,1,0,0],[0,0,1,1],[0,0,1,1]]. Anchor 0: positive 1 (S=1), negatives
+        // at S=0. Mining: keep positive since 1 − ε < max_neg = 0? No (0.9 > 0) → dropped;
+        // negatives kept when 0 + ε > min_pos = 1? No → dropped. Loss 0 for every anchor.
+        let e = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0], [4, 2]),
+            &Device::flex(),
+        );
+        assert!(scalar(multi_similarity_loss(e, &[0, 0, 1, 1], 2.0, 50.0, 0.5, 0.1)).abs() < 1e-7);
+        // Swap the labels of 1 and 2: anchor 0's positive is e2 (S=0), its negative e1 (S=1).
+        // Both kept. Per anchor (all four alike by symmetry):
+        //   (1/2)·ln(1 + e^{−2(0−0.5)}) + (1/50)·ln(1 + e^{50(1−0.5)}).
+        let e = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0], [4, 2]),
+            &Device::flex(),
+        );
+        let want = 0.5 * (1.0 + 1f32.exp()).ln() + (1.0 + 25f32.exp()).ln() / 50.0;
+        let got = scalar(multi_similarity_loss(e, &[0, 1, 0, 1], 2.0, 50.0, 0.5, 0.1));
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     }
 
     #[test]

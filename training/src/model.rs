@@ -193,7 +193,8 @@ pub struct Generator {
 
 impl Generator {
     /// G for embeddings of length `dim` with a hidden layer of `hidden` units; each residual
-    /// coordinate is bounded by `max_shift` (`max_shift · tanh`).
+    /// coordinate is bounded by `max_shift` (`max_shift · tanh`); `max_shift = 0` leaves the
+    /// residual unbounded (for the soft-penalty ablation).
     pub fn new(dim: usize, hidden: usize, max_shift: f32, device: &Device) -> Self {
         Self {
             fc1: LinearConfig::new(3 * dim, hidden).init(device),
@@ -214,11 +215,14 @@ impl Generator {
     ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
         let d = a.dims()[1];
         let x = Tensor::cat(vec![a, p, n], 1);
-        let delta = tanh(
-            self.fc2
-                .forward(self.relu.forward(self.fc1.forward(x.clone()))),
-        );
-        let y = x + delta.mul_scalar(self.max_shift);
+        let r = self
+            .fc2
+            .forward(self.relu.forward(self.fc1.forward(x.clone())));
+        let y = if self.max_shift > 0.0 {
+            x + tanh(r).mul_scalar(self.max_shift)
+        } else {
+            x + r
+        };
         let part = |i: usize| l2_normalize(y.clone().narrow(1, i * d, d));
         (part(0), part(1), part(2))
     }

@@ -12,11 +12,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::module::Module;
 use htg_retrieval::embed::TractEmbedder;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataSource, EvalProtocol, PkSampler, ZeroShotSplit};
-use crate::eval::{embed_burn, embed_with, evaluate, max_abs_diff, EvalReport};
+use crate::eval::{embed_burn, embed_with, evaluate, max_abs_diff, top1_hits, EvalReport};
 use crate::export::{export_feature_net, write_atomic, Provenance};
 use crate::model::input_spec;
 use crate::trainer::{StepStats, Trainer};
@@ -63,6 +64,23 @@ pub struct RunSummary {
     pub onnx_tract: EvalReport,
     /// Largest |burn − tract| over all evaluated embeddings.
     pub onnx_vs_burn_max_abs_diff: f32,
+    /// Step of the exported F: the best validation MAP@R (= R@1 for emoji) when there is a
+    /// validation split, else the last step.
+    #[serde(default)]
+    pub selected_step: usize,
+    /// Validation metrics of the exported F (burn), when there is a validation split.
+    #[serde(default)]
+    pub val: Option<EvalReport>,
+    /// `(step, validation MAP@R)` at every validation.
+    #[serde(default)]
+    pub val_curve: Vec<(usize, f64)>,
+    /// Whether training stopped early (patience ran out).
+    #[serde(default)]
+    pub stopped_early: bool,
+    /// Per test query, whether its nearest neighbour (through `model.onnx` on tract) has the
+    /// query's class: the paired test over queries compares runs on these.
+    #[serde(default)]
+    pub test_top1_hits: Vec<bool>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -72,13 +90,24 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
-/// Loads the zero-shot split of `data` for `cfg`'s input.
+/// Loads the zero-shot split of `data` for `cfg`'s input, with the validation classes
+/// carved out of the training classes when `cfg.val_classes > 0`.
 pub fn load_split(
     data: &str,
     cfg: &TrainConfig,
     max_classes: Option<usize>,
 ) -> Result<ZeroShotSplit, TrainError> {
-    DataSource::resolve(data)?.load(&input_spec(&cfg.feature), max_classes)
+    DataSource::resolve(data)?
+        .load(&input_spec(&cfg.feature), max_classes)?
+        .carve_validation(cfg.val_classes, cfg.val_split_seed)
+}
+
+/// The P×K sampler `cfg` asks for: cross-vendor when configured and the data has vendors.
+pub fn sampler_for(cfg: &TrainConfig, split: &ZeroShotSplit) -> Result<PkSampler, TrainError> {
+    match (&split.train_vendor, cfg.cross_vendor) {
+        (Some(v), true) => PkSampler::with_vendors(&split.train.labels, v),
+        _ => PkSampler::new(&split.train.labels),
+    }
 }
 
 /// Trains (or resumes), exports and evaluates; `on_step` sees every step's stats.
@@ -109,7 +138,7 @@ pub fn train_and_export(
         None => Trainer::new(&cfg, split.train_classes)?,
     };
     cfg.save(&opts.out.join("config.toml"))?;
-    let sampler = PkSampler::new(&split.train.labels)?;
+    let sampler = sampler_for(&cfg, &split)?;
 
     let log_path = opts.out.join("train_log.jsonl");
     let mut log = std::fs::OpenOptions::new()
@@ -122,6 +151,13 @@ pub fn train_and_export(
     let started = Instant::now();
     let first_step = trainer.step();
     let mut losses = Vec::new();
+    // Model selection on the validation classes: the best F so far, as an independent copy
+    // (a plain clone would share batch norm's running statistics with the live F, which
+    // later steps keep updating).
+    let mut best: Option<(f64, usize, crate::model::FeatureNet, EvalReport)> = None;
+    let mut val_curve = Vec::new();
+    let mut since_best = 0usize;
+    let mut stopped_early = false;
     while trainer.step() < cfg.steps {
         let s = trainer.train_step(&split.train, &sampler);
         if !s.loss_f.is_finite() {
@@ -137,6 +173,28 @@ pub fn train_and_export(
         if cfg.checkpoint_every > 0 && s.step.is_multiple_of(cfg.checkpoint_every) {
             trainer.save_checkpoint(&ck_dir)?;
         }
+        let due =
+            s.step == cfg.steps || (cfg.val_every > 0 && s.step.is_multiple_of(cfg.val_every));
+        if let (Some(val), true) = (&split.val, due) {
+            let f = trainer.feature_net();
+            let r = evaluate("validation", val, &cfg.recall_ks, cfg.seed, |sets| {
+                Ok(sets.iter().map(|x| embed_burn(f, x)).collect())
+            })?;
+            val_curve.push((s.step, r.map_at_r));
+            if best.as_ref().is_none_or(|b| r.map_at_r > b.0) {
+                let copy =
+                    crate::model::FeatureNet::new(&cfg.feature, &crate::backend::train_device())
+                        .load_record(f.clone().into_record());
+                best = Some((r.map_at_r, s.step, copy, r));
+                since_best = 0;
+            } else {
+                since_best += 1;
+                if cfg.patience > 0 && since_best >= cfg.patience {
+                    stopped_early = true;
+                    break;
+                }
+            }
+        }
     }
     let train_wall_s = started.elapsed().as_secs_f64();
     let ran = trainer.step() - first_step;
@@ -147,25 +205,33 @@ pub fn train_and_export(
         method: cfg.method.name().into(),
         data: split.name.clone(),
     };
-    let (bytes, _spec) = export_feature_net(trainer.feature_net(), &spec, &prov)?;
+    let (selected_step, val, f) = match &best {
+        Some((_, step, f, r)) => (*step, Some(r.clone()), f),
+        None => (trainer.step(), None, trainer.feature_net()),
+    };
+    let (bytes, _spec) = export_feature_net(f, &spec, &prov)?;
     let model_path = opts.out.join("model.onnx");
     write_atomic(&model_path, &bytes)?;
 
-    let f = trainer.feature_net();
     let burn = evaluate(&split.name, &split.eval, &cfg.recall_ks, cfg.seed, |sets| {
         Ok(sets.iter().map(|s| embed_burn(f, s)).collect())
     })?;
     let tract = TractEmbedder::load(&model_path).map_err(|e| TrainError::Eval(e.to_string()))?;
     let mut diff = 0f32;
+    let mut tract_emb = Vec::new();
     let onnx_tract = evaluate(&split.name, &split.eval, &cfg.recall_ks, cfg.seed, |sets| {
-        sets.iter()
+        let e: Vec<_> = sets
+            .iter()
             .map(|s| {
                 let e = embed_with(&tract, s)?;
                 diff = diff.max(max_abs_diff(&e, &embed_burn(f, s)));
                 Ok(e)
             })
-            .collect()
+            .collect::<Result<_, TrainError>>()?;
+        tract_emb = e.clone();
+        Ok(e)
     })?;
+    let test_top1_hits = top1_hits(&split.eval, &tract_emb);
     let tenth = (losses.len() / 10).max(1);
     let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
     let summary = RunSummary {
@@ -191,6 +257,11 @@ pub fn train_and_export(
         burn,
         onnx_tract,
         onnx_vs_burn_max_abs_diff: diff,
+        selected_step,
+        val,
+        val_curve,
+        stopped_early,
+        test_top1_hits,
     };
     let json =
         serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Eval(e.to_string()))?;

@@ -11,14 +11,15 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::train_device;
-use crate::config::{Method, Mining, TrainConfig};
+use crate::config::{GeneratorMode, Method, Mining, TrainConfig};
 use crate::data::{make_batch, ImageSet, PkSampler};
 use crate::loss::{
-    cross_entropy, distance_matrix, inverted_triplet_loss, mine, rows, triplet_loss, Triplets,
+    cross_entropy, distance_matrix, inverted_triplet_loss, mine, multi_similarity_loss, rows,
+    sq_dist, triplet_loss, Triplets,
 };
 use crate::model::{l2_normalize, Discriminator, FeatureNet, Generator};
 use crate::TrainError;
@@ -34,8 +35,16 @@ pub struct StepStats {
     pub loss_g: Option<f32>,
     /// D's loss (HTG only).
     pub loss_d: Option<f32>,
-    /// D's accuracy at telling real from generated embeddings (HTG only; chance = 0.5).
+    /// D's accuracy at telling real from generated embeddings (HTG only; "fake" when the
+    /// fake class gets p > 1/2, so a D that never says fake scores 0.5: read it with the
+    /// p(fake) means below).
     pub d_real_fake_acc: Option<f32>,
+    /// D's mean p(fake) on real triplet embeddings, after its update (HTG only).
+    #[serde(default)]
+    pub d_p_fake_real: Option<f32>,
+    /// D's mean p(fake) on G's embeddings, after its update (HTG only).
+    #[serde(default)]
+    pub d_p_fake_gen: Option<f32>,
     /// Mean `d(a,p) − d(a,n)` of the input (mined) triplets: higher = harder.
     pub hardness_in: f32,
     /// Mean `d(a',p') − d(a',n')` of G's triplets (HTG only).
@@ -184,7 +193,8 @@ impl Trainer {
             Method::Htg => self.cfg.htg.input_mining,
             Method::TripletRandom => Mining::Random,
             Method::TripletSemihard => Mining::Semihard,
-            Method::TripletBatchhard => Mining::Batchhard,
+            // Multi-similarity mines its own pairs; batch-hard triplets only feed the stats.
+            Method::TripletBatchhard | Method::MultiSimilarity => Mining::Batchhard,
         };
         let t = mine(mining, &labels, &dist, &mut rng);
         let dap: Vec<f32> = (0..t.len()).map(|i| dist[t.a[i] * b + t.p[i]]).collect();
@@ -196,7 +206,13 @@ impl Trainer {
             ..StepStats::default()
         };
         if self.cfg.method == Method::Htg {
-            self.htg_update(step, emb, &labels, &t, &mut stats);
+            self.htg_update(step, emb, &labels, &t, &mut rng, &mut stats);
+        } else if self.cfg.method == Method::MultiSimilarity {
+            let m = &self.cfg.ms;
+            let loss = multi_similarity_loss(emb, &labels, m.alpha, m.beta, m.lambda, m.epsilon);
+            stats.loss_f = scalar(&loss);
+            let grads = GradientsParams::from_grads(loss.backward(), &self.f);
+            self.f = self.opt_f.step(self.cfg.lr_at(step), self.f.clone(), grads);
         } else {
             let loss = triplet_loss(
                 rows(emb.clone(), &t.a),
@@ -213,13 +229,15 @@ impl Trainer {
     }
 
     /// D, then G, then F, as in Zhao et al.: D on detached real and generated embeddings,
-    /// G against the updated D, F through the updated G.
+    /// G against the updated D, F through the updated G. The G ablations
+    /// ([`GeneratorMode`]) replace G and skip the D and G updates.
     fn htg_update(
         &mut self,
         step: usize,
         emb: Tensor<2>,
         labels: &[usize],
         t: &Triplets,
+        rng: &mut StdRng,
         s: &mut StepStats,
     ) {
         let adv = self.adv.as_mut().expect("HTG trainer has G and D");
@@ -227,56 +245,73 @@ impl Trainer {
         let k = self.train_classes;
         let n_t = t.len();
         let dim = self.cfg.feature.embedding_dim;
-        let mut tri_labels: Vec<usize> = t.a.iter().map(|&i| labels[i]).collect();
-        tri_labels.extend(t.p.iter().map(|&i| labels[i]));
-        tri_labels.extend(t.n.iter().map(|&i| labels[i]));
-        let fake_labels = vec![k; 3 * n_t];
 
-        let e = emb.clone().detach();
-        let (a, p, n) = (rows(e.clone(), &t.a), rows(e.clone(), &t.p), rows(e, &t.n));
+        if hc.g_mode == GeneratorMode::Learned {
+            let mut tri_labels: Vec<usize> = t.a.iter().map(|&i| labels[i]).collect();
+            tri_labels.extend(t.p.iter().map(|&i| labels[i]));
+            tri_labels.extend(t.n.iter().map(|&i| labels[i]));
+            let fake_labels = vec![k; 3 * n_t];
 
-        // D: L_real + b·L_fake on real and (detached) generated triplets.
-        let (ga, gp, gn) = adv.g.forward(a.clone(), p.clone(), n.clone());
-        let fake = Tensor::cat(vec![ga, gp, gn], 0).detach();
-        let real = Tensor::cat(vec![a.clone(), p.clone(), n.clone()], 0);
-        for _ in 0..hc.d_steps.max(1) {
-            let logits_real = adv.d.forward(real.clone());
-            let logits_fake = adv.d.forward(fake.clone());
-            let loss_d = cross_entropy(logits_real, &tri_labels)
-                + cross_entropy(logits_fake, &fake_labels).mul_scalar(hc.cls_weight);
-            s.loss_d = Some(scalar(&loss_d));
-            let grads = GradientsParams::from_grads(loss_d.backward(), &adv.d);
-            adv.d = adv.opt_d.step(hc.lr_d, adv.d.clone(), grads);
+            let e = emb.clone().detach();
+            let (a, p, n) = (rows(e.clone(), &t.a), rows(e.clone(), &t.p), rows(e, &t.n));
+
+            // D: L_real + b_D·L_fake on real and (detached) generated triplets.
+            let (ga, gp, gn) = adv.g.forward(a.clone(), p.clone(), n.clone());
+            let fake = Tensor::cat(vec![ga, gp, gn], 0).detach();
+            let real = Tensor::cat(vec![a.clone(), p.clone(), n.clone()], 0);
+            for _ in 0..hc.d_steps.max(1) {
+                let logits_real = adv.d.forward(real.clone());
+                let logits_fake = adv.d.forward(fake.clone());
+                let loss_d = cross_entropy(logits_real, &tri_labels)
+                    + cross_entropy(logits_fake, &fake_labels).mul_scalar(hc.b_d());
+                s.loss_d = Some(scalar(&loss_d));
+                let grads = GradientsParams::from_grads(loss_d.backward(), &adv.d);
+                adv.d = adv.opt_d.step(hc.lr_d, adv.d.clone(), grads);
+            }
+
+            // D on this batch right after its update: mean p(fake) on real and generated
+            // rows, and its accuracy ("fake" when p(fake) > 1/2). Measured before the update
+            // it would mostly score G, which was just trained against the previous D.
+            let p_fake = |logits: Vec<f32>| -> Vec<f32> {
+                logits
+                    .chunks_exact(k + 1)
+                    .map(|row| {
+                        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let z: f32 = row.iter().map(|v| (v - m).exp()).sum();
+                        (row[k] - m).exp() / z
+                    })
+                    .collect()
+            };
+            let pr = p_fake(host(adv.d.forward(real)));
+            let pg = p_fake(host(adv.d.forward(fake)));
+            let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+            s.d_p_fake_real = Some(mean(&pr));
+            s.d_p_fake_gen = Some(mean(&pg));
+            let correct =
+                pr.iter().filter(|&&q| q <= 0.5).count() + pg.iter().filter(|&&q| q > 0.5).count();
+            s.d_real_fake_acc = Some(correct as f32 / (6 * n_t).max(1) as f32);
+
+            // G: inverted triplet loss + b_G·L_cls (D must still recognise the real labels),
+            // plus the optional soft penalty on how far G moves its input.
+            let (ga, gp, gn) = adv.g.forward(a.clone(), p.clone(), n.clone());
+            let l_inv = inverted_triplet_loss(ga.clone(), gp.clone(), gn.clone(), hc.g_margin);
+            let mut loss_g = l_inv;
+            if hc.b_g() > 0.0 {
+                let l_cls = cross_entropy(
+                    adv.d
+                        .forward(Tensor::cat(vec![ga.clone(), gp.clone(), gn.clone()], 0)),
+                    &tri_labels,
+                );
+                loss_g = loss_g + l_cls.mul_scalar(hc.b_g());
+            }
+            if hc.g_penalty > 0.0 {
+                let moved = (sq_dist(ga, a) + sq_dist(gp, p) + sq_dist(gn, n)).mean();
+                loss_g = loss_g + moved.mul_scalar(hc.g_penalty);
+            }
+            s.loss_g = Some(scalar(&loss_g));
+            let grads = GradientsParams::from_grads(loss_g.backward(), &adv.g);
+            adv.g = adv.opt_g.step(hc.lr_g, adv.g.clone(), grads);
         }
-
-        // D's real-vs-fake accuracy on this batch right after its update ("fake" when the
-        // fake class gets probability > 1/2). Measured before the update it would mostly
-        // score G, which was just trained against the previous D.
-        let real_host = host(adv.d.forward(real));
-        let fake_host = host(adv.d.forward(fake));
-        let says_fake = |row: &[f32]| {
-            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let z: f32 = row.iter().map(|v| (v - m).exp()).sum();
-            (row[k] - m).exp() / z > 0.5
-        };
-        let correct = real_host
-            .chunks_exact(k + 1)
-            .filter(|r| !says_fake(r))
-            .count()
-            + fake_host
-                .chunks_exact(k + 1)
-                .filter(|r| says_fake(r))
-                .count();
-        s.d_real_fake_acc = Some(correct as f32 / (6 * n_t).max(1) as f32);
-
-        // G: inverted triplet loss + b·L_cls (D must still recognise the real labels).
-        let (ga, gp, gn) = adv.g.forward(a, p, n);
-        let l_inv = inverted_triplet_loss(ga.clone(), gp.clone(), gn.clone(), hc.g_margin);
-        let l_cls = cross_entropy(adv.d.forward(Tensor::cat(vec![ga, gp, gn], 0)), &tri_labels);
-        let loss_g = l_inv + l_cls.mul_scalar(hc.cls_weight);
-        s.loss_g = Some(scalar(&loss_g));
-        let grads = GradientsParams::from_grads(loss_g.backward(), &adv.g);
-        adv.g = adv.opt_g.step(hc.lr_g, adv.g.clone(), grads);
 
         // F: triplet loss on G's triplets, gradient through G into F (+ optional real term).
         let (a, p, n) = (
@@ -284,7 +319,22 @@ impl Trainer {
             rows(emb.clone(), &t.p),
             rows(emb, &t.n),
         );
-        let (ga, gp, gn) = adv.g.forward(a.clone(), p.clone(), n.clone());
+        let (ga, gp, gn) = match hc.g_mode {
+            GeneratorMode::Learned => adv.g.forward(a.clone(), p.clone(), n.clone()),
+            GeneratorMode::Identity => (a.clone(), p.clone(), n.clone()),
+            GeneratorMode::Noise => {
+                let device = a.device();
+                let bound = hc.g_max_shift;
+                let mut noisy = |x: Tensor<2>| {
+                    let v: Vec<f32> = (0..n_t * dim)
+                        .map(|_| rng.random_range(-bound..=bound))
+                        .collect();
+                    let z = Tensor::<2>::from_data(TensorData::new(v, [n_t, dim]), &device);
+                    l2_normalize(x + z)
+                };
+                (noisy(a.clone()), noisy(p.clone()), noisy(n.clone()))
+            }
+        };
         let (ha, hp, hn) = (host(ga.clone()), host(gp.clone()), host(gn.clone()));
         s.hardness_out = Some(mean_gap(
             &row_sq_dists(&ha, &hp, dim),
@@ -394,4 +444,74 @@ fn load_module<M: Module>(m: &mut M, path: &Path) -> Result<(), TrainError> {
     m.load_from(&mut store)
         .map(|_| ())
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FeatureConfig;
+
+    fn tiny(method: Method) -> TrainConfig {
+        TrainConfig {
+            method,
+            steps: 3,
+            classes_per_batch: 4,
+            images_per_class: 2,
+            feature: FeatureConfig {
+                input_size: 8,
+                widths: vec![4],
+                embedding_dim: 8,
+                pool_grid: 1,
+                ..FeatureConfig::default()
+            },
+            ..TrainConfig::default()
+        }
+    }
+
+    fn set() -> ImageSet {
+        let n = 6 * 3;
+        ImageSet {
+            data: (0..n * 3 * 64)
+                .map(|i| ((i * 31 % 97) as f32) / 48.0 - 1.0)
+                .collect(),
+            labels: (0..n).map(|i| i / 3).collect(),
+            chw: [3, 8, 8],
+        }
+    }
+
+    #[test]
+    fn every_method_and_g_ablation_takes_finite_steps() {
+        let data = set();
+        let sampler = PkSampler::new(&data.labels).unwrap();
+        let mut cfgs = vec![
+            tiny(Method::TripletBatchhard),
+            tiny(Method::MultiSimilarity),
+            tiny(Method::Htg),
+        ];
+        for edit in [
+            |c: &mut TrainConfig| c.htg.g_mode = GeneratorMode::Identity,
+            |c: &mut TrainConfig| c.htg.g_mode = GeneratorMode::Noise,
+            |c: &mut TrainConfig| c.htg.g_cls_weight = Some(0.0),
+            |c: &mut TrainConfig| c.htg.real_triplet_weight = 0.0,
+            |c: &mut TrainConfig| {
+                c.htg.g_max_shift = 0.0;
+                c.htg.g_penalty = 1.0;
+            },
+        ] {
+            let mut c = tiny(Method::Htg);
+            edit(&mut c);
+            cfgs.push(c);
+        }
+        for cfg in cfgs {
+            let mut t = Trainer::new(&cfg, 6).unwrap();
+            for _ in 0..2 {
+                let s = t.train_step(&data, &sampler);
+                assert!(s.loss_f.is_finite(), "{:?} {:?}", cfg.method, cfg.htg);
+                if cfg.method == Method::Htg && cfg.htg.g_mode == GeneratorMode::Learned {
+                    let (r, g) = (s.d_p_fake_real.unwrap(), s.d_p_fake_gen.unwrap());
+                    assert!((0.0..=1.0).contains(&r) && (0.0..=1.0).contains(&g));
+                }
+            }
+        }
+    }
 }

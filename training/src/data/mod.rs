@@ -139,6 +139,85 @@ pub struct ZeroShotSplit {
     pub train_classes: usize,
     /// Evaluation on the unseen classes.
     pub eval: EvalProtocol,
+    /// Per training image, where it comes from, for sets with vendors (emoji): `vendor +
+    /// 2·variant`, i.e. 0 = Google base image, 1 = Twitter base image, 2 = Google skin-tone
+    /// variant, 3 = Twitter variant. `None` for single-source sets.
+    pub train_vendor: Option<Vec<u8>>,
+    /// The class-disjoint validation split carved from the training classes
+    /// ([`ZeroShotSplit::carve_validation`]); `None` until carved.
+    pub val: Option<EvalProtocol>,
+}
+
+impl ZeroShotSplit {
+    /// Moves `n` training classes, drawn with `seed`, into a validation split evaluated like
+    /// the test: Google → Twitter base images for emoji, leave-one-out otherwise. The
+    /// remaining training classes are relabelled `0..train_classes`. At least two classes
+    /// must stay on each side.
+    pub fn carve_validation(mut self, n: usize, seed: u64) -> Result<ZeroShotSplit, TrainError> {
+        if n == 0 {
+            return Ok(self);
+        }
+        let k = self.train_classes;
+        if n < 2 || n + 2 > k {
+            return Err(TrainError::Config(format!(
+                "val_classes = {n}: need 2 ≤ val_classes ≤ {} (the training split has {k} classes)",
+                k.saturating_sub(2)
+            )));
+        }
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+        let mut is_val = vec![false; k];
+        for c in rand::seq::index::sample(&mut rng, k, n) {
+            is_val[c] = true;
+        }
+        // New labels: training classes keep their order, validation classes theirs.
+        let mut new_label = vec![0usize; k];
+        let (mut nt, mut nv) = (0, 0);
+        for c in 0..k {
+            if is_val[c] {
+                new_label[c] = nv;
+                nv += 1;
+            } else {
+                new_label[c] = nt;
+                nt += 1;
+            }
+        }
+        let set = &self.train;
+        let pick = |keep: &dyn Fn(usize) -> bool| -> ImageSet {
+            let mut data = Vec::new();
+            let mut labels = Vec::new();
+            for i in 0..set.len() {
+                if keep(i) {
+                    data.extend_from_slice(set.sample(i));
+                    labels.push(new_label[set.labels[i]]);
+                }
+            }
+            ImageSet {
+                data,
+                labels,
+                chw: set.chw,
+            }
+        };
+        let vendor = self.train_vendor.as_deref();
+        let val = match vendor {
+            Some(v) => EvalProtocol::QueryGallery {
+                query: pick(&|i| is_val[set.labels[i]] && v[i] == 0),
+                gallery: pick(&|i| is_val[set.labels[i]] && v[i] == 1),
+            },
+            None => EvalProtocol::LeaveOneOut(pick(&|i| is_val[set.labels[i]])),
+        };
+        let train = pick(&|i| !is_val[set.labels[i]]);
+        let train_vendor = vendor.map(|v| {
+            (0..set.len())
+                .filter(|&i| !is_val[set.labels[i]])
+                .map(|i| v[i])
+                .collect()
+        });
+        self.train = train;
+        self.train_vendor = train_vendor;
+        self.train_classes = nt;
+        self.val = Some(val);
+        Ok(self)
+    }
 }
 
 /// Where a data set comes from.
@@ -329,6 +408,67 @@ mod tests {
     fn missing_named_data_is_a_clear_error() {
         let e = DataSource::resolve("/definitely/not/here").unwrap_err();
         assert!(e.to_string().contains("neither"), "{e}");
+    }
+
+    #[test]
+    fn validation_is_class_disjoint_and_relabelled() {
+        // 6 classes × 4 images; vendors 0,1,2,3 per class as emoji would tag them.
+        let n = 24;
+        let split = ZeroShotSplit {
+            name: "t".into(),
+            train: ImageSet {
+                data: (0..n).map(|i| i as f32).collect(),
+                labels: (0..n).map(|i| i / 4).collect(),
+                chw: [1, 1, 1],
+            },
+            train_classes: 6,
+            eval: EvalProtocol::LeaveOneOut(ImageSet {
+                data: vec![0.0; 2],
+                labels: vec![0, 0],
+                chw: [1, 1, 1],
+            }),
+            train_vendor: Some((0..n).map(|i| (i % 4) as u8).collect()),
+            val: None,
+        };
+        let s = split.clone().carve_validation(2, 7).unwrap();
+        assert_eq!(s.train_classes, 4);
+        assert_eq!(s.train.len(), 16);
+        assert_eq!(s.train_vendor.as_ref().unwrap().len(), 16);
+        assert_eq!(s.train.class_count(), 4);
+        assert!(s.train.labels.iter().all(|&l| l < 4));
+        let Some(EvalProtocol::QueryGallery { query, gallery }) = &s.val else {
+            panic!("vendored sets validate query vs gallery")
+        };
+        assert_eq!((query.len(), gallery.len()), (2, 2));
+        // Original class of a sample = value / 4; no validation class remains in training.
+        let val_classes: Vec<usize> = query.data.iter().map(|&v| v as usize / 4).collect();
+        assert!(s
+            .train
+            .data
+            .iter()
+            .all(|&v| !val_classes.contains(&(v as usize / 4))));
+        // Queries are Google base images (vendor 0), the gallery Twitter base (vendor 1).
+        assert!(query.data.iter().all(|&v| (v as usize).is_multiple_of(4)));
+        assert!(gallery.data.iter().all(|&v| v as usize % 4 == 1));
+        // Same seed, same split; too many classes is an error.
+        let again = split.clone().carve_validation(2, 7).unwrap();
+        assert_eq!(again.train.data, s.train.data);
+        assert!(split.carve_validation(5, 7).is_err());
+    }
+
+    #[test]
+    fn cross_vendor_sampling_pairs_vendors() {
+        // Class 0: two Google variants and one Twitter image; class 1 likewise.
+        let labels = [0, 0, 0, 1, 1, 1];
+        let vendor = [0u8, 2, 1, 0, 2, 3];
+        let s = PkSampler::with_vendors(&labels, &vendor).unwrap();
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..50 {
+            let b = s.sample(2, 2, &mut rng);
+            for pair in b.chunks(2) {
+                assert_ne!(vendor[pair[0]] % 2, vendor[pair[1]] % 2, "{b:?}");
+            }
+        }
     }
 
     #[test]

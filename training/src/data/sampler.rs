@@ -10,6 +10,9 @@ use crate::TrainError;
 #[derive(Clone, Debug)]
 pub struct PkSampler {
     by_class: Vec<Vec<usize>>,
+    /// Per image, its vendor (`tag % 2` of [`super::ZeroShotSplit::train_vendor`]) when
+    /// sampling should draw a class's images from different vendors.
+    vendor: Option<Vec<u8>>,
 }
 
 impl PkSampler {
@@ -27,7 +30,27 @@ impl PkSampler {
                 by_class.len()
             )));
         }
-        Ok(PkSampler { by_class })
+        Ok(PkSampler {
+            by_class,
+            vendor: None,
+        })
+    }
+
+    /// A sampler that draws each class's K images from different vendors while the class
+    /// has an unused vendor left (emoji: a Google and a Twitter image, each a base image or
+    /// a skin-tone variant), so the positive pair is the cross-vendor pair the test measures.
+    /// `vendor` holds [`super::ZeroShotSplit::train_vendor`]'s tags; the vendor is `tag % 2`.
+    pub fn with_vendors(labels: &[usize], vendor: &[u8]) -> Result<PkSampler, TrainError> {
+        if vendor.len() != labels.len() {
+            return Err(TrainError::Data(format!(
+                "{} vendor tags for {} images",
+                vendor.len(),
+                labels.len()
+            )));
+        }
+        let mut s = PkSampler::new(labels)?;
+        s.vendor = Some(vendor.iter().map(|v| v % 2).collect());
+        Ok(s)
     }
 
     /// Number of usable classes.
@@ -41,7 +64,34 @@ impl PkSampler {
         let mut out = Vec::with_capacity(p * k);
         for c in rand::seq::index::sample(rng, self.by_class.len(), p) {
             let members = &self.by_class[c];
-            if members.len() >= k {
+            if let Some(vendor) = &self.vendor {
+                // Each pick prefers a vendor the class's earlier picks do not have yet.
+                let start = out.len();
+                for _ in 0..k {
+                    let taken = &out[start..];
+                    let unused_vendor = |j: usize| {
+                        !taken.contains(&j) && taken.iter().all(|&t| vendor[t] != vendor[j])
+                    };
+                    let fresh: Vec<usize> = members
+                        .iter()
+                        .copied()
+                        .filter(|&j| unused_vendor(j))
+                        .collect();
+                    let unused: Vec<usize> = members
+                        .iter()
+                        .copied()
+                        .filter(|j| !taken.contains(j))
+                        .collect();
+                    let from = if !fresh.is_empty() {
+                        &fresh
+                    } else if !unused.is_empty() {
+                        &unused
+                    } else {
+                        members
+                    };
+                    out.push(from[rng.random_range(0..from.len())]);
+                }
+            } else if members.len() >= k {
                 for j in rand::seq::index::sample(rng, members.len(), k) {
                     out.push(members[j]);
                 }

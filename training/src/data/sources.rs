@@ -263,6 +263,8 @@ pub(super) fn load_folder(
         train: ImageSet::from_images(&ti, tl, spec)?,
         train_classes: half,
         eval: EvalProtocol::LeaveOneOut(ImageSet::from_images(&ei, el, spec)?),
+        train_vendor: None,
+        val: None,
     })
 }
 
@@ -325,16 +327,19 @@ pub(super) fn load_emoji(
     let half = classes.len() / 2;
     let mut train_paths = Vec::new();
     let mut train_labels = Vec::new();
+    let mut train_vendor = Vec::new();
     for (i, e) in classes[..half].iter().enumerate() {
         train_paths.push(g.join(&e.image));
         train_paths.push(t.join(&e.image));
         train_labels.extend([i, i]);
+        train_vendor.extend([0u8, 1]);
         for v in e.skin_variations.iter().flat_map(|m| m.values()) {
-            for (has, vendor) in [(v.has_img_google, &g), (v.has_img_twitter, &t)] {
+            for (tag, has, vendor) in [(2u8, v.has_img_google, &g), (3, v.has_img_twitter, &t)] {
                 let p = vendor.join(&v.image);
                 if has && p.is_file() {
                     train_paths.push(p);
                     train_labels.push(i);
+                    train_vendor.push(tag);
                 }
             }
         }
@@ -351,5 +356,7 @@ pub(super) fn load_emoji(
             query: ImageSet::from_images(&load_all(&q_paths)?, labels.clone(), spec)?,
             gallery: ImageSet::from_images(&load_all(&g_paths)?, labels, spec)?,
         },
+        train_vendor: Some(train_vendor),
+        val: None,
     })
 }

@@ -46,6 +46,8 @@ pub(super) fn numeric_split(
         train: ImageSet::from_images(&ti, tl, spec)?,
         train_classes: half,
         eval: EvalProtocol::LeaveOneOut(ImageSet::from_images(&ei, el, spec)?),
+        train_vendor: None,
+        val: None,
     })
 }
 

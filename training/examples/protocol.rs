@@ -1,0 +1,248 @@
+//! The comparison protocol of the model card: every method × every seed, each run selected on
+//! the validation classes and tested once, then mean ± sd, paired differences against the
+//! first method with 95% bootstrap intervals, and the paired test over test queries.
+//!
+//! ```text
+//! cargo run -p htg-training --profile train --example protocol -- \
+//!     --data emoji --out runs/protocol --seeds 1-10 --steps 3000 \
+//!     bh=models/configs/emoji-protocol-batchhard.toml htg=models/configs/emoji-protocol-htg.toml
+//! ```
+//!
+//! Each `NAME=CONFIG` is a TOML config (or a method name, for its defaults). `--steps`,
+//! `--val-every`, `--patience` and `--val-classes` override every config when given. A run
+//! whose `metrics.json` exists is read back, not retrained, so an interrupted protocol
+//! continues where it stopped. Seeds are interleaved (seed 1 of every method, then seed 2, …)
+//! so a time-boxed protocol leaves complete pairs. `report.md` in `--out` is rewritten
+//! after every run.
+
+use std::path::{Path, PathBuf};
+
+use htg_training::run::{train_and_export, RunOptions, RunSummary};
+use htg_training::stats::{mean_sd, paired_difference, paired_query_test};
+use htg_training::{Method, TrainConfig};
+
+struct Args {
+    data: String,
+    out: PathBuf,
+    seeds: Vec<u64>,
+    steps: Option<usize>,
+    val_every: Option<usize>,
+    patience: Option<usize>,
+    val_classes: Option<usize>,
+    methods: Vec<(String, TrainConfig)>,
+}
+
+fn parse_seeds(s: &str) -> Result<Vec<u64>, String> {
+    let bad = |e: &dyn std::fmt::Display| format!("--seeds {s:?}: {e}");
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b): (u64, u64) = (
+                a.parse().map_err(|e| bad(&e))?,
+                b.parse().map_err(|e| bad(&e))?,
+            );
+            if a > b {
+                return Err(bad(&"empty range"));
+            }
+            Ok((a..=b).collect())
+        }
+        None => s
+            .split(',')
+            .map(|x| x.parse().map_err(|e| bad(&e)))
+            .collect(),
+    }
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        data: "emoji".into(),
+        out: PathBuf::from("runs/protocol"),
+        seeds: vec![1, 2, 3],
+        steps: None,
+        val_every: None,
+        patience: None,
+        val_classes: None,
+        methods: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    let num = |v: Option<String>, f: &str| -> Result<usize, String> {
+        v.ok_or(format!("{f} needs a value"))?
+            .parse()
+            .map_err(|e| format!("{f}: {e}"))
+    };
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--data" => a.data = it.next().ok_or("--data needs a value")?,
+            "--out" => a.out = it.next().ok_or("--out needs a value")?.into(),
+            "--seeds" => a.seeds = parse_seeds(&it.next().ok_or("--seeds needs a value")?)?,
+            "--steps" => a.steps = Some(num(it.next(), "--steps")?),
+            "--val-every" => a.val_every = Some(num(it.next(), "--val-every")?),
+            "--patience" => a.patience = Some(num(it.next(), "--patience")?),
+            "--val-classes" => a.val_classes = Some(num(it.next(), "--val-classes")?),
+            spec => {
+                let (name, what) = spec.split_once('=').ok_or(format!(
+                    "{spec:?}: expected NAME=CONFIG.toml or NAME=METHOD"
+                ))?;
+                let cfg = if what.ends_with(".toml") {
+                    TrainConfig::load(Path::new(what)).map_err(|e| e.to_string())?
+                } else {
+                    let mut c = TrainConfig::default_for(&a.data);
+                    c.method = Method::parse(what).map_err(|e| e.to_string())?;
+                    c
+                };
+                a.methods.push((name.to_string(), cfg));
+            }
+        }
+    }
+    if a.methods.is_empty() {
+        return Err("name at least one NAME=CONFIG.toml".into());
+    }
+    Ok(a)
+}
+
+fn fmt_ms(v: &[f64]) -> String {
+    let (m, s) = mean_sd(v);
+    format!("{m:.4} ± {s:.4}")
+}
+
+fn report(a: &Args, runs: &[Vec<(u64, RunSummary)>]) -> String {
+    let mut md = format!(
+        "Protocol: data {}, seeds {:?}; validation = class-disjoint split of the training classes \
+         (selection: best validation MAP@R, = R@1 for emoji); test = unseen classes, evaluated once \
+         per run through model.onnx on tract. Δ columns: paired by seed against `{}`, 95% \
+         bootstrap interval; p: sign-flip test over test queries of the per-query hit rate.\n\n",
+        a.data, a.seeds, a.methods[0].0
+    );
+    md.push_str(
+        "| method | runs | steps run / selected (mean) | val MAP@R | test R@1 | test R@4 | test MAP@R | Δ val | Δ test R@1 [95% CI] | p (queries) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let recall = |s: &RunSummary, k: usize| {
+        s.onnx_tract
+            .recall_at
+            .iter()
+            .find(|r| r.0 == k)
+            .map_or(f64::NAN, |r| r.1)
+    };
+    let reference = &runs[0];
+    for ((name, _), rs) in a.methods.iter().zip(runs) {
+        if rs.is_empty() {
+            continue;
+        }
+        let val: Vec<f64> = rs
+            .iter()
+            .map(|(_, s)| s.val.as_ref().map_or(f64::NAN, |v| v.map_at_r))
+            .collect();
+        let r1: Vec<f64> = rs.iter().map(|(_, s)| recall(s, 1)).collect();
+        let r4: Vec<f64> = rs.iter().map(|(_, s)| recall(s, 4)).collect();
+        let map: Vec<f64> = rs.iter().map(|(_, s)| s.onnx_tract.map_at_r).collect();
+        let ran = rs.iter().map(|(_, s)| s.steps as f64).sum::<f64>() / rs.len() as f64;
+        let sel = rs.iter().map(|(_, s)| s.selected_step as f64).sum::<f64>() / rs.len() as f64;
+        // Pairs: seeds both this method and the reference have.
+        let pairs: Vec<(&RunSummary, &RunSummary)> = rs
+            .iter()
+            .filter_map(|(seed, s)| {
+                reference
+                    .iter()
+                    .find(|(r, _)| r == seed)
+                    .map(|(_, r)| (s, r))
+            })
+            .collect();
+        let (dval, dtest, p) = if std::ptr::eq(rs, reference) || pairs.is_empty() {
+            ("–".to_string(), "–".to_string(), "–".to_string())
+        } else {
+            let get = |f: &dyn Fn(&RunSummary) -> f64| -> (Vec<f64>, Vec<f64>) {
+                pairs.iter().map(|(s, r)| (f(s), f(r))).unzip()
+            };
+            let (va, vb) = get(&|s| s.val.as_ref().map_or(f64::NAN, |v| v.map_at_r));
+            let (ta, tb) = get(&|s| recall(s, 1));
+            let dv =
+                paired_difference(&va, &vb, 7).map_or("–".into(), |c| format!("{:+.4}", c.mean));
+            let dt = paired_difference(&ta, &tb, 7).map_or("–".into(), |c| {
+                format!("{:+.4} [{:+.4}, {:+.4}]", c.mean, c.lo, c.hi)
+            });
+            let ha: Vec<Vec<bool>> = pairs
+                .iter()
+                .map(|(s, _)| s.test_top1_hits.clone())
+                .collect();
+            let hb: Vec<Vec<bool>> = pairs
+                .iter()
+                .map(|(_, r)| r.test_top1_hits.clone())
+                .collect();
+            let p = paired_query_test(&ha, &hb, 10_000, 11)
+                .map_or("–".into(), |(_, p)| format!("{p:.3}"));
+            (dv, dt, p)
+        };
+        md.push_str(&format!(
+            "| {name} | {} | {ran:.0} / {sel:.0} | {} | {} | {} | {} | {dval} | {dtest} | {p} |\n",
+            rs.len(),
+            fmt_ms(&val),
+            fmt_ms(&r1),
+            fmt_ms(&r4),
+            fmt_ms(&map)
+        ));
+    }
+    md
+}
+
+fn main() {
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("protocol: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut runs: Vec<Vec<(u64, RunSummary)>> = vec![Vec::new(); a.methods.len()];
+    for &seed in &a.seeds {
+        for (m, (name, base)) in a.methods.iter().enumerate() {
+            let mut cfg = base.clone();
+            cfg.seed = seed;
+            cfg.steps = a.steps.unwrap_or(cfg.steps);
+            cfg.val_every = a.val_every.unwrap_or(cfg.val_every);
+            cfg.patience = a.patience.unwrap_or(cfg.patience);
+            cfg.val_classes = a.val_classes.unwrap_or(cfg.val_classes);
+            cfg.checkpoint_every = 0;
+            let out = a.out.join(name).join(format!("s{seed}"));
+            let metrics = out.join("metrics.json");
+            let summary = match std::fs::read_to_string(&metrics)
+                .ok()
+                .and_then(|t| serde_json::from_str::<RunSummary>(&t).ok())
+            {
+                Some(s) => s,
+                None => {
+                    let opts = RunOptions {
+                        data: a.data.clone(),
+                        out: out.clone(),
+                        resume: false,
+                        max_classes: None,
+                    };
+                    match train_and_export(cfg, &opts, |_| {}) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("protocol: {name} seed {seed}: {e}");
+                            std::process::exit(1);
+                        }
+                    }
+                }
+            };
+            eprintln!(
+                "{name} s{seed}: steps {} selected {} val {:.4} test R@1 {:.4} ({:.0} ms/step)",
+                summary.steps,
+                summary.selected_step,
+                summary.val.as_ref().map_or(f64::NAN, |v| v.map_at_r),
+                summary
+                    .onnx_tract
+                    .recall_at
+                    .first()
+                    .map_or(f64::NAN, |r| r.1),
+                summary.ms_per_step
+            );
+            runs[m].push((seed, summary));
+            let md = report(&a, &runs);
+            let _ = std::fs::create_dir_all(&a.out);
+            if let Err(e) = std::fs::write(a.out.join("report.md"), &md) {
+                eprintln!("protocol: writing report.md: {e}");
+            }
+        }
+    }
+    println!("{}", report(&a, &runs));
+}
