@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use htg_retrieval::index::{self, CreateOptions, IndexError, SearchIndex, SearchOptions};
+use htg_retrieval::index::{self, CreateOptions, IndexError, SearchOptions};
 use htg_retrieval::{ModelId, Record};
 use tempfile::TempDir;
 
