@@ -570,6 +570,26 @@ mod tests {
             ("[batch]\nmax_size = 0\n", "`batch.max_size`"),
             ("max_upload_bytes = -1\n", "-1"),
             ("max_k = [\n", "not valid TOML"),
+            ("api_key = \"short\"\n", "`api_key`"),
+            ("api_key = \"has a space in it ok\"\n", "`api_key`"),
+            (
+                "read_only_api_key = \"read-only-key-0123\"\n",
+                "set without `api_key`",
+            ),
+            (
+                "api_key = \"same-key-0123456789\"\nread_only_api_key = \"same-key-0123456789\"\n",
+                "would allow writes",
+            ),
+            ("[tls]\ncert = \"a.pem\"\n", "`tls`"),
+            (
+                "[cors]\nallowed_origins = [\"app.example.com\"]\n",
+                "`cors.allowed_origins`",
+            ),
+            (
+                "[cors]\nallowed_origins = [\"https://a.example/x\"]\n",
+                "`cors.allowed_origins`",
+            ),
+            ("decode_budget_pixels = 10\n", "`decode_budget_pixels`"),
         ];
         for (i, (text, want)) in cases.iter().enumerate() {
             let file = dir.path().join(format!("c{i}.toml"));
@@ -591,6 +611,35 @@ mod tests {
         }
         let missing = Config::load(Some(&dir.path().join("absent.toml")), env(&[]));
         assert!(matches!(missing, Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn access_settings_come_from_the_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HTG__API_KEY", "full-key-0123456789"),
+                ("HTG__READ_ONLY_API_KEY", "read-key-0123456789"),
+                ("HTG__METRICS_REQUIRE_KEY", "false"),
+                (
+                    "HTG__CORS__ALLOWED_ORIGINS",
+                    "https://a.example.com, http://localhost:3000",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.api_key, "full-key-0123456789");
+        assert_eq!(c.read_only_api_key, "read-key-0123456789");
+        assert!(!c.metrics_require_key);
+        assert_eq!(
+            c.cors.allowed_origins,
+            vec!["https://a.example.com", "http://localhost:3000"]
+        );
+        assert!(!Config::default().tls.enabled());
+        assert!(
+            Config::default().cors.allowed_origins.is_empty(),
+            "CORS off by default"
+        );
     }
 
     #[test]

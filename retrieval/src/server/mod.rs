@@ -30,9 +30,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::{Embedder, ModelSpec, SearchIndex};
+use actix_cors::Cors;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service as _, ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_cors::Cors;
 use actix_web::middleware::Condition;
 use actix_web::{web, App, HttpServer};
 
