@@ -17,8 +17,13 @@ fn template() -> &'static (tempfile::TempDir, Vec<PathBuf>) {
     static T: OnceLock<(tempfile::TempDir, Vec<PathBuf>)> = OnceLock::new();
     T.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let idx = LocalIndex::create(dir.path(), ModelId::synthetic(DIM), None, &CreateOptions::default())
-            .expect("create");
+        let idx = LocalIndex::create(
+            dir.path(),
+            ModelId::synthetic(DIM),
+            None,
+            &CreateOptions::default(),
+        )
+        .expect("create");
         let item = |i: usize| {
             let mut v = vec![0.0f32; DIM];
             v[i % DIM] = 1.0;
@@ -29,9 +34,11 @@ fn template() -> &'static (tempfile::TempDir, Vec<PathBuf>) {
             };
             (r, v)
         };
-        idx.insert_many((0..20).map(item).collect()).expect("insert");
+        idx.insert_many((0..20).map(item).collect())
+            .expect("insert");
         idx.checkpoint().expect("checkpoint");
-        idx.insert_many((20..24).map(item).collect()).expect("insert after the checkpoint");
+        idx.insert_many((20..24).map(item).collect())
+            .expect("insert after the checkpoint");
         idx.remove(3).expect("remove");
         drop(idx);
         let files = walk(dir.path());

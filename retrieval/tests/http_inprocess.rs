@@ -541,3 +541,168 @@ async fn tls_serves_https_with_the_configured_certificate() {
         "plain HTTP must not be served on the TLS port"
     );
 }
+
+/// A tmpfs mounted for one test, unmounted (lazily) when dropped, even after a failure.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `bytes` at a new directory, or says why it cannot.
+    fn mount(bytes: u64) -> Result<Tmpfs, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("htg-full-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(format!(
+                "mount -t tmpfs failed (needs root or CAP_SYS_ADMIN): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Writes zeros into `path` until the filesystem refuses with ENOSPC.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    loop {
+        match f.write_all(&block) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    // Smaller pieces until not even one byte fits.
+    while f.write_all(&[0u8; 512]).is_ok() {}
+    while f.write_all(&[0u8]).is_ok() {}
+    let _ = f.sync_all();
+}
+
+#[actix_web::test]
+async fn a_full_disk_answers_507_and_loses_no_acknowledged_write() {
+    let fs = match Tmpfs::mount(16 << 20) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED: a_full_disk_answers_507: {why}");
+            return;
+        }
+    };
+    let dir = fs.0.join("idx");
+    let (index, embedder) = fixture_index(&dir);
+    let before = htg_retrieval::SearchIndex::len(&index);
+    let state = server::new_state(
+        Config::default(),
+        Arc::new(index),
+        Arc::clone(&embedder),
+        dir.join("uploads"),
+    );
+    let app = test::init_service(server::app(state.clone())).await;
+    let add = |name: &str| {
+        let (ct, body) = form(&[&png(name)], &[]);
+        test::TestRequest::post()
+            .uri("/images")
+            .insert_header(("content-type", ct))
+            .set_payload(body)
+            .to_request()
+    };
+    let id_of = |v: &Value| v["added"][0]["id"].as_u64().unwrap();
+
+    // Acknowledged before the disk fills.
+    let res = test::call_service(&app, add("1f49c-google.png")).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let first = id_of(&test::read_body_json(res).await);
+
+    fill(&fs.0.join("filler"));
+    // A new upload cannot be stored: 507 with a clear message, nothing added.
+    let res = test::call_service(&app, add("1f999-google.png")).await;
+    assert_eq!(res.status(), StatusCode::INSUFFICIENT_STORAGE);
+    let body: Value = test::read_body_json(res).await;
+    assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("write was not made"), "{msg}");
+    // Re-adding an image already stored needs no new upload file, only a log entry (its
+    // vector): those fit while the log file's last page has room (tmpfs allocates pages),
+    // then the append is refused with 507. Each 201 is acknowledged and must survive.
+    let mut acked = Vec::new();
+    let mut refused = false;
+    for _ in 0..500 {
+        let res = test::call_service(&app, add("1f49c-google.png")).await;
+        match res.status() {
+            StatusCode::CREATED => acked.push(id_of(&test::read_body_json(res).await)),
+            StatusCode::INSUFFICIENT_STORAGE => {
+                let body: Value = test::read_body_json(res).await;
+                assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+                refused = true;
+                break;
+            }
+            other => panic!(
+                "add on a full disk: {other} {:?}",
+                test::read_body(res).await
+            ),
+        }
+    }
+    assert!(refused, "a full disk refuses a log append eventually");
+    // A delete is refused the same way (or, if it still fits, is acknowledged).
+    let res = test::call_service(
+        &app,
+        test::TestRequest::delete()
+            .uri(&format!("/images/{first}"))
+            .to_request(),
+    )
+    .await;
+    let deleted = match res.status() {
+        StatusCode::OK => true,
+        StatusCode::INSUFFICIENT_STORAGE => false,
+        other => panic!(
+            "delete on a full disk: {other} {:?}",
+            test::read_body(res).await
+        ),
+    };
+    // Reads still work on a full disk.
+    let res = test::call_service(&app, test::TestRequest::get().uri("/stats").to_request()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // Space comes back: writes work again, after the refused ones.
+    std::fs::remove_file(fs.0.join("filler")).unwrap();
+    let res = test::call_service(&app, add("1f999-google.png")).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let second = id_of(&test::read_body_json(res).await);
+    drop(app);
+    drop(state);
+
+    // Reopened: every acknowledged write is there, the refused delete did not happen.
+    let reopened = htg_retrieval::LocalIndex::open(&dir).expect("the index reopens");
+    use htg_retrieval::SearchIndex as _;
+    assert_eq!(reopened.record(first).is_none(), deleted);
+    assert!(reopened.record(second).is_some());
+    for id in &acked {
+        assert!(
+            reopened.record(*id).is_some(),
+            "acknowledged add {id} was lost"
+        );
+    }
+    assert_eq!(
+        reopened.len(),
+        before + 2 + acked.len() - usize::from(deleted),
+        "exactly the acknowledged writes"
+    );
+}

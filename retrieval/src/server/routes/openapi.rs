@@ -245,7 +245,10 @@ mod tests {
             ..Config::default()
         };
         let v = document(&config, 8);
-        assert_eq!(v["components"]["securitySchemes"]["api_key"]["name"], "api-key");
+        assert_eq!(
+            v["components"]["securitySchemes"]["api_key"]["name"],
+            "api-key"
+        );
         let op = |p: &str, m: &str| v["paths"][p][m].clone();
         assert!(op("/healthz", "get")["security"].is_null());
         assert!(op("/", "get")["security"].is_null());
