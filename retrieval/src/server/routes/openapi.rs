@@ -59,7 +59,9 @@ pub fn document(config: &Config, dim: usize) -> Value {
     if let Some(paths) = v["paths"].as_object_mut() {
         for op in paths.values_mut().filter_map(Value::as_object_mut) {
             for op in op.values_mut() {
-                let Some(params) = op["parameters"].as_array_mut() else {
+                // `get_mut`, not indexing: indexing a missing key would insert `null`, and
+                // `parameters: null` is not a valid document.
+                let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
                     continue;
                 };
                 for p in params.iter_mut().filter(|p| p["name"] == "k") {
@@ -259,6 +261,17 @@ mod tests {
         let open = document(&Config::default(), 8);
         assert!(open["components"]["securitySchemes"].is_null());
         assert!(open["paths"]["/stats"]["get"]["responses"]["401"].is_null());
+        // No operation gets a `parameters: null` (schemathesis refuses the document).
+        for v in [&v, &open] {
+            for (path, item) in v["paths"].as_object().unwrap() {
+                for (m, op) in item.as_object().unwrap() {
+                    assert!(
+                        op.get("parameters").is_none_or(Value::is_array),
+                        "{m} {path}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
