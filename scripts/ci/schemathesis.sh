@@ -3,11 +3,16 @@
 # schemathesis (pinned, in its own venv), a fixed seed and a bounded number of examples.
 # Exits non-zero on any failure. Used by .ci/run; see docs/RELIABILITY.md.
 #
-# Usage: scripts/ci/schemathesis.sh [MAX_EXAMPLES] [SEED]   (defaults 10 and 20261129)
+# Usage: scripts/ci/schemathesis.sh [MAX_EXAMPLES] [SEED]   (defaults 25 and 20261129)
+# ST_PHASES picks the phases (default examples,fuzzing: about a minute). The coverage phase
+# (boundary and pattern-violating values for every parameter) is thorough but took 11 minutes
+# on the shared 2-core machine, so CI leaves it out; run it with
+#   ST_PHASES=examples,coverage,fuzzing scripts/ci/schemathesis.sh
 # Needs: a built htg (cargo build), python3 with venv. HTG_BIN overrides the binary.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-MAX_EXAMPLES="${1:-10}"
+MAX_EXAMPLES="${1:-25}"
+PHASES="${ST_PHASES:-examples,fuzzing}"
 SEED="${2:-20261129}"
 ST_VERSION=4.32.5
 CACHE="${HTG_CACHE_DIR:-$HOME/.cache/htg}"
@@ -50,9 +55,9 @@ url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$work/out" | head -1)
   --header "api-key: $KEY" \
   --checks all \
   --exclude-checks positive_data_acceptance,use_after_free,ensure_resource_availability,object_level_authorization \
-  --phases examples,coverage,fuzzing \
+  --phases "$PHASES" \
   --seed "$SEED" --max-examples "$MAX_EXAMPLES" --workers 1 \
   --request-timeout 30 --suppress-health-check too_slow,filter_too_much \
   --report junit --report-dir "$work/report" \
   --no-color
-echo "schemathesis: ok (seed $SEED, up to $MAX_EXAMPLES examples per operation)"
+echo "schemathesis: ok (phases $PHASES, seed $SEED, up to $MAX_EXAMPLES examples per operation)"
