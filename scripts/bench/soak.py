@@ -3,7 +3,8 @@
 middle of writes and a restart that must show every acknowledged write.
 
 Readers (POST /search with a raw image, GET /images/{id}/similar, GET /stats) and writers
-(POST /images, then DELETE of an image they added) run for --seconds with the API keys on.
+(POST /images, then DELETE of an image they added, each holding at most 50, so the index
+keeps its size) run for --seconds with the API keys on.
 Every 5 s the server's resident memory (VmRSS) is sampled. Reports p50/p99 per operation,
 5xx and connection errors (target: 0), and RSS growth from the end of the warm-up to the end
 (target <= 10%). Then, with the writers still running, the server is killed with SIGKILL,
@@ -117,7 +118,11 @@ def main():
     stop = threading.Event()
     kill_writers = threading.Event()
 
+    killing = threading.Event()
+
     def record(op, t, status):
+        if killing.is_set():
+            return  # answers after the SIGKILL are the kill's, not the soak's
         with lock:
             if isinstance(status, int) and status < 500:
                 lat.setdefault(op, []).append(time.perf_counter() - t)
@@ -148,7 +153,9 @@ def main():
         while not (stop.is_set() or kill_writers.is_set()):
             t = time.perf_counter()
             try:
-                if mine and rnd.random() < 0.4:
+                # Deletes balance adds once a writer holds 50 images, so the index keeps its
+                # size: memory growth then means a leak, not more data.
+                if mine and (len(mine) >= 50 or rnd.random() < 0.4):
                     victim = mine.pop(rnd.randrange(len(mine)))
                     s, _ = c.call("DELETE", f"/images/{victim}")
                     if s == 200:
@@ -184,6 +191,7 @@ def main():
     # Writers keep going while the server is killed: SIGKILL lands among writes.
     stop.clear()
     time.sleep(1)
+    killing.set()
     server.send_signal(signal.SIGKILL)
     server.wait()
     kill_writers.set()
