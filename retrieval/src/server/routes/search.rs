@@ -270,9 +270,16 @@ pub(super) async fn search_vector(
     require_json(&req)?;
     let body = read_body(&req, payload, state.config.max_upload_bytes).await?;
     let r: VectorRequest = parse_json(&body)?;
-    let (k, opts) =
-        merge(&query, r.k, r.ef, r.exact, r.label, r.path_prefix, &state.config)?
-            .resolve(&state.config)?;
+    let (k, opts) = merge(
+        &query,
+        r.k,
+        r.ef,
+        r.exact,
+        r.label,
+        r.path_prefix,
+        &state.config,
+    )?
+    .resolve(&state.config)?;
     check_finite(&r.vector)?;
     let results = service::search(&state, vec![r.vector], k, opts, None).await?;
     Ok(Json(SearchAnswer {
