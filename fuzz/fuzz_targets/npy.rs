@@ -8,5 +8,5 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(m) = htg_ann::npy::parse::<f32>(data) {
         assert_eq!(m.data.len(), m.rows * m.cols);
     }
-    let _ = htg_ann::npy::parse::<u32>(data);
+    let _ = htg_ann::npy::parse::<i32>(data);
 });
