@@ -54,18 +54,7 @@ pub enum PreprocessError {
 
 /// Decodes image bytes of any supported format, refusing images above `max_pixels`.
 pub fn decode_with_limit(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, PreprocessError> {
-    if bytes.is_empty() {
-        return Err(PreprocessError::Empty);
-    }
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| PreprocessError::Decode(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(PreprocessError::UnknownFormat);
-    }
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| PreprocessError::Decode(e.to_string()))?;
+    let (width, height) = dimensions(bytes)?;
     if u64::from(width) * u64::from(height) > max_pixels {
         return Err(PreprocessError::TooLarge {
             width,
@@ -81,6 +70,23 @@ pub fn decode_with_limit(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, 
     reader.limits(limits);
     reader
         .decode()
+        .map_err(|e| PreprocessError::Decode(e.to_string()))
+}
+
+/// Width and height from the image's header, without decoding pixels: what limits and
+/// budgets are checked against before any decoding cost is paid.
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), PreprocessError> {
+    if bytes.is_empty() {
+        return Err(PreprocessError::Empty);
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| PreprocessError::Decode(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(PreprocessError::UnknownFormat);
+    }
+    reader
+        .into_dimensions()
         .map_err(|e| PreprocessError::Decode(e.to_string()))
 }
 

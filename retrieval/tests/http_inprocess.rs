@@ -198,3 +198,511 @@ fn res_status_code(body: &Value) -> Value {
     assert!((400..500).contains(&s), "{body}");
     body["error"]["status"].clone()
 }
+
+const FULL_KEY: &str = "full-key-for-tests-0123";
+const READ_KEY: &str = "read-key-for-tests-0123";
+
+/// A multipart body of `image` fields.
+fn form(images: &[&[u8]], extra: &[(&str, &str)]) -> (String, Vec<u8>) {
+    let boundary = "htgTestBoundary";
+    let mut b = Vec::new();
+    for img in images {
+        b.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").as_bytes());
+        b.extend_from_slice(img);
+        b.extend_from_slice(b"\r\n");
+    }
+    for (k, v) in extra {
+        b.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    b.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), b)
+}
+
+#[actix_web::test]
+async fn api_keys_cors_and_the_decode_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (index, embedder) = fixture_index(tmp.path());
+    let config = Config {
+        api_key: FULL_KEY.into(),
+        read_only_api_key: READ_KEY.into(),
+        cors: server::config::CorsConfig {
+            allowed_origins: vec!["https://app.example.com".into()],
+            max_age_s: 60,
+        },
+        // One 64x64 emoji fits, two do not.
+        decode_budget_pixels: 6000,
+        ..Config::default()
+    };
+    let state = server::new_state(
+        config,
+        Arc::new(index),
+        embedder,
+        tmp.path().join("uploads"),
+    );
+    let app = test::init_service(server::app(state)).await;
+    let get = |uri: &str, key: Option<(&'static str, String)>| {
+        let mut r = test::TestRequest::get().uri(uri);
+        if let Some(h) = key {
+            r = r.insert_header(h);
+        }
+        r.to_request()
+    };
+    let api = |k: &str| Some(("api-key", k.to_string()));
+    let bearer = |k: &str| Some(("authorization", format!("Bearer {k}")));
+
+    // Probes and the page are open; everything else needs a key.
+    for uri in ["/healthz", "/"] {
+        let res = test::call_service(&app, get(uri, None)).await;
+        assert_eq!(res.status(), StatusCode::OK, "{uri}");
+    }
+    for uri in [
+        "/stats",
+        "/metrics",
+        "/openapi.json",
+        "/images/1/file",
+        "/nope",
+    ] {
+        let res = test::call_service(&app, get(uri, None)).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{uri}");
+        assert!(res.headers().get("www-authenticate").is_some(), "{uri}");
+        let body: Value = test::read_body_json(res).await;
+        assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    }
+    let res = test::call_service(&app, get("/stats", api("full-key-for-tests-0124"))).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    for key in [
+        api(READ_KEY),
+        api(FULL_KEY),
+        bearer(READ_KEY),
+        bearer(FULL_KEY),
+    ] {
+        let res = test::call_service(&app, get("/stats", key.clone())).await;
+        assert_eq!(res.status(), StatusCode::OK, "{key:?}");
+    }
+
+    // Searches are reads; adds and deletes need the full key (403 with the read-only one).
+    let search = |key: &str| {
+        test::TestRequest::post()
+            .uri("/search?k=2")
+            .insert_header(("content-type", "image/png"))
+            .insert_header(("api-key", key.to_string()))
+            .set_payload(png("1f49c-google.png"))
+            .to_request()
+    };
+    assert_eq!(
+        test::call_service(&app, search(READ_KEY)).await.status(),
+        StatusCode::OK
+    );
+    let add = |key: &str| {
+        let (ct, body) = form(&[&png("1f49c-google.png")], &[("label", "added")]);
+        test::TestRequest::post()
+            .uri("/images")
+            .insert_header(("content-type", ct))
+            .insert_header(("api-key", key.to_string()))
+            .set_payload(body)
+            .to_request()
+    };
+    let res = test::call_service(&app, add(READ_KEY)).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let body: Value = test::read_body_json(res).await;
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    let res = test::call_service(&app, add(FULL_KEY)).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body: Value = test::read_body_json(res).await;
+    let id = body["added"][0]["id"].as_u64().unwrap();
+    let delete = |key: &str| {
+        test::TestRequest::delete()
+            .uri(&format!("/images/{id}"))
+            .insert_header(("api-key", key.to_string()))
+            .to_request()
+    };
+    assert_eq!(
+        test::call_service(&app, delete(READ_KEY)).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        test::call_service(&app, delete(FULL_KEY)).await.status(),
+        StatusCode::OK
+    );
+    let snap = test::TestRequest::post()
+        .uri("/snapshots")
+        .insert_header(("api-key", READ_KEY))
+        .to_request();
+    assert_eq!(
+        test::call_service(&app, snap).await.status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // CORS: the listed origin gets a preflight answer naming it (the key header allowed), even
+    // without a key; another origin does not.
+    let preflight = |origin: &str| {
+        test::TestRequest::default()
+            .method(actix_web::http::Method::OPTIONS)
+            .uri("/search")
+            .insert_header(("origin", origin.to_string()))
+            .insert_header(("access-control-request-method", "POST"))
+            .insert_header(("access-control-request-headers", "api-key,content-type"))
+            .to_request()
+    };
+    let res = test::call_service(&app, preflight("https://app.example.com")).await;
+    assert!(res.status().is_success(), "{}", res.status());
+    assert_eq!(
+        res.headers().get("access-control-allow-origin").unwrap(),
+        "https://app.example.com"
+    );
+    let allowed = res
+        .headers()
+        .get("access-control-allow-headers")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("api-key"), "{allowed}");
+    let res = test::call_service(&app, preflight("https://evil.example.com")).await;
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    let res = test::call_service(
+        &app,
+        test::TestRequest::get()
+            .uri("/stats")
+            .insert_header(("origin", "https://app.example.com"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        res.headers().get("access-control-allow-origin").unwrap(),
+        "https://app.example.com",
+        "a browser page can read the 401"
+    );
+
+    // Decode budget: two 64x64 images (8192 pixels) are over 6000, refused before decoding.
+    let batch = |n: usize| {
+        let img = png("1f49c-google.png");
+        let imgs: Vec<&[u8]> = (0..n).map(|_| &img[..]).collect();
+        let (ct, body) = form(&imgs, &[]);
+        test::TestRequest::post()
+            .uri("/search/batch")
+            .insert_header(("content-type", ct))
+            .insert_header(("api-key", READ_KEY))
+            .set_payload(body)
+            .to_request()
+    };
+    assert_eq!(
+        test::call_service(&app, batch(1)).await.status(),
+        StatusCode::OK
+    );
+    let res = test::call_service(&app, batch(2)).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body: Value = test::read_body_json(res).await;
+    assert_eq!(body["error"]["code"], "decode_budget", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("8192 pixels"),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn cors_is_off_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (index, embedder) = fixture_index(tmp.path());
+    let state = server::new_state(
+        Config::default(),
+        Arc::new(index),
+        embedder,
+        tmp.path().join("uploads"),
+    );
+    let app = test::init_service(server::app(state)).await;
+    let res = test::call_service(
+        &app,
+        test::TestRequest::get()
+            .uri("/stats")
+            .insert_header(("origin", "https://app.example.com"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK, "no key configured: open");
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+}
+
+/// `GET /healthz` over TLS with a client that trusts only the test CA.
+fn https_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let ca = std::fs::read(repo().join("retrieval/tests/fixtures/tls/ca.pem"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
+        let cert: rustls::pki_types::CertificateDer = cert.expect("PEM");
+        roots.add(cert).expect("CA certificate");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    // A peer that closes without close_notify ends in UnexpectedEof: what was read counts.
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    Ok(String::from_utf8_lossy(&out).to_string())
+}
+
+#[actix_web::test]
+async fn tls_serves_https_with_the_configured_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (index, embedder) = fixture_index(tmp.path());
+    let dir = repo().join("retrieval/tests/fixtures/tls");
+    let tls = server::config::TlsConfig {
+        cert: dir.join("server.pem").display().to_string(),
+        key: dir.join("server.key").display().to_string(),
+    };
+    // A missing or mismatched file is refused before listening.
+    let missing = server::config::TlsConfig {
+        cert: dir.join("absent.pem").display().to_string(),
+        key: tls.key.clone(),
+    };
+    let err = server::tls::server_config(&missing)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tls.cert"), "{err}");
+    let swapped = server::config::TlsConfig {
+        cert: tls.key.clone(),
+        key: tls.cert.clone(),
+    };
+    assert!(server::tls::server_config(&swapped).is_err());
+
+    let rustls_config = server::tls::server_config(&tls).unwrap().expect("TLS on");
+    let config = Config {
+        api_key: FULL_KEY.into(),
+        tls,
+        ..Config::default()
+    };
+    let state = server::new_state(
+        config,
+        Arc::new(index),
+        embedder,
+        tmp.path().join("uploads"),
+    );
+    let app_state = state.clone();
+    let srv = actix_web::HttpServer::new(move || server::app(app_state.clone()))
+        .workers(1)
+        .disable_signals()
+        .bind_rustls_0_23("127.0.0.1:0", rustls_config)
+        .unwrap();
+    let addr = srv.addrs()[0];
+    let running = srv.run();
+    let handle = running.handle();
+    actix_web::rt::spawn(running);
+    let (health, stats, plain) = actix_web::rt::task::spawn_blocking(move || {
+        let plain = std::net::TcpStream::connect(addr).and_then(|mut s| {
+            use std::io::{Read, Write};
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            Ok(String::from_utf8_lossy(&out).to_string())
+        });
+        (
+            https_get(addr, "/healthz"),
+            https_get(addr, "/stats"),
+            plain,
+        )
+    })
+    .await
+    .unwrap();
+    handle.stop(true).await;
+    let health = health.expect("TLS handshake with the test CA");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let stats = stats.unwrap();
+    assert!(
+        stats.starts_with("HTTP/1.1 401"),
+        "keys apply over TLS too: {stats}"
+    );
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    assert!(
+        !plain.unwrap_or_default().starts_with("HTTP/1.1 200"),
+        "plain HTTP must not be served on the TLS port"
+    );
+}
+
+/// A tmpfs mounted for one test, unmounted (lazily) when dropped, even after a failure.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `bytes` at a new directory, or says why it cannot.
+    fn mount(bytes: u64) -> Result<Tmpfs, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("htg-full-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(format!(
+                "mount -t tmpfs failed (needs root or CAP_SYS_ADMIN): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Writes zeros into `path` until the filesystem refuses with ENOSPC.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    loop {
+        match f.write_all(&block) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    // Smaller pieces until not even one byte fits.
+    while f.write_all(&[0u8; 512]).is_ok() {}
+    while f.write_all(&[0u8]).is_ok() {}
+    let _ = f.sync_all();
+}
+
+#[actix_web::test]
+async fn a_full_disk_answers_507_and_loses_no_acknowledged_write() {
+    let fs = match Tmpfs::mount(16 << 20) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED: a_full_disk_answers_507: {why}");
+            return;
+        }
+    };
+    let dir = fs.0.join("idx");
+    let (index, embedder) = fixture_index(&dir);
+    let before = htg_retrieval::SearchIndex::len(&index);
+    let state = server::new_state(
+        Config::default(),
+        Arc::new(index),
+        Arc::clone(&embedder),
+        dir.join("uploads"),
+    );
+    let app = test::init_service(server::app(state.clone())).await;
+    let add = |name: &str| {
+        let (ct, body) = form(&[&png(name)], &[]);
+        test::TestRequest::post()
+            .uri("/images")
+            .insert_header(("content-type", ct))
+            .set_payload(body)
+            .to_request()
+    };
+    let id_of = |v: &Value| v["added"][0]["id"].as_u64().unwrap();
+
+    // Acknowledged before the disk fills.
+    let res = test::call_service(&app, add("1f49c-google.png")).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let first = id_of(&test::read_body_json(res).await);
+
+    fill(&fs.0.join("filler"));
+    // A new upload cannot be stored: 507 with a clear message, nothing added.
+    let res = test::call_service(&app, add("1f999-google.png")).await;
+    assert_eq!(res.status(), StatusCode::INSUFFICIENT_STORAGE);
+    let body: Value = test::read_body_json(res).await;
+    assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("write was not made"), "{msg}");
+    // Re-adding an image already stored needs no new upload file, only a log entry (its
+    // vector): those fit while the log file's last page has room (tmpfs allocates pages),
+    // then the append is refused with 507. Each 201 is acknowledged and must survive.
+    let mut acked = Vec::new();
+    let mut refused = false;
+    for _ in 0..500 {
+        let res = test::call_service(&app, add("1f49c-google.png")).await;
+        match res.status() {
+            StatusCode::CREATED => acked.push(id_of(&test::read_body_json(res).await)),
+            StatusCode::INSUFFICIENT_STORAGE => {
+                let body: Value = test::read_body_json(res).await;
+                assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+                refused = true;
+                break;
+            }
+            other => panic!(
+                "add on a full disk: {other} {:?}",
+                test::read_body(res).await
+            ),
+        }
+    }
+    assert!(refused, "a full disk refuses a log append eventually");
+    // A delete is refused the same way (or, if it still fits, is acknowledged).
+    let res = test::call_service(
+        &app,
+        test::TestRequest::delete()
+            .uri(&format!("/images/{first}"))
+            .to_request(),
+    )
+    .await;
+    let deleted = match res.status() {
+        StatusCode::OK => true,
+        StatusCode::INSUFFICIENT_STORAGE => false,
+        other => panic!(
+            "delete on a full disk: {other} {:?}",
+            test::read_body(res).await
+        ),
+    };
+    // Reads still work on a full disk.
+    let res = test::call_service(&app, test::TestRequest::get().uri("/stats").to_request()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // Space comes back: writes work again, after the refused ones.
+    std::fs::remove_file(fs.0.join("filler")).unwrap();
+    let res = test::call_service(&app, add("1f999-google.png")).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let second = id_of(&test::read_body_json(res).await);
+    drop(app);
+    drop(state);
+
+    // Reopened: every acknowledged write is there, the refused delete did not happen.
+    let reopened = htg_retrieval::LocalIndex::open(&dir).expect("the index reopens");
+    use htg_retrieval::SearchIndex as _;
+    assert_eq!(reopened.record(first).is_none(), deleted);
+    assert!(reopened.record(second).is_some());
+    for id in &acked {
+        assert!(
+            reopened.record(*id).is_some(),
+            "acknowledged add {id} was lost"
+        );
+    }
+    assert_eq!(
+        reopened.len(),
+        before + 2 + acked.len() - usize::from(deleted),
+        "exactly the acknowledged writes"
+    );
+}

@@ -423,12 +423,24 @@ impl Wal {
         for (i, op) in ops.iter().enumerate() {
             buf.extend_from_slice(&encode(first + i as u64, op));
         }
+        let start = w
+            .file
+            .metadata()
+            .map_err(|e| AppendError::Wal(io_err("stat", &w.path.clone())(e)))?
+            .len();
         if let Err(e) = w.file.write_all(&buf) {
-            // A partial write leaves a torn tail; cut it so the next append follows a whole
-            // entry.
-            let len = w.file.metadata().map(|m| m.len()).unwrap_or(0);
-            let _ = w.file.set_len(len.saturating_sub(buf.len() as u64));
-            return Err(AppendError::Wal(io_err("append to", &w.path.clone())(e)));
+            // A partial write (a full disk) leaves a torn entry: cut the file back to where
+            // this append began, so the next append follows a whole entry. Cutting never
+            // needs space; if it fails anyway, the next append cuts it and starts a new
+            // segment, as after a crash.
+            let path = w.path.clone();
+            if w.file.set_len(start).is_err() {
+                *slot = Err(Pending {
+                    next_seq: first,
+                    torn: Some((path.clone(), start)),
+                });
+            }
+            return Err(AppendError::Wal(io_err("append to", &path)(e)));
         }
         w.next_seq = first + ops.len() as u64;
         let last = w.next_seq - 1;

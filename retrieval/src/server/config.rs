@@ -78,6 +78,37 @@ pub struct BatchConfig {
     pub threads: usize,
 }
 
+/// TLS: when both paths are set the server speaks HTTPS only (rustls), else plain HTTP.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first (empty: no TLS).
+    pub cert: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty() || !self.key.is_empty()
+    }
+}
+
+/// Cross-origin access for browsers: off unless origins are listed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins (`https://app.example.com`) whose pages may call the API; `*` allows any.
+    /// From the environment: comma-separated.
+    pub allowed_origins: Vec<String>,
+    /// Seconds a browser may cache a preflight answer.
+    pub max_age_s: u64,
+}
+
+/// Shortest API key accepted: a key a person can guess is no key.
+pub const MIN_KEY_LEN: usize = 16;
+
 /// Everything `htg serve` can be configured with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +133,27 @@ pub struct Config {
     pub backend: String,
     /// Dynamic batching.
     pub batch: BatchConfig,
+    /// Key for every operation (`api-key` header or `Authorization: Bearer`); empty: no
+    /// access control at all.
+    pub api_key: String,
+    /// Key for reads only (search, stats, files, similar); writes with it answer 403.
+    pub read_only_api_key: String,
+    /// Whether `GET /metrics` needs a key (either one) when keys are configured.
+    pub metrics_require_key: bool,
+    /// HTTPS.
+    pub tls: TlsConfig,
+    /// Cross-origin requests.
+    pub cors: CorsConfig,
+    /// Decoded pixels one request may make the server decode, all its images together (400
+    /// `decode_budget` above it): bounds the CPU a single small request can buy.
+    pub decode_budget_pixels: u64,
+    /// Images above this many pixels (read from their header) are large: their decodes take
+    /// turns (see `max_concurrent_large_decodes`); smaller ones decode at once.
+    pub large_decode_pixels: u64,
+    /// Large images decoded at the same time across all requests (0: half the cores, at
+    /// least one): decode-heavy clients queue among themselves instead of taking every core
+    /// from the rest.
+    pub max_concurrent_large_decodes: usize,
 }
 
 impl Default for Config {
@@ -122,6 +174,17 @@ impl Default for Config {
                 queue: 1024,
                 threads: 1,
             },
+            api_key: String::new(),
+            read_only_api_key: String::new(),
+            metrics_require_key: true,
+            tls: TlsConfig::default(),
+            cors: CorsConfig {
+                allowed_origins: Vec::new(),
+                max_age_s: 3600,
+            },
+            decode_budget_pixels: 64_000_000,
+            large_decode_pixels: 2_000_000,
+            max_concurrent_large_decodes: 0,
         }
     }
 }
@@ -202,6 +265,71 @@ impl Config {
             self.shutdown_timeout_s <= 3600,
             "shutdown_timeout_s",
             format!("{} is above 3600", self.shutdown_timeout_s),
+        )?;
+        for (key, value) in [
+            ("api_key", &self.api_key),
+            ("read_only_api_key", &self.read_only_api_key),
+        ] {
+            check(
+                value.is_empty()
+                    || (value.len() >= MIN_KEY_LEN
+                        && value.bytes().all(|b| b.is_ascii_graphic())),
+                key,
+                format!(
+                    "must be empty or at least {MIN_KEY_LEN} printable ASCII characters without spaces"
+                ),
+            )?;
+        }
+        check(
+            self.read_only_api_key.is_empty() || !self.api_key.is_empty(),
+            "read_only_api_key",
+            "is set without `api_key`: writes would be open to anyone; set both".into(),
+        )?;
+        check(
+            self.read_only_api_key.is_empty() || self.read_only_api_key != self.api_key,
+            "read_only_api_key",
+            "equals `api_key`: the read-only key would allow writes".into(),
+        )?;
+        check(
+            self.tls.cert.is_empty() == self.tls.key.is_empty(),
+            "tls",
+            "set both `tls.cert` and `tls.key`, or neither".into(),
+        )?;
+        for origin in &self.cors.allowed_origins {
+            check(
+                origin == "*"
+                    || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                        && !origin.ends_with('/')
+                        && origin.parse::<actix_web::http::Uri>().is_ok_and(|u| {
+                            u.authority().is_some() && u.path_and_query().is_none_or(|p| p == "/")
+                        })),
+                "cors.allowed_origins",
+                format!("{origin:?} is not `*` or an origin like https://app.example.com"),
+            )?;
+        }
+        check(
+            self.cors.max_age_s <= 86_400,
+            "cors.max_age_s",
+            format!("{} is above 86400", self.cors.max_age_s),
+        )?;
+        check(
+            (1..=1 << 34).contains(&self.decode_budget_pixels)
+                && self.decode_budget_pixels >= self.max_pixels.min(1 << 34),
+            "decode_budget_pixels",
+            format!(
+                "{} is outside max_pixels ({})..=17179869184",
+                self.decode_budget_pixels, self.max_pixels
+            ),
+        )?;
+        check(
+            self.large_decode_pixels >= 1,
+            "large_decode_pixels",
+            "must be at least 1".into(),
+        )?;
+        check(
+            self.max_concurrent_large_decodes <= 1024,
+            "max_concurrent_large_decodes",
+            format!("{} is above 1024", self.max_concurrent_large_decodes),
         )?;
         let b = &self.batch;
         check(
@@ -346,6 +474,14 @@ impl EnvLayer {
                         .parse::<bool>()
                         .map_err(|_| bad("true or false"))?,
                 ),
+                // Lists (`cors.allowed_origins`) are comma-separated.
+                "array" => Value::from(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Value::from(s.to_string()))
+                        .collect::<Vec<_>>(),
+                ),
                 _ => return Err(bad("settable from the environment (set it in the file)")),
             };
             let (last, parents) = path.split_last().ok_or_else(unknown)?;
@@ -434,6 +570,26 @@ mod tests {
             ("[batch]\nmax_size = 0\n", "`batch.max_size`"),
             ("max_upload_bytes = -1\n", "-1"),
             ("max_k = [\n", "not valid TOML"),
+            ("api_key = \"short\"\n", "`api_key`"),
+            ("api_key = \"has a space in it ok\"\n", "`api_key`"),
+            (
+                "read_only_api_key = \"read-only-key-0123\"\n",
+                "set without `api_key`",
+            ),
+            (
+                "api_key = \"same-key-0123456789\"\nread_only_api_key = \"same-key-0123456789\"\n",
+                "would allow writes",
+            ),
+            ("[tls]\ncert = \"a.pem\"\n", "`tls`"),
+            (
+                "[cors]\nallowed_origins = [\"app.example.com\"]\n",
+                "`cors.allowed_origins`",
+            ),
+            (
+                "[cors]\nallowed_origins = [\"https://a.example/x\"]\n",
+                "`cors.allowed_origins`",
+            ),
+            ("decode_budget_pixels = 10\n", "`decode_budget_pixels`"),
         ];
         for (i, (text, want)) in cases.iter().enumerate() {
             let file = dir.path().join(format!("c{i}.toml"));
@@ -455,6 +611,35 @@ mod tests {
         }
         let missing = Config::load(Some(&dir.path().join("absent.toml")), env(&[]));
         assert!(matches!(missing, Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn access_settings_come_from_the_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HTG__API_KEY", "full-key-0123456789"),
+                ("HTG__READ_ONLY_API_KEY", "read-key-0123456789"),
+                ("HTG__METRICS_REQUIRE_KEY", "false"),
+                (
+                    "HTG__CORS__ALLOWED_ORIGINS",
+                    "https://a.example.com, http://localhost:3000",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.api_key, "full-key-0123456789");
+        assert_eq!(c.read_only_api_key, "read-key-0123456789");
+        assert!(!c.metrics_require_key);
+        assert_eq!(
+            c.cors.allowed_origins,
+            vec!["https://a.example.com", "http://localhost:3000"]
+        );
+        assert!(!Config::default().tls.enabled());
+        assert!(
+            Config::default().cors.allowed_origins.is_empty(),
+            "CORS off by default"
+        );
     }
 
     #[test]

@@ -59,6 +59,23 @@ pub enum ApiError {
         /// The resource's methods, comma-separated (`GET, DELETE`).
         allow: String,
     },
+    /// The request's images would decode to more pixels than `decode_budget_pixels`.
+    #[error("the images of this request decode to {pixels} pixels, above the per-request budget of {budget}")]
+    DecodeBudget {
+        /// Pixels the request's images hold, from their headers.
+        pixels: u64,
+        /// The configured budget.
+        budget: u64,
+    },
+    /// No key, or an unknown one, on a server that needs one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key that does not allow this operation (a write with the read-only key).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The disk is full: the write was not made (and nothing was acknowledged).
+    #[error("insufficient storage, the write was not made: {0}")]
+    InsufficientStorage(String),
     /// The inference queue is full: the client should retry later.
     #[error("the inference queue is full ({0} images waiting); retry later")]
     Overloaded(usize),
@@ -112,6 +129,14 @@ pub enum ErrorCode {
     NotFound,
     /// The route exists, not with this method.
     MethodNotAllowed,
+    /// The request's images together exceed `decode_budget_pixels`.
+    DecodeBudget,
+    /// No valid API key.
+    Unauthorized,
+    /// The key does not allow this operation.
+    Forbidden,
+    /// The disk holding the index or uploads is full.
+    InsufficientStorage,
     /// The inference queue is full.
     Overloaded,
     /// Starting or shutting down.
@@ -137,6 +162,10 @@ impl ErrorCode {
             ErrorCode::WrongDimension => "wrong_dimension",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::DecodeBudget => "decode_budget",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::IndexError => "index_error",
@@ -170,6 +199,10 @@ impl ApiError {
             ApiError::Unprocessable(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidVector)
             }
+            ApiError::Index(e) if is_disk_full(e) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::InsufficientStorage,
+            ),
             ApiError::Index(e) => match e {
                 IndexError::Dimension { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::WrongDimension)
@@ -204,6 +237,13 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
             }
+            ApiError::DecodeBudget { .. } => (StatusCode::BAD_REQUEST, ErrorCode::DecodeBudget),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            ApiError::InsufficientStorage(_) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::InsufficientStorage,
+            ),
             ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
@@ -234,6 +274,13 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { allow, .. } => {
                 res.insert_header((actix_web::http::header::ALLOW, allow.as_str()));
             }
+            // RFC 9110, section 11.6.1: a 401 names the scheme it wants.
+            ApiError::Unauthorized(_) => {
+                res.insert_header((
+                    actix_web::http::header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"htg\"",
+                ));
+            }
             _ => {}
         }
         res.json(ErrorBody {
@@ -244,6 +291,30 @@ impl ResponseError for ApiError {
             },
         })
     }
+}
+
+/// Whether an error, or any error it was caused by, is a full disk (`ENOSPC`) or an exhausted
+/// quota (`EDQUOT`): the server answers 507 for those instead of 500, so a client knows the
+/// write was refused for space and not lost.
+pub fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io_is_disk_full(io) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// [`is_disk_full`] for one `io::Error`.
+pub fn io_is_disk_full(e: &std::io::Error) -> bool {
+    // 28 is ENOSPC and 122 EDQUOT on Linux.
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28) | Some(122))
 }
 
 /// A `web::block` closure that could not run (the blocking pool is gone or the closure
@@ -299,6 +370,25 @@ mod tests {
             ),
             (ApiError::Index(IndexError::UnknownId(7)), 404, "not_found"),
             (ApiError::Overloaded(3), 503, "overloaded"),
+            (ApiError::Unauthorized("no key".into()), 401, "unauthorized"),
+            (ApiError::Forbidden("read-only".into()), 403, "forbidden"),
+            (
+                ApiError::DecodeBudget {
+                    pixels: 10,
+                    budget: 5,
+                },
+                400,
+                "decode_budget",
+            ),
+            (
+                ApiError::Index(IndexError::Io {
+                    op: "writing",
+                    path: "x".into(),
+                    source: std::io::Error::from_raw_os_error(28),
+                }),
+                507,
+                "insufficient_storage",
+            ),
             (ApiError::Internal("disk".into()), 500, "internal"),
         ];
         for (err, status, code) in cases {
@@ -320,6 +410,10 @@ mod tests {
             ErrorCode::WrongDimension,
             ErrorCode::NotFound,
             ErrorCode::MethodNotAllowed,
+            ErrorCode::DecodeBudget,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::InsufficientStorage,
             ErrorCode::Overloaded,
             ErrorCode::Unavailable,
             ErrorCode::IndexError,

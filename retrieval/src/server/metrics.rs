@@ -67,6 +67,7 @@ const GAUGES: [(&str, &str); 5] = [
 pub struct Metrics {
     recorder: PrometheusRecorder,
     decode: Histogram,
+    decode_wait: Histogram,
     embed: Histogram,
     batch_size: Histogram,
     search: Histogram,
@@ -103,6 +104,10 @@ impl Default for Metrics {
                 "Decoding and preprocessing one uploaded image.",
             ),
             describe(
+                "htg_decode_wait_seconds",
+                "Time a request with a large image waited for a decode turn.",
+            ),
+            describe(
                 "htg_embed_duration_seconds",
                 "One inference call on a dynamic batch.",
             ),
@@ -130,6 +135,7 @@ impl Default for Metrics {
         }
         let histogram =
             |name: &'static str| recorder.register_histogram(&Key::from_static_name(name), &META);
+        let decode_wait = histogram("htg_decode_wait_seconds");
         let (decode, embed, batch_size, search) = (
             histogram("htg_decode_duration_seconds"),
             histogram("htg_embed_duration_seconds"),
@@ -143,6 +149,7 @@ impl Default for Metrics {
         Metrics {
             recorder,
             decode,
+            decode_wait,
             embed,
             batch_size,
             search,
@@ -183,6 +190,11 @@ impl Metrics {
     /// Records decoding and preprocessing of one image.
     pub fn decode(&self, took: Duration) {
         self.decode.record(took.as_secs_f64())
+    }
+
+    /// Records how long a request waited for a large-decode turn.
+    pub fn decode_wait(&self, took: Duration) {
+        self.decode_wait.record(took.as_secs_f64())
     }
 
     /// Records one inference call on a batch of `size` images.

@@ -6,12 +6,14 @@
 //! - [`error`]: the API's error enum and the one mapping from errors to HTTP statuses;
 //! - [`input`]: bounded bodies, multipart, raw images and search parameters;
 //! - [`config`]: defaults, then a TOML file, then `HTG__*` variables, validated at start;
-//! - [`metrics`]: Prometheus text.
+//! - [`metrics`]: Prometheus text;
+//! - [`auth`]: API keys (full and read-only); [`tls`]: HTTPS; CORS is `actix-cors`.
 //!
 //! The index is shared as an `Arc<dyn SearchIndex>` that synchronises inside: searches never
 //! wait for writes, and a write (add or delete) is durable (logged and fsynced) before it is
 //! acknowledged, so every acknowledged write survives a crash or restart.
 
+pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod error;
@@ -19,6 +21,7 @@ pub mod input;
 pub mod metrics;
 pub mod routes;
 pub mod service;
+pub mod tls;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -27,8 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::{Embedder, ModelSpec, SearchIndex};
+use actix_cors::Cors;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service as _, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::middleware::Condition;
 use actix_web::{web, App, HttpServer};
 
 pub use config::Config;
@@ -52,6 +57,10 @@ pub struct State {
     pub uploads: PathBuf,
     /// Where `POST /snapshots` writes (beside the uploads).
     pub snapshots: PathBuf,
+    /// The API keys (as digests), checked before routing.
+    pub keys: auth::Keys,
+    /// Turns for decoding large images (`max_concurrent_large_decodes`).
+    pub large_decodes: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -65,6 +74,9 @@ pub enum ServeError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Serves `index` with `embedder` until SIGTERM or SIGINT, then drains in-flight requests (up
@@ -77,12 +89,13 @@ pub fn serve(
     embedder: Arc<dyn Embedder>,
     uploads: PathBuf,
 ) -> Result<(), ServeError> {
+    let tls = tls::server_config(&config.tls)?;
     let state = new_state(config.clone(), index, embedder, uploads);
     let io = |source| ServeError::Io {
         addr: config.addr.clone(),
         source,
     };
-    let result = actix_web::rt::System::new().block_on(run(state.clone(), config.clone()));
+    let result = actix_web::rt::System::new().block_on(run(state.clone(), config.clone(), tls));
     // Dropping the last reference stops the inference threads after their queued batches.
     drop(state);
     result.map_err(io)
@@ -99,7 +112,13 @@ pub fn new_state(
     let metrics = Arc::new(metrics::Metrics::default());
     let batcher =
         batcher::Batcher::start(Arc::clone(&embedder), &config.batch, Arc::clone(&metrics));
+    let turns = match config.max_concurrent_large_decodes {
+        0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+        n => n,
+    };
     web::Data::new(State {
+        keys: auth::Keys::from_config(&config),
+        large_decodes: Arc::new(tokio::sync::Semaphore::new(turns)),
         spec: embedder.spec().clone(),
         config,
         index,
@@ -126,6 +145,8 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let cors_enabled = !state.config.cors.allowed_origins.is_empty();
+    let cors = cors(&state.config.cors);
     App::new()
         .app_data(state)
         .app_data(
@@ -138,6 +159,22 @@ pub fn app(
         }))
         .configure(routes::configure)
         .default_service(web::to(routes::not_found))
+        // Keys are checked before routing, so an unknown route without a key is a 401 too.
+        .wrap_fn(|req, srv| {
+            use futures_util::future::{ready, Either, FutureExt as _};
+            let refused = req
+                .app_data::<web::Data<State>>()
+                .and_then(|s| s.keys.check_request(&req).err());
+            match refused {
+                None => Either::Left(
+                    srv.call(req)
+                        .map(|r| r.map(ServiceResponse::map_into_left_body)),
+                ),
+                Some(e) => Either::Right(ready(Ok(req.error_response(e).map_into_right_body()))),
+            }
+        })
+        // Outside the key check, so a browser's preflight and a 401 both carry CORS headers.
+        .wrap(Condition::new(cors_enabled, cors))
         .wrap_fn(|req, srv| {
             let start = Instant::now();
             let state = req.app_data::<web::Data<State>>().cloned();
@@ -160,7 +197,33 @@ pub fn app(
         })
 }
 
-async fn run(state: web::Data<State>, config: Config) -> std::io::Result<()> {
+/// The CORS policy: the configured origins may call every route with a key header.
+fn cors(config: &config::CorsConfig) -> Cors {
+    use actix_web::http::header;
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "HEAD", "POST", "DELETE"])
+        .allowed_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::HeaderName::from_static(auth::API_KEY_HEADER),
+        ])
+        .expose_headers([header::RETRY_AFTER, header::ALLOW, header::WWW_AUTHENTICATE])
+        .max_age(usize::try_from(config.max_age_s).ok());
+    for origin in &config.allowed_origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
+}
+
+async fn run(
+    state: web::Data<State>,
+    config: Config,
+    tls: Option<rustls::ServerConfig>,
+) -> std::io::Result<()> {
     let app_state = state.clone();
     let mut server = HttpServer::new(move || app(app_state.clone()))
         .disable_signals()
@@ -168,13 +231,17 @@ async fn run(state: web::Data<State>, config: Config) -> std::io::Result<()> {
     if config.workers > 0 {
         server = server.workers(config.workers);
     }
-    let server = server.bind(&config.addr)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = match tls {
+        Some(tls) => server.bind_rustls_0_23(&config.addr, tls)?,
+        None => server.bind(&config.addr)?,
+    };
     let addrs = server.addrs();
     let running = server.run();
     let handle = running.handle();
     for addr in addrs {
         // The integration tests and scripts read this line to learn a port chosen by the OS.
-        println!("htg serve: listening on http://{addr}");
+        println!("htg serve: listening on {scheme}://{addr}");
     }
     let _ = std::io::stdout().flush();
     state.ready.store(true, Ordering::SeqCst);

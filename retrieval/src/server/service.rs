@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::embed::sha256_hex;
 use crate::ingest::IMAGE_EXTENSIONS;
-use crate::preprocess::tensor_from_bytes;
+use crate::preprocess::{dimensions, tensor_from_bytes, PreprocessError};
 use crate::{Record, SearchOptions};
 use actix_web::web::{self, Bytes};
 use ndarray::Array3;
@@ -33,14 +33,56 @@ pub struct HitOut {
     pub label: Option<String>,
 }
 
-/// Decodes and preprocesses images on the blocking pool, applying the pixel limit.
+/// Decodes and preprocesses images on the blocking pool, applying the limits.
+///
+/// Every image's size is read from its header first (no pixels decoded): one above
+/// `max_pixels` is refused, and so is a request whose images together exceed
+/// `decode_budget_pixels`. A request holding an image above `large_decode_pixels` then waits
+/// for one of the `max_concurrent_large_decodes` turns before decoding, so a few clients
+/// sending small files that decode to huge images queue among themselves instead of taking
+/// every core from everyone else.
 pub async fn prepare(
     state: &web::Data<State>,
     images: Vec<Bytes>,
 ) -> Result<Vec<Array3<f32>>, ApiError> {
+    let several = images.len() > 1;
+    let config = &state.config;
+    let mut total = 0u64;
+    let mut large = false;
+    for (i, bytes) in images.iter().enumerate() {
+        let bad = |e| ApiError::bad_image(several.then_some(i + 1), e);
+        let (width, height) = dimensions(bytes).map_err(bad)?;
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > config.max_pixels {
+            return Err(bad(PreprocessError::TooLarge {
+                width,
+                height,
+                limit: config.max_pixels,
+            }));
+        }
+        total = total.saturating_add(pixels);
+        large |= pixels > config.large_decode_pixels;
+    }
+    if total > config.decode_budget_pixels {
+        return Err(ApiError::DecodeBudget {
+            pixels: total,
+            budget: config.decode_budget_pixels,
+        });
+    }
+    let permit = if large {
+        let wait = Instant::now();
+        let permit = std::sync::Arc::clone(&state.large_decodes)
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
+        state.metrics.decode_wait(wait.elapsed());
+        Some(permit)
+    } else {
+        None
+    };
     let state = state.clone();
     web::block(move || {
-        let several = images.len() > 1;
+        let _turn = permit;
         images
             .iter()
             .enumerate()
@@ -187,7 +229,13 @@ pub async fn add(state: &web::Data<State>, items: Vec<NewImage>) -> Result<Vec<A
 
 /// Writes an upload as `<sha256>.<ext>` atomically (temporary file, fsync, rename, fsync dir).
 fn store_upload(dir: &Path, sha: &str, bytes: &[u8]) -> Result<PathBuf, ApiError> {
-    let io = |what: &str, e: std::io::Error| ApiError::Internal(format!("{what} upload: {e}"));
+    let io = |what: &str, e: std::io::Error| {
+        if super::error::io_is_disk_full(&e) {
+            ApiError::InsufficientStorage(format!("{what} upload: {e}"))
+        } else {
+            ApiError::Internal(format!("{what} upload: {e}"))
+        }
+    };
     let ext = image::guess_format(bytes)
         .ok()
         .and_then(|f| f.extensions_str().first().copied())

@@ -57,6 +57,7 @@ pub struct Deleted {
         (status = 413, description = "Body above `max_upload_bytes`.", body = ErrorBody),
         (status = 415, description = "Not a multipart form.", body = ErrorBody),
         (status = 503, description = "Inference queue full (`Retry-After`).", body = ErrorBody),
+        (status = 507, description = "The disk is full: nothing was added.", body = ErrorBody),
     )
 )]
 pub(super) async fn add(
@@ -134,6 +135,7 @@ pub(super) async fn add(
     responses(
         (status = 200, description = "Removed and durable.", body = Deleted),
         (status = 404, description = "No such image.", body = ErrorBody),
+        (status = 507, description = "The disk is full: nothing was removed.", body = ErrorBody),
     )
 )]
 pub(super) async fn delete(

@@ -59,7 +59,9 @@ pub fn document(config: &Config, dim: usize) -> Value {
     if let Some(paths) = v["paths"].as_object_mut() {
         for op in paths.values_mut().filter_map(Value::as_object_mut) {
             for op in op.values_mut() {
-                let Some(params) = op["parameters"].as_array_mut() else {
+                // `get_mut`, not indexing: indexing a missing key would insert `null`, and
+                // `parameters: null` is not a valid document.
+                let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
                     continue;
                 };
                 for p in params.iter_mut().filter(|p| p["name"] == "k") {
@@ -67,6 +69,9 @@ pub fn document(config: &Config, dim: usize) -> Value {
                 }
             }
         }
+    }
+    if !config.api_key.is_empty() {
+        secure(&mut v, config);
     }
     let schemas = &mut v["components"]["schemas"];
     for name in ["VectorRequest", "BatchRequest"] {
@@ -86,6 +91,50 @@ pub fn document(config: &Config, dim: usize) -> Value {
         schemas[name]["properties"][field]["maxItems"] = config.max_batch_queries.into();
     }
     v
+}
+
+/// With keys configured: the two ways to send a key as security schemes, and on every
+/// operation that needs one its `security` and its 401 (and 403, for writes) answers, so
+/// that clients and conformance tools know which operations are open.
+fn secure(v: &mut Value, config: &Config) {
+    use crate::server::auth::{access, Access, API_KEY_HEADER};
+    use serde_json::json;
+    v["components"]["securitySchemes"] = json!({
+        "api_key": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER,
+            "description": "`api_key` for every operation; `read_only_api_key` for reads."},
+        "bearer": {"type": "http", "scheme": "bearer",
+            "description": "The same keys as `Authorization: Bearer <key>`."},
+    });
+    let error = json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}});
+    let Some(paths) = v["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let Ok(m) = actix_web::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            else {
+                continue;
+            };
+            let need = access(&m, path, !config.metrics_require_key);
+            if need == Access::Open {
+                continue;
+            }
+            op["security"] = json!([{"api_key": []}, {"bearer": []}]);
+            op["responses"]["401"] = json!({
+                "description": "No API key, or an unknown one (`WWW-Authenticate: Bearer`).",
+                "content": error.clone(),
+            });
+            if need == Access::Write {
+                op["responses"]["403"] = json!({
+                    "description": "The read-only key cannot write.",
+                    "content": error.clone(),
+                });
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +238,40 @@ mod tests {
             .find(|p| p["name"] == "k")
             .unwrap();
         assert_eq!(k["schema"]["maximum"], 77);
+    }
+
+    #[test]
+    fn with_keys_the_document_says_which_operations_need_one() {
+        let config = Config {
+            api_key: "full-key-0123456789".into(),
+            ..Config::default()
+        };
+        let v = document(&config, 8);
+        assert_eq!(
+            v["components"]["securitySchemes"]["api_key"]["name"],
+            "api-key"
+        );
+        let op = |p: &str, m: &str| v["paths"][p][m].clone();
+        assert!(op("/healthz", "get")["security"].is_null());
+        assert!(op("/", "get")["security"].is_null());
+        assert!(op("/stats", "get")["responses"]["401"].is_object());
+        assert!(op("/stats", "get")["responses"]["403"].is_null());
+        assert!(op("/images", "post")["responses"]["403"].is_object());
+        assert!(op("/metrics", "get")["security"].is_array());
+        let open = document(&Config::default(), 8);
+        assert!(open["components"]["securitySchemes"].is_null());
+        assert!(open["paths"]["/stats"]["get"]["responses"]["401"].is_null());
+        // No operation gets a `parameters: null` (schemathesis refuses the document).
+        for v in [&v, &open] {
+            for (path, item) in v["paths"].as_object().unwrap() {
+                for (m, op) in item.as_object().unwrap() {
+                    assert!(
+                        op.get("parameters").is_none_or(Value::is_array),
+                        "{m} {path}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::server::input::{
     parse_json, read_body, read_typed, BatchForm, Body, ImageForm, Part, RawImage, SearchParams,
 };
 use crate::server::service::{self, check_finite, HitOut};
-use crate::server::{ms_since, State};
+use crate::server::{ms_since, Config, State};
 
 /// The resources' endpoints.
 pub fn endpoints() -> Vec<Endpoint> {
@@ -208,6 +208,8 @@ impl utoipa::PartialSchema for QueryVector {
 impl ToSchema for QueryVector {}
 
 /// Fields given in a JSON body win over the query string.
+/// The query string is checked on its own first: a bad value there is refused even when the
+/// body gives the same parameter (which wins).
 fn merge(
     query: &SearchParams,
     k: Option<usize>,
@@ -215,14 +217,16 @@ fn merge(
     exact: Option<bool>,
     label: Option<String>,
     path_prefix: Option<String>,
-) -> SearchParams {
-    SearchParams {
+    config: &Config,
+) -> Result<SearchParams, ApiError> {
+    query.resolve(config)?;
+    Ok(SearchParams {
         k: k.or(query.k),
         ef: ef.or(query.ef),
         exact: exact.or(query.exact),
         label: label.or_else(|| query.label.clone()),
         path_prefix: path_prefix.or_else(|| query.path_prefix.clone()),
-    }
+    })
 }
 
 /// JSON bodies must say so (or say nothing).
@@ -266,8 +270,16 @@ pub(super) async fn search_vector(
     require_json(&req)?;
     let body = read_body(&req, payload, state.config.max_upload_bytes).await?;
     let r: VectorRequest = parse_json(&body)?;
-    let (k, opts) =
-        merge(&query, r.k, r.ef, r.exact, r.label, r.path_prefix).resolve(&state.config)?;
+    let (k, opts) = merge(
+        &query,
+        r.k,
+        r.ef,
+        r.exact,
+        r.label,
+        r.path_prefix,
+        &state.config,
+    )?
+    .resolve(&state.config)?;
     check_finite(&r.vector)?;
     let results = service::search(&state, vec![r.vector], k, opts, None).await?;
     Ok(Json(SearchAnswer {
@@ -312,7 +324,15 @@ pub(super) async fn search_batch(
             for v in &vectors {
                 check_finite(v)?;
             }
-            let params = merge(&query, r.k, r.ef, r.exact, r.label, r.path_prefix);
+            let params = merge(
+                &query,
+                r.k,
+                r.ef,
+                r.exact,
+                r.label,
+                r.path_prefix,
+                &state.config,
+            )?;
             (vectors, params)
         }
         Body::Form(parts) => {

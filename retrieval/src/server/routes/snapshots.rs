@@ -37,6 +37,7 @@ pub struct Snapshot {
     responses(
         (status = 201, description = "Snapshot written.", body = Snapshot),
         (status = 500, description = "Writing failed.", body = ErrorBody),
+        (status = 507, description = "The disk is full: no snapshot was written.", body = ErrorBody),
     )
 )]
 pub(super) async fn create(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
