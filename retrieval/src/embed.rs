@@ -4,16 +4,15 @@
 //! checks and l2-normalisation are shared, so every runtime yields comparable vectors.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use image::DynamicImage;
 use ndarray::{Array2, ArrayD, ArrayView4, Axis, Ix2, Ix4};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tract_onnx::prelude::*;
 
 use crate::preprocess::{batch_shape, preprocess_batch};
 use crate::spec::{ModelSpec, Pooling, SpecError};
+pub use crate::tract_backend::TractEmbedder;
 
 /// Why embedding failed.
 #[derive(Debug, thiserror::Error)]
@@ -260,74 +259,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Pure-Rust CPU backend: needs nothing installed.
-pub struct TractEmbedder {
-    plan: Arc<TypedSimplePlan>,
-    id: ModelId,
-    /// `Some(b)` when the graph fixes the batch size: inputs are run in chunks of `b`.
-    fixed_batch: Option<usize>,
-}
-
-impl TractEmbedder {
-    /// Loads `path`, resolving its spec (manifest, metadata, graph) and optimising for a
-    /// symbolic batch size.
-    pub fn load(path: &Path) -> Result<TractEmbedder, EmbedError> {
-        let ModelFile { proto, id } = ModelFile::read(path)?;
-        let spec = id.spec.clone();
-        let fixed_batch = fixed_batch_of(&proto, &spec.input_name);
-        let load_err = |e: TractError| EmbedError::Load {
-            path: path.to_path_buf(),
-            backend: "tract",
-            reason: format!("{e:#}"),
-        };
-        let dir = path.parent().and_then(|p| p.to_str());
-        // Shapes an exporter recorded for intermediate values and outputs may name symbols
-        // (`batch`, `height`) other than the input fact set below, which tract then cannot
-        // unify (nudenet's YOLOv8). They are only hints: let tract infer them.
-        let mut proto = proto;
-        if let Some(g) = proto.graph.as_mut() {
-            g.value_info.clear();
-            for o in &mut g.output {
-                if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
-                    o.r#type.as_mut().and_then(|t| t.value.as_mut())
-                {
-                    t.shape = None;
-                }
-            }
-        }
-        let parsed = tract_onnx::onnx().parse(&proto, dir).map_err(load_err)?;
-        if !parsed.unresolved_inputs.is_empty() {
-            return Err(EmbedError::Load {
-                path: path.to_path_buf(),
-                backend: "tract",
-                reason: format!("unresolved inputs {:?}", parsed.unresolved_inputs),
-            });
-        }
-        let mut model = parsed.model;
-        let build = |model: &mut InferenceModel| -> TractResult<Arc<TypedSimplePlan>> {
-            model.set_input_names([spec.input_name.as_str()])?;
-            model.select_outputs_by_name([spec.output_name.as_str()])?;
-            let n: TDim = match fixed_batch {
-                Some(b) => b.to_dim(),
-                None => model.sym("N").into(),
-            };
-            let s = batch_shape(1, &spec);
-            let shape: TVec<TDim> = tvec![n, s[1].to_dim(), s[2].to_dim(), s[3].to_dim()];
-            model.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape))?;
-            let plan = std::mem::take(model).into_optimized()?.into_runnable()?;
-            Ok(plan)
-        };
-        let plan = build(&mut model).map_err(load_err)?;
-        Ok(TractEmbedder {
-            plan,
-            id,
-            fixed_batch,
-        })
-    }
-}
-
 /// The batch dimension of `input` when the graph fixes it.
-fn fixed_batch_of(proto: &tract_onnx::pb::ModelProto, input: &str) -> Option<usize> {
+pub(crate) fn fixed_batch_of(proto: &tract_onnx::pb::ModelProto, input: &str) -> Option<usize> {
     use tract_onnx::pb::tensor_shape_proto::dimension::Value;
     use tract_onnx::pb::type_proto;
     let vi = proto
@@ -340,30 +273,6 @@ fn fixed_batch_of(proto: &tract_onnx::pb::ModelProto, input: &str) -> Option<usi
     match t.shape.as_ref()?.dim.first()?.value {
         Some(Value::DimValue(b)) if b > 0 => Some(b as usize),
         _ => None,
-    }
-}
-
-impl Backend for TractEmbedder {
-    const NAME: &'static str = "tract";
-
-    fn id(&self) -> &ModelId {
-        &self.id
-    }
-
-    fn fixed_batch(&self) -> Option<usize> {
-        self.fixed_batch
-    }
-
-    fn run_one(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
-        let tensor: Tensor = input.to_owned().into_dyn().into();
-        let out = self
-            .plan
-            .run(tvec![tensor.into()])
-            .map_err(|e| EmbedError::Run(format!("{e:#}")))?;
-        let view = out[0]
-            .to_plain_array_view::<f32>()
-            .map_err(|e| EmbedError::Run(format!("output is not f32: {e:#}")))?;
-        Ok(view.to_owned())
     }
 }
 

@@ -16,6 +16,7 @@ pub mod preprocess;
 #[cfg(feature = "http")]
 pub mod server;
 pub mod spec;
+pub mod tract_backend;
 
 pub use embed::{Backend, EmbedError, Embedder, ModelFile, ModelId, TractEmbedder};
 pub use index::{
