@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use htg_retrieval::embed::TractOptions;
 use htg_retrieval::loader::{self, Runtime};
 use htg_retrieval::ort_backend::{self, ExecutionProvider, OrtOptions};
-use htg_retrieval::tract_backend::TractOptions;
 use htg_retrieval::{Embedder, SearchIndex};
 
 /// Runtime flags shared by every command that embeds (`#[command(flatten)]`).

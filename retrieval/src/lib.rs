@@ -16,9 +16,8 @@ pub mod preprocess;
 #[cfg(feature = "http")]
 pub mod server;
 pub mod spec;
-pub mod tract_backend;
 
-pub use embed::{Backend, EmbedError, Embedder, ModelFile, ModelId, TractEmbedder};
+pub use embed::{Backend, EmbedError, Embedder, ModelFile, ModelId, TractEmbedder, TractOptions};
 pub use index::{
     EngineKind, Hit, HnswParams, IndexError, IndexStats, LocalIndex, Record, SearchIndex,
     SearchOptions,

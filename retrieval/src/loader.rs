@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::embed::{EmbedError, Embedder, TractEmbedder};
+use crate::embed::{EmbedError, Embedder, TractEmbedder, TractOptions};
 use crate::ort_backend::{ExecutionProvider, OrtEmbedder, OrtError, OrtOptions};
-use crate::tract_backend::TractOptions;
 
 /// Inference runtimes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

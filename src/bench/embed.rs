@@ -14,7 +14,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use htg_retrieval::preprocess::{batch_shape, decode, preprocess_batch};
 use htg_retrieval::Embedder;
-use ndarray::Array4;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -142,7 +141,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
 
     // Warm-up: every batch size once through every runtime (tract builds a plan per size on
     // first use, ONNX Runtime allocates per shape), and the tensors the passes reuse.
-    let mut tensors: Vec<Vec<Array4<f32>>> = Vec::new();
+    let mut tensors: Vec<Vec<_>> = Vec::new();
     let mut stage: Vec<(f64, f64)> = Vec::new();
     for &batch in &a.batches {
         let (mut dec, mut pre) = (0.0, 0.0);
