@@ -302,8 +302,8 @@ pub const MAX_PLANS: usize = MAX_RUN;
 /// Most images tract runs in one call: bigger batches are split into runs of this size. tract's
 /// images/s fall as the batch grows (measured on the bundled model: 852, 862, 551 and 582
 /// images/s at batch 1, 8, 32 and 64, one thread; the same shape with two threads), so a batch
-/// of 32 runs as four runs of 8, each on its cached plan (measured under load: this lifted
-/// batch 32 from about 0.35x to 0.3-0.65x of batch 1's rate, not to parity; docs/BACKENDS.md).
+/// of 32 runs as four runs of 8, each on its cached plan. Under heavy load the gain was unclear
+/// (batch 32 per image at 0.27-0.66x batch 1's rate after, 0.30-0.37x before; docs/BACKENDS.md).
 pub const MAX_RUN: usize = 8;
 
 /// How to run tract.
