@@ -339,10 +339,8 @@ pub fn index_folder_with_progress(
                                 items.push((r, v));
                             }
                             Prepared::Failed(path, why) => report.failed.push((path, why)),
-                            Prepared::Pending => continue,
-                            Prepared::Tensor(..) => {
-                                unreachable!("tensors stay in the inference stage")
-                            }
+                            // Counted when their vector arrives (tensors never reach this stage).
+                            Prepared::Pending | Prepared::Tensor(..) => continue,
                         }
                         state.done += 1;
                     }
