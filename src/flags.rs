@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use htg_retrieval::embed::TractOptions;
 use htg_retrieval::loader::{self, Runtime};
 use htg_retrieval::ort_backend::{self, ExecutionProvider, OrtOptions};
 use htg_retrieval::{Embedder, SearchIndex};
@@ -11,8 +12,9 @@ use htg_retrieval::{Embedder, SearchIndex};
 /// Runtime flags shared by every command that embeds (`#[command(flatten)]`).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct BackendArgs {
-    /// Inference runtime: tract (built in) or ort (ONNX Runtime, loaded from --ort-lib).
-    /// [default: tract; for `htg serve`, the config's `backend` key]
+    /// Inference runtime: auto (ort when its library is found, else tract), tract (built in)
+    /// or ort (ONNX Runtime, loaded from --ort-lib).
+    /// [default: auto; for `htg serve`, the config's `backend` key]
     #[arg(long, value_enum)]
     pub backend: Option<Backend>,
     /// ONNX Runtime library for --backend ort [default: $ORT_DYLIB_PATH, else the library
@@ -34,16 +36,20 @@ pub struct BackendArgs {
     /// Exit with the reason instead of falling back to CPU when the GPU provider can't be used.
     #[arg(long)]
     pub require_gpu: bool,
-    /// ONNX Runtime intra-op threads [default: one per physical core].
-    #[arg(long, value_name = "N")]
-    pub ort_threads: Option<usize>,
+    /// Threads per inference call, for either runtime (ONNX Runtime's intra-op threads,
+    /// tract's executor) [default: one per core].
+    #[arg(long, visible_alias = "ort-threads", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
 }
 
 /// Inference runtimes.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Backend {
-    /// Pure-Rust CPU runtime; needs nothing installed.
+    /// ONNX Runtime when its library is found (--ort-lib, $ORT_DYLIB_PATH, the fetch scripts'
+    /// cache), else tract.
     #[default]
+    Auto,
+    /// Pure-Rust CPU runtime; needs nothing installed.
     Tract,
     /// ONNX Runtime through the `ort` crate; needs its shared library.
     Ort,
@@ -76,7 +82,14 @@ impl BackendArgs {
             trt_fp16: self.trt_fp16,
             trt_cache: self.trt_cache.clone(),
             require_gpu: self.require_gpu,
-            intra_threads: self.ort_threads,
+            intra_threads: self.threads.map(|n| n as usize),
+        }
+    }
+
+    /// The tract options these flags describe.
+    pub fn tract_options(&self) -> TractOptions {
+        TractOptions {
+            threads: self.threads.map(|n| n as usize),
         }
     }
 }
@@ -96,13 +109,23 @@ pub fn choose(flag: Option<&Path>, recorded: Option<&str>) -> Result<PathBuf> {
     Ok(loader::choose(flag, recorded, BUNDLED)?)
 }
 
-/// Loads `path` on the backend the flags choose, printing a GPU fallback once.
+/// Loads `path` on the backend the flags choose, printing the automatic choice and a GPU
+/// fallback once.
 pub fn load(path: &Path, backend: &BackendArgs) -> Result<Box<dyn Embedder>> {
     let runtime = match backend.backend.unwrap_or_default() {
+        Backend::Auto => Runtime::Auto,
         Backend::Tract => Runtime::Tract,
         Backend::Ort => Runtime::Ort,
     };
-    let loaded = loader::load(path, runtime, &backend.ort_options())?;
+    let loaded = loader::load(
+        path,
+        runtime,
+        &backend.tract_options(),
+        &backend.ort_options(),
+    )?;
+    if let Some(choice) = loaded.choice {
+        eprintln!("{choice}");
+    }
     if let Some(reason) = loaded.warning {
         eprintln!("warning: {reason}");
     }

@@ -6,6 +6,7 @@ Rust benchmark, on a batch of the same shape (values do not change the speed of 
 Setup: `pip install onnxruntime==1.31.1 numpy`.
 
 Usage: benches/peers/ort_python.py [--model M] [--threads T] [--batches 1,8,64] [--seconds S]
+       [--shape C,H,W]   (one image's input shape; `htg bench embed --python` passes its spec's)
 
 Prints one line per batch size: `ort-python batch=B images/s=X (mean ms per call=Y, calls=N)`,
 where images/s is B / (mean time per call), as criterion reports throughput.
@@ -52,6 +53,7 @@ def main():
     ap.add_argument("--threads", type=int, default=int(os.environ.get("HTG_BENCH_THREADS", "1")))
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--seconds", type=float, default=3.0, help="measuring time per batch size")
+    ap.add_argument("--shape", default=None, help="one image's input shape, e.g. 3,32,32")
     args = ap.parse_args()
 
     so = ort.SessionOptions()
@@ -62,7 +64,11 @@ def main():
           f"intra_op_num_threads={args.threads}")
     rng = np.random.default_rng(0)
     for batch in [int(b) for b in args.batches.split(",")]:
-        name, shape = resolve_shape(args.model, sess, batch)
+        if args.shape:
+            name = sess.get_inputs()[0].name
+            shape = [batch] + [int(d) for d in args.shape.split(",")]
+        else:
+            name, shape = resolve_shape(args.model, sess, batch)
         x = rng.random(shape, dtype=np.float32)
         # Warm up for about a second, as criterion does.
         t_end = time.perf_counter() + 1.0

@@ -17,7 +17,7 @@ pub mod preprocess;
 pub mod server;
 pub mod spec;
 
-pub use embed::{Backend, EmbedError, Embedder, ModelFile, ModelId, TractEmbedder};
+pub use embed::{Backend, EmbedError, Embedder, ModelFile, ModelId, TractEmbedder, TractOptions};
 pub use index::{
     EngineKind, Hit, HnswParams, IndexError, IndexStats, LocalIndex, Record, SearchIndex,
     SearchOptions,

@@ -73,7 +73,9 @@ pub struct OrtOptions {
     pub trt_cache: Option<PathBuf>,
     /// Fail instead of falling back to CPU when the GPU provider cannot be used.
     pub require_gpu: bool,
-    /// Intra-op threads; `None` lets ONNX Runtime pick (one per physical core).
+    /// Intra-op threads; `None`: one per core the process may use (`available_parallelism`).
+    /// ONNX Runtime's own default counts physical cores only, which leaves hyperthreads and
+    /// some containers' CPUs idle.
     pub intra_threads: Option<usize>,
 }
 
@@ -390,14 +392,22 @@ impl Backend for OrtEmbedder {
     }
 }
 
+/// The intra-op thread count a session gets from `options`.
+pub fn intra_threads(options: &OrtOptions) -> usize {
+    options
+        .intra_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
 /// Builder with the settings shared by CPU and GPU sessions.
 fn base_builder(env: &Environment, options: &OrtOptions) -> ort::Result<SessionBuilder> {
     let mut b = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(ort::Error::<()>::from)?;
-    if let Some(n) = options.intra_threads {
-        b = b.with_intra_threads(n).map_err(ort::Error::<()>::from)?;
-    }
+    b = b
+        .with_intra_threads(intra_threads(options))
+        .map_err(ort::Error::<()>::from)?;
     Ok(b)
 }
 

@@ -241,6 +241,22 @@ pub struct EmbedArgs {
     /// Where to write the JSON report; none: only the table.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Runtimes to measure in this run, comma-separated (e.g. `tract,ort`), each on the same
+    /// images, batch sizes and thread count, with ratios between them [default: --backend].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub backends: Vec<crate::flags::Backend>,
+    /// Python with the `onnxruntime` package: also time ONNX Runtime's own Python API
+    /// (benches/peers/ort_python.py) on the same model, batch sizes and threads.
+    #[arg(long, value_name = "PYTHON")]
+    pub python: Option<PathBuf>,
+    /// Least inference time per backend and batch size, in seconds (passes over the images
+    /// repeat until it is reached).
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Measure everything this many times, interleaved, so that load from other processes
+    /// shows as spread between rounds rather than as a bias against one runtime.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 /// Arguments of `htg bench writes`.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use htg_retrieval::index::{self, CreateOptions, EngineKind};
-use htg_retrieval::ingest::{index_folder, IngestOptions};
+use htg_retrieval::ingest::{index_folder_with_progress, IngestOptions, Progress};
 use htg_retrieval::HnswParams;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -87,20 +87,26 @@ pub fn run(args: Args) -> Result<()> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} indexing [{bar:30}] {pos}/{len} files {per_sec} eta {eta}",
+            "{spinner} indexing [{bar:30}] {pos}/{len} files, {msg} eta {eta}",
         )
         .expect("valid template")
         .progress_chars("=> "),
     );
-    let progress = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
+    let last = std::sync::Mutex::new(Progress::default());
+    let progress = |p: &Progress| {
+        *last.lock().unwrap_or_else(|e| e.into_inner()) = p.clone();
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(format!(
+            "{:.0} images/s, slowest stage: {}",
+            p.images_per_s, p.bottleneck
+        ));
     };
     let opts = IngestOptions {
         batch_size: args.batch_size,
         label_from_parent: args.label_from_parent,
     };
-    let report = index_folder(
+    let report = index_folder_with_progress(
         index.as_ref(),
         embedder.as_ref(),
         &args.dir,
@@ -109,6 +115,14 @@ pub fn run(args: Args) -> Result<()> {
     )
     .with_context(|| format!("indexing {}", args.dir.display()))?;
     bar.finish_and_clear();
+    let p = last.into_inner().unwrap_or_else(|e| e.into_inner());
+    if p.done > 0 {
+        let [prep, infer, insert] = p.busy_s;
+        eprintln!(
+            "{} files at {:.0} images/s; busy seconds: read+preprocess {prep:.2}, inference {infer:.2}, insert {insert:.2} (slowest: {})",
+            p.done, p.images_per_s, p.bottleneck
+        );
+    }
     for (path, why) in &report.failed {
         eprintln!("skipped {}: {why}", path.display());
     }

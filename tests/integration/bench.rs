@@ -373,7 +373,7 @@ fn embed_reports_images_per_second_by_stage() {
     ]);
     assert!(out.contains("| 4 |"), "{out}");
     let r = report(&json);
-    assert_eq!(r["schema"], "htg-bench-embed/1");
+    assert_eq!(r["schema"], "htg-bench-embed/2");
     let rows = r["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     for row in rows {

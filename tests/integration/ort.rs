@@ -495,6 +495,8 @@ fn gpu_provider_falls_back_to_cpu_unless_required() {
         s(&TempDir::new().unwrap().path().join("i")),
         "--model",
         s(&tiny_model()),
+        "--backend",
+        "tract",
         "--ep",
         "cuda",
     ]);
