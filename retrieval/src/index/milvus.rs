@@ -616,7 +616,7 @@ impl MilvusIndex {
         expr: String,
         with_vectors: bool,
         limit: Option<i64>,
-    ) -> Result<Vec<(u64, Record, Option<Vec<f32>>)>, IndexError> {
+    ) -> Result<Vec<Row>, IndexError> {
         let c = &self.client;
         let name = &self.target.collection;
         let mut fields = vec![F_ID, F_PATH, F_SHA, F_LABEL];
@@ -657,6 +657,9 @@ impl MilvusIndex {
         self.ids.lock().map(|g| g.1.max(g.0)).unwrap_or(0)
     }
 }
+
+/// One row read back: id, record, and the vector when asked for.
+type Row = (u64, Record, Option<Vec<f32>>);
 
 /// What a valid htg collection's description yields.
 struct Checked {
