@@ -123,7 +123,7 @@ fn unit(seed: u64, dim: usize) -> Vec<f32> {
 const QUOTED: &str = r#"q"b\c"#;
 
 fn item(i: usize, dim: usize) -> (Record, Vec<f32>) {
-    let half = if i % 2 == 0 { "even" } else { "odd" };
+    let half = if i.is_multiple_of(2) { "even" } else { "odd" };
     (
         Record {
             path: format!("img/{half}/{i}.png"),
