@@ -51,7 +51,12 @@ fn index_bad_folder(idx: &std::path::Path) {
 fn one_line_error(args: &[&str], needle: &str) {
     let out = htg(args);
     assert!(!out.status.success(), "{args:?} should fail");
-    let e = stderr(&out);
+    // `--backend auto` names its choice on a line of its own first; the error is one line.
+    let e: String = stderr(&out)
+        .lines()
+        .filter(|l| !l.starts_with("backend: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert_eq!(e.trim_end().lines().count(), 1, "one line expected: {e}");
     assert!(e.starts_with("error: "), "{e}");
     assert!(e.contains(needle), "{needle:?} not in {e}");
