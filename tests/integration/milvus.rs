@@ -21,8 +21,8 @@ use tempfile::TempDir;
 use crate::http::Server;
 use crate::util::{copy_files, fixture, htg, htg_ok, root, s, stderr, tiny_model};
 
-/// A Milvus Lite server for the whole test binary (started once, killed at exit by the OS
-/// when the test process ends, since its stdin is a pipe we hold).
+/// A Milvus Lite server for the whole test binary, started once and stopped when the test
+/// process exits.
 struct Lite {
     addr: String,
     _child: Option<Child>,
@@ -61,13 +61,18 @@ fn lite() -> &'static Lite {
             .expect("a free port")
             .port();
         let data = TempDir::new().unwrap();
-        let child = Command::new(&python)
-            .args(["-m", "milvus_lite", "server", "--data-dir"])
+        // A shell holds the server and kills it when our end of its stdin closes, which
+        // happens when the test process exits (the child handle lives in a static).
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                "\"$0\" -m milvus_lite server --data-dir \"$1\" --host 127.0.0.1 --port \"$2\" \
+                 >/dev/null 2>&1 & p=$!; read _; kill $p",
+            ])
+            .arg(&python)
             .arg(data.path())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            // Killed with the test process: Lite exits when its stdin closes? Not assumed;
-            // the process group ends with the test run's.
-            .stdin(Stdio::null())
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
