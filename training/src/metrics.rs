@@ -262,11 +262,12 @@ pub fn recall_at_k(
     Ok(m.recall_at.into_iter().map(|(_, r)| r).collect())
 }
 
-/// Small deterministic PRNG (SplitMix64) so k-means is seeded without extra dependencies.
-struct SplitMix64(u64);
+/// Small deterministic PRNG (SplitMix64) so k-means and the report statistics
+/// (`crate::stats`) are seeded without extra dependencies.
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -277,6 +278,11 @@ impl SplitMix64 {
     /// Uniform in `[0, 1)`.
     fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `0..n` (modulo bias is negligible for the small `n` used here).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
     }
 }
 

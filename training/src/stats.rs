@@ -5,24 +5,7 @@
 //! "Paired" means run i of method A and run i of method B share the seed (so the data order,
 //! the validation split and F's initialisation match as far as the methods allow).
 
-use crate::metrics::MetricsError;
-
-/// Small deterministic PRNG (SplitMix64) so a report's intervals are reproducible.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
+use crate::metrics::{MetricsError, SplitMix64};
 
 /// Mean and sample standard deviation (n − 1; 0 for a single value).
 pub fn mean_sd(v: &[f64]) -> (f64, f64) {

@@ -244,14 +244,7 @@ impl MilvusIndex {
         let target = Target::parse(location)?;
         let (rt, client) = connect(&target)?;
         let desc = block(&rt, async {
-            let exists = client
-                .has_collection(
-                    HasCollectionRequest::builder()
-                        .collection_name(&target.collection)
-                        .build()?,
-                )
-                .await?
-                .exists();
+            let exists = has_collection(&client, &target.collection).await?;
             if !exists {
                 return Ok(None);
             }
@@ -303,16 +296,7 @@ impl MilvusIndex {
             return false;
         };
         block(&rt, async {
-            Ok::<_, SdkError>(
-                client
-                    .has_collection(
-                        HasCollectionRequest::builder()
-                            .collection_name(&target.collection)
-                            .build()?,
-                    )
-                    .await?
-                    .exists(),
-            )
+            has_collection(&client, &target.collection).await
         })
         .unwrap_or(false)
     }
@@ -390,14 +374,7 @@ impl MilvusIndex {
                 ),
             ]));
         let created = block(&rt, async {
-            let exists = client
-                .has_collection(
-                    HasCollectionRequest::builder()
-                        .collection_name(&target.collection)
-                        .build()?,
-                )
-                .await?
-                .exists();
+            let exists = has_collection(&client, &target.collection).await?;
             if exists {
                 return Ok(false);
             }
@@ -739,6 +716,18 @@ fn check_schema(target: &Target, desc: &CollectionDesc) -> Result<Checked, Index
         dim,
         next_id: num(P_NEXT_ID)?,
     })
+}
+
+/// Whether the server holds a collection of that name.
+async fn has_collection(client: &ClientV2, name: &str) -> Result<bool, SdkError> {
+    Ok(client
+        .has_collection(
+            HasCollectionRequest::builder()
+                .collection_name(name)
+                .build()?,
+        )
+        .await?
+        .exists())
 }
 
 fn connect(target: &Target) -> Result<(tokio::runtime::Runtime, ClientV2), IndexError> {
