@@ -263,7 +263,7 @@ pub fn recall_at_k(
 }
 
 /// Small deterministic PRNG (SplitMix64) so k-means and the report statistics
-/// (`crate::stats`) are seeded without extra dependencies.
+/// (the `stats` module) are seeded without extra dependencies.
 pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
