@@ -43,6 +43,9 @@ enum Command {
     /// Copy an index's records and vectors to another location (local or Milvus), without
     /// re-embedding.
     Migrate(cmd::migrate::Args),
+    /// Swap an index's model: re-embed every image from its stored bytes into a shadow
+    /// index, then switch atomically (resumable).
+    Reindex(cmd::reindex::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Snapshot(a) => cmd::snapshot::run(a),
         Command::Migrate(a) => cmd::migrate::run(a),
+        Command::Reindex(a) => cmd::reindex::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -88,6 +88,42 @@ enum Prepared {
     Failed(PathBuf, String),
 }
 
+/// Largest original file read back for an indexed image (thumbnails, a model swap).
+pub const MAX_STORED_FILE: u64 = 256 * 1024 * 1024;
+
+/// Reads back the original bytes of an indexed image: the file at its recorded path, or the
+/// copy an upload left in `uploads` under its content hash, whichever still holds the bytes
+/// whose sha256 was recorded. The error says why none does (gone, or changed since).
+pub fn stored_bytes(record: &Record, uploads: &Path) -> Result<Vec<u8>, String> {
+    let mut candidates = vec![PathBuf::from(&record.path)];
+    candidates.extend(
+        IMAGE_EXTENSIONS
+            .iter()
+            .map(|e| uploads.join(format!("{}.{e}", record.sha256))),
+    );
+    let mut changed = None;
+    for path in candidates {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        if meta.len() > MAX_STORED_FILE {
+            changed = Some(format!("{} is larger than {MAX_STORED_FILE} bytes", path.display()));
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if sha256_hex(&bytes) == record.sha256 {
+            return Ok(bytes);
+        }
+        changed = Some(format!("{} changed since it was indexed", path.display()));
+    }
+    Err(changed.unwrap_or_else(|| format!("{} is gone (and no upload copy)", record.path)))
+}
+
 /// Reads, hashes and preprocesses one image file into model input.
 pub fn prepare_bytes(bytes: &[u8], spec: &ModelSpec) -> Result<Array3<f32>, PreprocessError> {
     crate::preprocess::tensor_from_bytes(bytes, spec, crate::preprocess::DEFAULT_MAX_PIXELS)

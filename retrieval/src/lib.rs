@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod loader;
 pub mod ort_backend;
 pub mod preprocess;
+pub mod reindex;
 #[cfg(feature = "http")]
 pub mod server;
 pub mod spec;

@@ -72,6 +72,30 @@ pub fn run(args: Args) -> Result<()> {
         }
         None => args.index.join("uploads"),
     };
-    server::serve(config, Arc::from(index), Arc::from(embedder), uploads)?;
+    let admin = match index.as_local() {
+        Some(local) => {
+            // The one writer from the start: `htg index` or `htg reindex` beside this server
+            // is refused instead of writing under it.
+            local.lock_writes().with_context(|| {
+                format!("{location} is being written by another process")
+            })?;
+            let backend = backend.clone();
+            let load: server::admin::ModelLoader = Arc::new(move |p: &std::path::Path| {
+                model::load(p, &backend).map_err(|e| format!("{e:#}"))
+            });
+            Some(server::admin::Admin {
+                root: args.index.clone(),
+                load,
+            })
+        }
+        None => None,
+    };
+    server::serve(
+        config,
+        Arc::from(index),
+        Arc::from(embedder),
+        uploads,
+        admin,
+    )?;
     Ok(())
 }

@@ -7,7 +7,10 @@
 //!   the engine's file (`graph.htg`, or the `hnsw_rs` dump) and `records.bin`;
 //! - `wal-<seq>.log`: the write-ahead log segments after that position ([`super::wal`]);
 //! - `LOCK`: held by the one process that writes;
-//! - `uploads/`: images added over HTTP (the server's).
+//! - `uploads/`: images added over HTTP (the server's);
+//! - `ACTIVE` (after a model swap, [`crate::reindex`]): names the subdirectory that holds
+//!   the files above for the model now serving; the directory the user names stays the
+//!   index's one name, and writing `ACTIVE` is the swap's single atomic step.
 //!
 //! A write (add or delete) is appended to the log, applied in memory and fsynced (one fsync
 //! shared by concurrent writers) before it returns: acknowledged writes survive a crash. An
@@ -130,7 +133,7 @@ fn wal_err(e: AppendError<IndexError>) -> IndexError {
 impl LocalIndex {
     /// Whether `dir` holds an index.
     pub fn exists(dir: &Path) -> bool {
-        dir.join("CURRENT").is_file()
+        matches!(resolve_root(dir), Ok(root) if root.join("CURRENT").is_file())
     }
 
     /// Creates an empty index in `dir` (writes its first checkpoint at once, so it opens).
@@ -210,8 +213,14 @@ impl LocalIndex {
         index
     }
 
-    /// Opens the index saved in `dir`: maps its checkpoint and replays its log.
+    /// Opens the index saved in `dir` (or in the subdirectory its `ACTIVE` names): maps its
+    /// checkpoint and replays its log.
     pub fn open(dir: &Path) -> Result<LocalIndex, IndexError> {
+        let root = resolve_root(dir)?;
+        LocalIndex::open_root(&root)
+    }
+
+    fn open_root(dir: &Path) -> Result<LocalIndex, IndexError> {
         let current = dir.join("CURRENT");
         let gen = match fs::read_to_string(&current) {
             Ok(s) => s.trim().to_string(),
@@ -313,9 +322,76 @@ impl LocalIndex {
         Ok(index)
     }
 
-    /// Index directory.
+    /// Index directory: the one holding `CURRENT` (a subdirectory of the directory the user
+    /// named once a model swap has written `ACTIVE`).
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The id the next add gets: ids are never reused, so a model swap carries it over.
+    pub fn next_id(&self) -> u64 {
+        self.inner.next_id.load(Ordering::Relaxed)
+    }
+
+    /// Raises the next id to at least `next` (a model swap: the new index must not hand out
+    /// an id the old one used, even a deleted one); persisted by the next checkpoint.
+    pub fn raise_next_id(&self, next: u64) {
+        self.inner.next_id.fetch_max(next, Ordering::Relaxed);
+    }
+
+    /// Takes the index's writer lock now instead of at the first write, so a second process
+    /// that would write (a server, `htg reindex`) is refused at once rather than after its
+    /// view has gone stale.
+    pub fn lock_writes(&self) -> Result<(), IndexError> {
+        Ok(self.inner.wal.lock_writes()?)
+    }
+
+    /// Adds records under ids the caller chose (a model swap keeps every image's id); ids
+    /// already present are refused. Durable on return.
+    pub fn insert_with_ids(&self, items: Vec<(u64, Record, Vec<f32>)>) -> Result<(), IndexError> {
+        for (_, _, v) in &items {
+            self.check_vector(v)?;
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        {
+            let records = read_lock(&self.inner.records);
+            let pending = read_lock(&self.inner.pending);
+            let mut seen = std::collections::HashSet::new();
+            for (id, _, _) in &items {
+                if !seen.insert(*id)
+                    || records.internal(*id).is_some()
+                    || pending.iter().any(|p| p.id == *id)
+                {
+                    return Err(IndexError::Param(format!("id {id} is already in the index")));
+                }
+            }
+        }
+        let top = items.iter().map(|(id, _, _)| id + 1).max().unwrap_or(0);
+        let mut items = Some(items);
+        let seq = self
+            .inner
+            .wal
+            .append(
+                |_| {
+                    self.inner.next_id.fetch_max(top, Ordering::Relaxed);
+                    items
+                        .take()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(id, record, vector)| Op::Add { id, record, vector })
+                        .collect()
+                },
+                |ops| self.apply(ops).map(|_| ()),
+            )
+            .map_err(wal_err)?;
+        self.inner.wal.sync_to(seq)?;
+        while read_lock(&self.inner.pending).len() > MAX_PENDING {
+            self.drain_once(4096)?;
+        }
+        self.maybe_checkpoint();
+        Ok(())
     }
 
     /// Which engine holds the vectors.
@@ -587,6 +663,29 @@ impl LocalIndex {
     }
 }
 
+/// Name of the file that points a model-swapped index at its live subdirectory.
+pub const ACTIVE: &str = "ACTIVE";
+
+/// The directory holding `CURRENT` for the index the user named `dir`: `dir` itself, or
+/// the subdirectory its `ACTIVE` file names.
+pub fn resolve_root(dir: &Path) -> Result<PathBuf, IndexError> {
+    let active = dir.join(ACTIVE);
+    match fs::read_to_string(&active) {
+        Ok(s) => {
+            let name = s.trim();
+            if name.is_empty() || name.contains('/') || name.contains('\\') || name.contains("..") {
+                return Err(IndexError::Corrupt {
+                    path: dir.to_path_buf(),
+                    reason: format!("{ACTIVE} names {name:?}"),
+                });
+            }
+            Ok(dir.join(name))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir.to_path_buf()),
+        Err(e) => Err(io_err("read", &active)(e)),
+    }
+}
+
 /// The record of external id `id`, from the store or the pending buffer.
 fn lookup(records: &Records, pending: &[PendingAdd], id: u64) -> Option<Record> {
     match records.internal(id) {
@@ -658,6 +757,10 @@ fn applier(weak: Weak<Inner>, wake: Arc<(Mutex<bool>, Condvar)>) {
 }
 
 impl SearchIndex for LocalIndex {
+    fn as_local(&self) -> Option<&LocalIndex> {
+        Some(self)
+    }
+
     fn location(&self) -> String {
         self.inner.dir.display().to_string()
     }

@@ -209,6 +209,10 @@ pub struct IndexStats {
 pub trait SearchIndex: Send + Sync {
     /// Where the index lives, for messages.
     fn location(&self) -> String;
+    /// The local index behind this one, for what only it can do (a model swap).
+    fn as_local(&self) -> Option<&LocalIndex> {
+        None
+    }
     /// The model whose embeddings the index holds.
     fn model(&self) -> ModelId;
     /// Path of the model that built the index, as recorded then (a hint for `htg search`).

@@ -448,6 +448,13 @@ impl Wal {
         Ok(last)
     }
 
+    /// Takes the index's lock file (and starts a segment) now rather than at the first
+    /// append: a process that will write learns at once whether another one does.
+    pub fn lock_writes(&self) -> Result<(), WalError> {
+        let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        self.writer(&mut slot).map(|_| ())
+    }
+
     /// Bytes appended to the current segment so far.
     pub fn segment_bytes(&self) -> u64 {
         match &*self.writer.lock().unwrap_or_else(PoisonError::into_inner) {

@@ -122,6 +122,8 @@ pub fn access(method: &Method, path: &str, metrics_open: bool) -> Access {
             Access::Open
         }
         "/metrics" if metrics_open => Access::Open,
+        // Admin reads (task status) name model paths: the full key, like writes.
+        _ if path.starts_with("/admin/") => Access::Write,
         _ if *method == Method::GET || *method == Method::HEAD => Access::Read,
         "/search" | "/search/vector" | "/search/batch" if *method == Method::POST => Access::Read,
         _ => Access::Write,

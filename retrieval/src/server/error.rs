@@ -73,6 +73,9 @@ pub enum ApiError {
     /// A valid key that does not allow this operation (a write with the read-only key).
     #[error("{0}")]
     Forbidden(String),
+    /// The request conflicts with work in progress (a model swap already running).
+    #[error("{0}")]
+    Conflict(String),
     /// The disk is full: the write was not made (and nothing was acknowledged).
     #[error("insufficient storage, the write was not made: {0}")]
     InsufficientStorage(String),
@@ -135,6 +138,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// The key does not allow this operation.
     Forbidden,
+    /// Work in progress conflicts with the request.
+    Conflict,
     /// The disk holding the index or uploads is full.
     InsufficientStorage,
     /// The inference queue is full.
@@ -165,6 +170,7 @@ impl ErrorCode {
             ErrorCode::DecodeBudget => "decode_budget",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
@@ -240,6 +246,7 @@ impl ApiError {
             ApiError::DecodeBudget { .. } => (StatusCode::BAD_REQUEST, ErrorCode::DecodeBudget),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
             ApiError::InsufficientStorage(_) => (
                 StatusCode::INSUFFICIENT_STORAGE,
                 ErrorCode::InsufficientStorage,
@@ -390,6 +397,7 @@ mod tests {
                 "insufficient_storage",
             ),
             (ApiError::Internal("disk".into()), 500, "internal"),
+            (ApiError::Conflict("busy".into()), 409, "conflict"),
         ];
         for (err, status, code) in cases {
             let res = err.error_response();
@@ -413,6 +421,7 @@ mod tests {
             ErrorCode::DecodeBudget,
             ErrorCode::Unauthorized,
             ErrorCode::Forbidden,
+            ErrorCode::Conflict,
             ErrorCode::InsufficientStorage,
             ErrorCode::Overloaded,
             ErrorCode::Unavailable,

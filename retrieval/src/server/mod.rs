@@ -7,12 +7,19 @@
 //! - [`input`]: bounded bodies, multipart, raw images and search parameters;
 //! - [`config`]: defaults, then a TOML file, then `HTG__*` variables, validated at start;
 //! - [`metrics`]: Prometheus text;
-//! - [`auth`]: API keys (full and read-only); [`tls`]: HTTPS; CORS is `actix-cors`.
+//! - [`auth`]: API keys (full and read-only); [`tls`]: HTTPS; CORS is `actix-cors`;
+//! - [`admin`]: background tasks (a live model swap) and their status.
 //!
 //! The index is shared as an `Arc<dyn SearchIndex>` that synchronises inside: searches never
 //! wait for writes, and a write (add or delete) is durable (logged and fsynced) before it is
 //! acknowledged, so every acknowledged write survives a crash or restart.
+//!
+//! The index, its model and that model's inference queue travel together as one
+//! [`Serving`]: a request takes the current one once and uses it throughout, so a model swap
+//! ([`admin`]) replaces all three in one step and no answer mixes two models. Writes also
+//! hold [`State::writes`] (shared), which the swap takes exclusively for its last step.
 
+pub mod admin;
 pub mod auth;
 pub mod batcher;
 pub mod config;
@@ -26,7 +33,7 @@ pub mod tls;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::{Embedder, ModelSpec, SearchIndex};
@@ -39,16 +46,55 @@ use actix_web::{web, App, HttpServer};
 pub use config::Config;
 use error::ApiError;
 
-/// Everything the handlers share, behind `web::Data` (an `Arc`).
-pub struct State {
-    /// Validated configuration.
-    pub config: Config,
+/// The index with the model whose vectors it holds: what a model swap replaces as a whole.
+pub struct Serving {
     /// The index; it synchronises inside, and a write returns once it is durable.
     pub index: Arc<dyn SearchIndex>,
     /// How images are fed to the model.
     pub spec: ModelSpec,
-    /// The inference queue.
+    /// The model's inference queue.
     pub batcher: batcher::Batcher,
+    /// Where the model was loaded from, for `/stats`.
+    pub model_path: Option<String>,
+}
+
+impl Serving {
+    /// The index served with `embedder`'s inference queue (started here).
+    pub fn start(
+        index: Arc<dyn SearchIndex>,
+        embedder: Arc<dyn Embedder>,
+        model_path: Option<String>,
+        config: &Config,
+        metrics: &Arc<metrics::Metrics>,
+    ) -> Serving {
+        Serving {
+            spec: embedder.spec().clone(),
+            batcher: batcher::Batcher::start(embedder, &config.batch, Arc::clone(metrics)),
+            index,
+            model_path,
+        }
+    }
+
+    /// The served model's sha256, as answers and `/stats` name it.
+    pub fn model_sha256(&self) -> String {
+        self.index.model().sha256
+    }
+}
+
+/// Everything the handlers share, behind `web::Data` (an `Arc`).
+pub struct State {
+    /// Validated configuration.
+    pub config: Config,
+    /// The index and model now serving; see [`State::serving`].
+    serving: RwLock<Arc<Serving>>,
+    /// Held shared by every write (add, delete) from before it embeds until it is durable,
+    /// and exclusively by a model swap's last step, so no write lands in the old index
+    /// after the new one has been caught up.
+    pub writes: tokio::sync::RwLock<()>,
+    /// Model swaps: where the index lives and how to load a model (absent: no swaps).
+    pub admin: Option<admin::Admin>,
+    /// Background tasks and their status.
+    pub tasks: admin::Tasks,
     /// Prometheus registry.
     pub metrics: Arc<metrics::Metrics>,
     /// False before the server listens and once shutdown begins (`/readyz`).
@@ -79,8 +125,22 @@ pub enum ServeError {
     Tls(#[from] tls::TlsError),
 }
 
+impl State {
+    /// The index and model now serving: take it once per request and use it throughout.
+    pub fn serving(&self) -> Arc<Serving> {
+        Arc::clone(&self.serving.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Makes `next` the one that serves (a model swap's switch); requests that already took
+    /// the previous one finish on it.
+    pub fn install(&self, next: Serving) {
+        *self.serving.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+    }
+}
+
 /// Serves `index` with `embedder` until SIGTERM or SIGINT, then drains in-flight requests (up
-/// to `shutdown_timeout_s`) and stops the inference threads.
+/// to `shutdown_timeout_s`) and stops the inference threads. With `admin`, the model can be
+/// swapped while serving (`POST /admin/reindex`).
 ///
 /// The caller has checked that `embedder` is the model that built `index`.
 pub fn serve(
@@ -88,9 +148,10 @@ pub fn serve(
     index: Arc<dyn SearchIndex>,
     embedder: Arc<dyn Embedder>,
     uploads: PathBuf,
+    admin: Option<admin::Admin>,
 ) -> Result<(), ServeError> {
     let tls = tls::server_config(&config.tls)?;
-    let state = new_state(config.clone(), index, embedder, uploads);
+    let state = new_state_with(config.clone(), index, embedder, uploads, admin);
     let io = |source| ServeError::Io {
         addr: config.addr.clone(),
         source,
@@ -102,16 +163,27 @@ pub fn serve(
 }
 
 /// The shared state of a server over `index`, with its inference threads started: what
-/// [`serve`] runs and what in-process tests hand to [`app`].
+/// [`serve`] runs and what in-process tests hand to [`app`]. Model swaps are off.
 pub fn new_state(
     config: Config,
     index: Arc<dyn SearchIndex>,
     embedder: Arc<dyn Embedder>,
     uploads: PathBuf,
 ) -> web::Data<State> {
+    new_state_with(config, index, embedder, uploads, None)
+}
+
+/// [`new_state`], with model swaps through `admin`.
+pub fn new_state_with(
+    config: Config,
+    index: Arc<dyn SearchIndex>,
+    embedder: Arc<dyn Embedder>,
+    uploads: PathBuf,
+    admin: Option<admin::Admin>,
+) -> web::Data<State> {
     let metrics = Arc::new(metrics::Metrics::default());
-    let batcher =
-        batcher::Batcher::start(Arc::clone(&embedder), &config.batch, Arc::clone(&metrics));
+    let model_path = index.model_path();
+    let serving = Serving::start(index, embedder, model_path, &config, &metrics);
     let turns = match config.max_concurrent_large_decodes {
         0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         n => n,
@@ -119,10 +191,11 @@ pub fn new_state(
     web::Data::new(State {
         keys: auth::Keys::from_config(&config),
         large_decodes: Arc::new(tokio::sync::Semaphore::new(turns)),
-        spec: embedder.spec().clone(),
+        serving: RwLock::new(Arc::new(serving)),
+        writes: tokio::sync::RwLock::new(()),
+        admin,
+        tasks: admin::Tasks::default(),
         config,
-        index,
-        batcher,
         metrics,
         ready: AtomicBool::new(false),
         snapshots: uploads

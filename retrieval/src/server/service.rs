@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::embed::sha256_hex;
-use crate::ingest::IMAGE_EXTENSIONS;
+use crate::ingest::stored_bytes;
 use crate::preprocess::{dimensions, tensor_from_bytes, PreprocessError};
 use crate::{Record, SearchOptions};
 use actix_web::web::{self, Bytes};
@@ -17,7 +17,9 @@ use ndarray::Array3;
 use serde::Serialize;
 
 use super::error::ApiError;
-use super::State;
+use super::{Serving, State};
+use crate::ModelSpec;
+use std::sync::Arc;
 
 /// One search result as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -43,6 +45,7 @@ pub struct HitOut {
 /// every core from everyone else.
 pub async fn prepare(
     state: &web::Data<State>,
+    spec: &ModelSpec,
     images: Vec<Bytes>,
 ) -> Result<Vec<Array3<f32>>, ApiError> {
     let several = images.len() > 1;
@@ -81,6 +84,7 @@ pub async fn prepare(
         None
     };
     let state = state.clone();
+    let spec = spec.clone();
     web::block(move || {
         let _turn = permit;
         images
@@ -88,7 +92,7 @@ pub async fn prepare(
             .enumerate()
             .map(|(i, bytes)| {
                 let start = Instant::now();
-                let t = tensor_from_bytes(bytes, &state.spec, state.config.max_pixels)
+                let t = tensor_from_bytes(bytes, &spec, state.config.max_pixels)
                     .map_err(|e| ApiError::bad_image(several.then_some(i + 1), e))?;
                 state.metrics.decode(start.elapsed());
                 Ok(t)
@@ -98,15 +102,16 @@ pub async fn prepare(
     .await?
 }
 
-/// Decodes and embeds images: one unit vector each, in order.
+/// Decodes and embeds images with `serving`'s model: one unit vector each, in order.
 pub async fn embed(
     state: &web::Data<State>,
+    serving: &Serving,
     images: Vec<Bytes>,
 ) -> Result<Vec<Vec<f32>>, ApiError> {
     // While these decode, a batch being gathered waits for them (up to `max_delay_us`).
-    let announced = state.batcher.announce(images.len());
-    let tensors = prepare(state, images).await?;
-    state.batcher.embed(tensors, Some(announced)).await
+    let announced = serving.batcher.announce(images.len());
+    let tensors = prepare(state, &serving.spec, images).await?;
+    serving.batcher.embed(tensors, Some(announced)).await
 }
 
 /// Refuses vectors that would poison distance computations: non-finite values (JSON numbers
@@ -122,10 +127,11 @@ pub fn check_finite(v: &[f32]) -> Result<(), ApiError> {
     }
 }
 
-/// Searches each query for its `k` nearest images, leaving out `exclude` (the query image of a
-/// by-id search).
+/// Searches each query for its `k` nearest images in `serving`'s index (the one whose model
+/// embedded the queries), leaving out `exclude` (the query image of a by-id search).
 pub async fn search(
     state: &web::Data<State>,
+    serving: Arc<Serving>,
     queries: Vec<Vec<f32>>,
     k: usize,
     opts: SearchOptions,
@@ -133,7 +139,7 @@ pub async fn search(
 ) -> Result<Vec<Vec<HitOut>>, ApiError> {
     let state = state.clone();
     web::block(move || {
-        let index = &state.index;
+        let index = &serving.index;
         queries
             .iter()
             .map(|q| {
@@ -159,10 +165,9 @@ pub async fn search(
 }
 
 /// The stored vector of an indexed image.
-pub async fn vector_of(state: &web::Data<State>, id: u64) -> Result<Vec<f32>, ApiError> {
-    let state = state.clone();
+pub async fn vector_of(serving: Arc<Serving>, id: u64) -> Result<Vec<f32>, ApiError> {
     web::block(move || {
-        state
+        serving
             .index
             .vector(id)
             .ok_or_else(|| ApiError::NotFound(format!("no image with id {id}")))
@@ -194,8 +199,13 @@ pub struct Added {
 
 /// Adds images (all or none): embeds them, stores their bytes under the uploads folder, and
 /// inserts them; the index has made them durable before this returns.
+///
+/// The write gate is held from before embedding until the insert is durable, so a model
+/// swap never switches between the two: the image lands in the index whose model embedded it.
 pub async fn add(state: &web::Data<State>, items: Vec<NewImage>) -> Result<Vec<Added>, ApiError> {
-    let vectors = embed(state, items.iter().map(|i| i.bytes.clone()).collect()).await?;
+    let _write = state.writes.read().await;
+    let serving = state.serving();
+    let vectors = embed(state, &serving, items.iter().map(|i| i.bytes.clone()).collect()).await?;
     let state = state.clone();
     web::block(move || {
         let mut entries = Vec::with_capacity(items.len());
@@ -213,7 +223,7 @@ pub async fn add(state: &web::Data<State>, items: Vec<NewImage>) -> Result<Vec<A
         }
         let records: Vec<Record> = entries.iter().map(|(r, _)| r.clone()).collect();
         // Durable when it returns (logged and fsynced); an error means nothing was added.
-        let ids = state.index.insert_many(entries)?;
+        let ids = serving.index.insert_many(entries)?;
         Ok(ids
             .into_iter()
             .zip(records)
@@ -251,18 +261,16 @@ fn store_upload(dir: &Path, sha: &str, bytes: &[u8]) -> Result<PathBuf, ApiError
 
 /// Removes an image; the removal is durable before this returns.
 pub async fn remove(state: &web::Data<State>, id: u64) -> Result<(), ApiError> {
-    let state = state.clone();
+    let _write = state.writes.read().await;
+    let serving = state.serving();
     web::block(move || {
-        if !state.index.remove(id)? {
+        if !serving.index.remove(id)? {
             return Err(ApiError::NotFound(format!("no image with id {id}")));
         }
         Ok(())
     })
     .await?
 }
-
-/// Largest file `/images/{id}/file` serves.
-const MAX_FILE: u64 = 256 * 1024 * 1024;
 
 /// The bytes of an indexed image, for thumbnails.
 ///
@@ -273,28 +281,11 @@ pub async fn file(state: &web::Data<State>, id: u64) -> Result<(Vec<u8>, &'stati
     let state = state.clone();
     web::block(move || {
         let record = state
+            .serving()
             .index
             .record(id)
             .ok_or_else(|| ApiError::NotFound(format!("no image with id {id}")))?;
-        let mut candidates = vec![PathBuf::from(&record.path)];
-        candidates.extend(
-            IMAGE_EXTENSIONS
-                .iter()
-                .map(|e| state.uploads.join(format!("{}.{e}", record.sha256))),
-        );
-        for path in candidates {
-            let Ok(meta) = fs::metadata(&path) else {
-                continue;
-            };
-            if !meta.is_file() || meta.len() > MAX_FILE {
-                continue;
-            }
-            let Ok(bytes) = fs::read(&path) else {
-                continue;
-            };
-            if sha256_hex(&bytes) != record.sha256 {
-                continue;
-            }
+        if let Ok(bytes) = stored_bytes(&record, &state.uploads) {
             let mime = image::guess_format(&bytes)
                 .map(|f| f.to_mime_type())
                 .unwrap_or("application/octet-stream");

@@ -56,7 +56,7 @@ pub(super) async fn readyz(state: web::Data<State>) -> Result<Json<Health>, ApiE
             "not ready: starting or shutting down".into(),
         ));
     }
-    if !state.batcher.alive() {
+    if !state.serving().batcher.alive() {
         return Err(ApiError::Unavailable(
             "not ready: an inference thread stopped".into(),
         ));

@@ -167,10 +167,13 @@ pub(super) async fn similar(
     let start = Instant::now();
     let id = id.into_inner();
     let (k, opts) = query.resolve(&state.config)?;
-    let vector = service::vector_of(&state, id).await?;
-    let results = service::search(&state, vec![vector], k, opts, Some(id)).await?;
+    let serving = state.serving();
+    let model = serving.model_sha256();
+    let vector = service::vector_of(serving.clone(), id).await?;
+    let results = service::search(&state, serving, vec![vector], k, opts, Some(id)).await?;
     Ok(Json(SearchAnswer {
         results: results.into_iter().next().unwrap_or_default(),
+        model,
         took_ms: ms_since(start),
     }))
 }

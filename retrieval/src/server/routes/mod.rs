@@ -7,6 +7,7 @@
 //! handler's `#[utoipa::path]` attribute: what is mounted is what the OpenAPI document
 //! describes, and a test checks that every endpoint is in the document.
 
+pub mod admin;
 pub mod health;
 pub mod images;
 pub mod metrics;
@@ -71,6 +72,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         openapi::endpoints(),
         page::endpoints(),
         snapshots::endpoints(),
+        admin::endpoints(),
     ]
     .into_iter()
     .flatten()

@@ -31,6 +31,8 @@ use crate::server::{Config, State};
         openapi,
         super::page::page,
         super::snapshots::create,
+        super::admin::reindex,
+        super::admin::task,
     )
 )]
 pub struct ApiDoc;
@@ -48,7 +50,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     responses((status = 200, description = "The OpenAPI document.", body = Object, content_type = "application/json"))
 )]
 pub(super) async fn openapi(state: web::Data<State>) -> Json<Value> {
-    Json(document(&state.config, state.index.dim()))
+    Json(document(&state.config, state.serving().index.dim()))
 }
 
 /// [`ApiDoc`] with the limits this server runs with: `k` up to `max_k`, vectors of the

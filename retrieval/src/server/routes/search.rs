@@ -33,6 +33,9 @@ pub fn endpoints() -> Vec<Endpoint> {
 pub struct SearchAnswer {
     /// Nearest first.
     pub results: Vec<HitOut>,
+    /// sha256 of the model that embedded the query and the images (changes with a model
+    /// swap, `POST /admin/reindex`).
+    pub model: String,
     /// Time spent in the server.
     pub took_ms: f64,
 }
@@ -42,6 +45,8 @@ pub struct SearchAnswer {
 pub struct BatchAnswer {
     /// One entry per query, in the order sent.
     pub queries: Vec<QueryAnswer>,
+    /// sha256 of the model whose vectors were searched.
+    pub model: String,
     /// Time spent in the server.
     pub took_ms: f64,
 }
@@ -117,10 +122,13 @@ pub(super) async fn search_image(
         }
         Body::Json(_) => return Err(ApiError::BadRequest("send an image, not JSON".into())),
     };
-    let vectors = service::embed(&state, vec![image]).await?;
-    let results = service::search(&state, vectors, k, opts, None).await?;
+    let serving = state.serving();
+    let vectors = service::embed(&state, &serving, vec![image]).await?;
+    let model = serving.model_sha256();
+    let results = service::search(&state, serving, vectors, k, opts, None).await?;
     Ok(Json(SearchAnswer {
         results: results.into_iter().next().unwrap_or_default(),
+        model,
         took_ms: ms_since(start),
     }))
 }
@@ -230,7 +238,7 @@ fn merge(
 }
 
 /// JSON bodies must say so (or say nothing).
-fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+pub(super) fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     match req.mime_type() {
         Ok(None) => Ok(()),
         Ok(Some(m)) if m.essence_str() == "application/json" => Ok(()),
@@ -281,9 +289,12 @@ pub(super) async fn search_vector(
     )?
     .resolve(&state.config)?;
     check_finite(&r.vector)?;
-    let results = service::search(&state, vec![r.vector], k, opts, None).await?;
+    let serving = state.serving();
+    let model = serving.model_sha256();
+    let results = service::search(&state, serving, vec![r.vector], k, opts, None).await?;
     Ok(Json(SearchAnswer {
         results: results.into_iter().next().unwrap_or_default(),
+        model,
         took_ms: ms_since(start),
     }))
 }
@@ -317,6 +328,7 @@ pub(super) async fn search_batch(
     query: web::Query<SearchParams>,
 ) -> Result<Json<BatchAnswer>, ApiError> {
     let start = Instant::now();
+    let serving = state.serving();
     let (vectors, params) = match read_typed(&req, payload, &state.config, true).await? {
         Body::Json(body) => {
             let r: BatchRequest = parse_json(&body)?;
@@ -339,7 +351,7 @@ pub(super) async fn search_batch(
             let images = images_of(parts, &[])?;
             check_count(images.len(), &state)?;
             query.resolve(&state.config)?;
-            let vectors = service::embed(&state, images).await?;
+            let vectors = service::embed(&state, &serving, images).await?;
             (vectors, query.into_inner())
         }
         Body::Image(_) => {
@@ -350,12 +362,14 @@ pub(super) async fn search_batch(
     };
     check_count(vectors.len(), &state)?;
     let (k, opts) = params.resolve(&state.config)?;
-    let results = service::search(&state, vectors, k, opts, None).await?;
+    let model = serving.model_sha256();
+    let results = service::search(&state, serving, vectors, k, opts, None).await?;
     Ok(Json(BatchAnswer {
         queries: results
             .into_iter()
             .map(|results| QueryAnswer { results })
             .collect(),
+        model,
         took_ms: ms_since(start),
     }))
 }

@@ -52,7 +52,7 @@ pub(super) async fn create(state: web::Data<State>) -> Result<HttpResponse, ApiE
             .map(|d| d.as_millis())
             .unwrap_or_default();
         let name = format!("snap-{ms}.htgsnap");
-        let (bytes, seq) = state2.index.snapshot(&dir.join(&name))?;
+        let (bytes, seq) = state2.serving().index.snapshot(&dir.join(&name))?;
         Ok((name, bytes, seq))
     })
     .await??;

@@ -30,11 +30,15 @@ pub struct Stats {
     pub limits: Limits,
 }
 
-/// The model that built the index.
+/// The model that built the index (the one serving now, after a model swap).
 #[derive(Serialize, ToSchema)]
 pub struct ModelInfo {
     /// sha256 of the ONNX file, hex.
     pub sha256: String,
+    /// Where it was loaded from, as recorded.
+    pub path: Option<String>,
+    /// Model swaps this server has completed.
+    pub swaps: u64,
     /// How images are fed to it (see docs/MODEL_SPEC.md).
     #[schema(value_type = Object)]
     pub spec: ModelSpec,
@@ -95,7 +99,8 @@ pub struct Limits {
     responses((status = 200, description = "What is indexed and how.", body = Stats))
 )]
 pub(super) async fn stats(state: web::Data<State>) -> Json<Stats> {
-    let index = &state.index;
+    let serving = state.serving();
+    let index = &serving.index;
     let params = index.params();
     let stats = index.stats();
     let model = index.model();
@@ -106,6 +111,8 @@ pub(super) async fn stats(state: web::Data<State>) -> Json<Stats> {
         model: ModelInfo {
             sha256: model.sha256,
             spec: model.spec,
+            path: serving.model_path.clone(),
+            swaps: state.tasks.swaps(),
         },
         index: IndexInfo {
             kind: "hnsw",
@@ -121,7 +128,7 @@ pub(super) async fn stats(state: web::Data<State>) -> Json<Stats> {
             max_size: config.batch.max_size,
             max_delay_us: config.batch.max_delay_us,
             threads: config.batch.threads,
-            waiting: state.batcher.waiting(),
+            waiting: serving.batcher.waiting(),
         },
         limits: Limits {
             max_upload_bytes: config.max_upload_bytes,

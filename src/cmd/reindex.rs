@@ -1,0 +1,102 @@
+//! `htg reindex`: swap an index's model. Re-embeds every live image from its stored bytes
+//! into a shadow index beside the live one, then switches atomically; see
+//! `htg_retrieval::reindex`. For a server that is running, `POST /admin/reindex` does the
+//! same while it keeps serving.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use htg_retrieval::index::describe;
+use htg_retrieval::reindex::{Progress, Reindexer};
+
+use crate::flags::{self, BackendArgs};
+
+/// Arguments of `htg reindex`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Index directory to swap.
+    #[arg(long)]
+    pub index: PathBuf,
+    /// The new model.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Where images added over HTTP were kept (default: `<index>/uploads`).
+    #[arg(long)]
+    pub uploads: Option<PathBuf>,
+    /// Switch even if some images cannot be re-read (they are listed, and left out).
+    #[arg(long)]
+    pub drop_missing: bool,
+    /// Inference runtime for the new model.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+fn line(p: &Progress) -> String {
+    format!(
+        "embedded {}/{} (resumed {}, missing {})",
+        p.embedded,
+        p.total,
+        p.resumed,
+        p.missing.len()
+    )
+}
+
+/// Runs `htg reindex`.
+pub fn run(args: Args) -> Result<()> {
+    let location = args.index.to_string_lossy().to_string();
+    if htg_retrieval::index::is_remote(&location) {
+        bail!("{location}: a model swap needs a local index directory");
+    }
+    let old = flags::open_index(&location)?;
+    let local = old
+        .as_local()
+        .with_context(|| format!("{location} is not a local index"))?;
+    local.lock_writes().with_context(|| {
+        format!(
+            "{location} is being written by another process; if it is `htg serve`, ask it to swap instead: POST /admin/reindex"
+        )
+    })?;
+    let embedder: Arc<dyn htg_retrieval::Embedder> =
+        Arc::from(flags::load(&args.model, &args.backend)?);
+    let uploads = args.uploads.unwrap_or_else(|| args.index.join("uploads"));
+    let mut r = Reindexer::start(
+        &args.index,
+        old.as_ref(),
+        Arc::clone(&embedder),
+        Some(args.model.to_string_lossy().to_string()),
+        &uploads,
+    )?;
+    if r.progress().resumed > 0 {
+        println!(
+            "resuming: {} image(s) already embedded by the new model",
+            r.progress().resumed
+        );
+    }
+    let mut last = std::time::Instant::now();
+    r.catch_up(old.as_ref(), 1, |p| {
+        if last.elapsed().as_millis() >= 500 {
+            println!("{}", line(p));
+            last = std::time::Instant::now();
+        }
+    })?;
+    let result = r.switch(old.as_ref(), args.drop_missing);
+    let p = r.progress().clone();
+    for m in &p.missing {
+        eprintln!("missing: id {} {}: {}", m.id, m.path, m.reason);
+    }
+    result?;
+    println!("{}", line(&p));
+    println!(
+        "switched {} to model {} ({} images{})",
+        location,
+        describe(embedder.model_id()),
+        p.embedded,
+        if p.missing.is_empty() {
+            String::new()
+        } else {
+            format!(", {} left out", p.missing.len())
+        }
+    );
+    Ok(())
+}
