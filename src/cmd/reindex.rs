@@ -73,11 +73,12 @@ pub fn run(args: Args) -> Result<()> {
             r.progress().resumed
         );
     }
-    let mut last = std::time::Instant::now();
+    // The first batch, then twice a second: a progress line shows each step is durable.
+    let mut last: Option<std::time::Instant> = None;
     r.catch_up(old.as_ref(), 1, |p| {
-        if last.elapsed().as_millis() >= 500 {
+        if last.is_none_or(|t| t.elapsed().as_millis() >= 500) {
             println!("{}", line(p));
-            last = std::time::Instant::now();
+            last = Some(std::time::Instant::now());
         }
     })?;
     let result = r.switch(old.as_ref(), args.drop_missing);

@@ -15,6 +15,8 @@
 //! - `bench`: `htg bench` sweeps, reports, plots and their bad input.
 //! - `milvus`: the index contract on a local directory and on Milvus Lite; `htg index`,
 //!   `serve` and `migrate` over a Milvus collection.
+//! - `reindex`: model swaps: `htg reindex` killed, resumed and switched; `POST /admin/reindex`
+//!   on a live server under concurrent search and add load.
 //! - `ort`: the ONNX Runtime backend: parity with tract (fixture, bundled and external models),
 //!   CLI end to end, library-loading errors, GPU fallback (GPU checks skip without a GPU).
 
@@ -32,4 +34,5 @@ mod golden;
 mod http;
 mod milvus;
 mod ort;
+mod reindex;
 mod spec;

@@ -155,6 +155,11 @@ pub async fn start_reindex(
     let given = model.clone();
     let (reindexer, embedder) = web::block(move || -> Result<_, ApiError> {
         let path = PathBuf::from(&model);
+        if !path.is_file() {
+            return Err(ApiError::BadRequest(format!(
+                "no model file at {model:?} on the server"
+            )));
+        }
         let embedder: Arc<dyn Embedder> = Arc::from(
             (admin.load)(&path)
                 .map_err(|e| ApiError::BadRequest(format!("cannot load model {model:?}: {e}")))?,
