@@ -120,8 +120,8 @@ pub fn count_confusions(
     n: usize,
 ) -> Result<Confusion, TrainError> {
     if n == 0 {
-        return Err(TrainError::Config(
-            "hard pairs: asked for 0 pairs; ask for at least 1".into(),
+        return Err(TrainError::Eval(
+            "asked for 0 hard pairs; ask for at least 1".into(),
         ));
     }
     if top1.len() != query_labels.len() {
@@ -355,7 +355,10 @@ mod tests {
         assert_eq!((c.queries, c.top1_hits, c.confused_pairs), (5, 1, 2));
         assert_eq!(c.pairs.len(), 1);
         let top = &c.pairs[0];
-        assert_eq!((top.from, top.to, top.count, top.from_queries), (0, 3, 3, 3));
+        assert_eq!(
+            (top.from, top.to, top.count, top.from_queries),
+            (0, 3, 3, 3)
+        );
         assert_eq!(top.examples.len(), EXAMPLES_PER_PAIR);
         // Largest margin first: the query at 3.1 is farthest from the cat image.
         assert_eq!(top.examples[0].query, 2);
@@ -386,7 +389,11 @@ mod tests {
         let hits = |h: [usize; 3]| {
             let t: Vec<Top1> = (0..6)
                 .map(|q| Top1 {
-                    retrieved: if q % 2 < h[q / 2] { q / 2 } else { (q / 2 + 1) % 3 },
+                    retrieved: if q % 2 < h[q / 2] {
+                        q / 2
+                    } else {
+                        (q / 2 + 1) % 3
+                    },
                     distance: 0.0,
                     same_class_distance: Some(0.0),
                 })
@@ -397,8 +404,14 @@ mod tests {
         let rows = compare_classes(&a, &b).unwrap();
         let order: Vec<usize> = rows.iter().map(|r| r.class).collect();
         assert_eq!(order, vec![2, 1, 0]);
-        assert_eq!((rows[0].first, rows[0].second, rows[0].diff), (0.0, 1.0, 1.0));
-        assert!(compare_classes(&a, &a).unwrap().iter().all(|r| r.diff == 0.0));
+        assert_eq!(
+            (rows[0].first, rows[0].second, rows[0].diff),
+            (0.0, 1.0, 1.0)
+        );
+        assert!(compare_classes(&a, &a)
+            .unwrap()
+            .iter()
+            .all(|r| r.diff == 0.0));
         let one = Top1 {
             retrieved: 0,
             distance: 0.0,

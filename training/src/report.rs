@@ -72,8 +72,8 @@ pub fn hard_pairs(
     n: usize,
 ) -> Result<HardPairsRun, TrainError> {
     if n == 0 {
-        return Err(TrainError::Config(
-            "hard pairs: asked for 0 pairs; ask for at least 1".into(),
+        return Err(TrainError::Eval(
+            "asked for 0 hard pairs; ask for at least 1".into(),
         ));
     }
     let source = DataSource::resolve(data)?;
@@ -185,6 +185,11 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// A class name for a narrow cell: escaped, with line-break opportunities after `_`.
+fn name_html(s: &str) -> String {
+    esc(s).replace('_', "_<wbr>")
+}
+
 /// Which set an image is in, for thumbnails.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Side {
@@ -217,7 +222,11 @@ impl HardPairsRun {
         models.extend(&r.compare);
         let names: Vec<String> = models.iter().map(|m| m.model.clone()).collect();
         let mut o = String::new();
-        let title = format!("Hard pairs: {} on {}", names.join(" vs "), r.first.eval.data);
+        let title = format!(
+            "Hard pairs: {} on {}",
+            names.join(" vs "),
+            r.first.eval.data
+        );
         let _ = write!(
             o,
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -259,7 +268,13 @@ impl HardPairsRun {
                 m.hard_pairs.confused_pairs
             );
             for (rank, p) in m.hard_pairs.pairs.iter().enumerate() {
-                pair_row(&mut o, rank + 1, p, other.map(|x| (&x.model, &x.hard_pairs)), &mut thumbs)?;
+                pair_row(
+                    &mut o,
+                    rank + 1,
+                    p,
+                    other.map(|x| (&x.model, &x.hard_pairs)),
+                    &mut thumbs,
+                )?;
             }
             o.push_str("</table></section>\n");
         }
@@ -315,8 +330,8 @@ fn pair_row(
          <td class=\"arrow\">→</td><td><div class=\"name\">{}</div>{b}</td>\
          <td class=\"num\"><b>{}</b> / {} <span class=\"small\">({:.0}%)</span>\
          <div class=\"small\">B → A: {}</div><div class=\"small\">margin {:.3}</div>",
-        esc(&p.from_name),
-        esc(&p.to_name),
+        name_html(&p.from_name),
+        name_html(&p.to_name),
         p.count,
         p.from_queries,
         p.rate * 100.0,
@@ -326,7 +341,7 @@ fn pair_row(
     if let Some((name, c)) = other {
         let _ = write!(
             o,
-            "<div class=\"small\">{}: {}</div>",
+            "<div class=\"small\">in {}: {}</div>",
             esc(name),
             c.count(p.from, p.to)
         );
@@ -495,7 +510,9 @@ mod tests {
     }
 
     fn decode(uri: &str) -> image::RgbImage {
-        let b64 = uri.strip_prefix("data:image/png;base64,").expect("a PNG data URI");
+        let b64 = uri
+            .strip_prefix("data:image/png;base64,")
+            .expect("a PNG data URI");
         let png = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .unwrap();
@@ -531,6 +548,9 @@ mod tests {
 
     #[test]
     fn escaping() {
-        assert_eq!(esc("<a href=\"x\">&</a>"), "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;");
+        assert_eq!(
+            esc("<a href=\"x\">&</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+        );
     }
 }
