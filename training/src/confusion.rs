@@ -316,7 +316,7 @@ mod tests {
     fn leave_one_out_counts_are_the_misses() {
         let p = EvalProtocol::LeaveOneOut(set(vec![0, 0, 1, 1, 2, 2]));
         let e = array![[0.0f32], [0.1], [0.15], [1.0], [5.0], [5.2]];
-        let c = confusions(&p, &[e.clone()], &names(3), 5).unwrap();
+        let c = confusions(&p, std::slice::from_ref(&e), &names(3), 5).unwrap();
         assert_eq!((c.queries, c.top1_hits, c.confused_pairs), (6, 4, 2));
         let total: usize = c.pairs.iter().map(|p| p.count).sum();
         assert_eq!(total, c.queries - c.top1_hits);
