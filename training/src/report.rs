@@ -233,20 +233,19 @@ impl HardPairsRun {
              <title>{t}</title><style>{STYLE}</style></head><body>\n<h1>{t}</h1>\n",
             t = esc(&title)
         );
-        let (kind, first_side, own) = match &self.split.eval {
+        let (failed, own) = match &self.split.eval {
             crate::data::EvalProtocol::QueryGallery { .. } => (
-                "query → gallery",
-                "query",
+                "a query of A that failed",
                 ", <span style=\"color:#2a9d3f\">■</span> A's own gallery image it should \
                  have found",
             ),
-            crate::data::EvalProtocol::LeaveOneOut(_) => ("leave-one-out", "image", ""),
+            crate::data::EvalProtocol::LeaveOneOut(_) => ("an image of A that failed", ""),
         };
         let _ = writeln!(
             o,
-            "<p class=\"meta\">{} ({kind}). A pair A → B counts A's queries whose nearest \
-             neighbour is a B image. Ranked by {}.</p>\n<p class=\"meta\">Outlined: \
-             <span style=\"color:#e67e00\">■</span> a {first_side} of A that failed, \
+            "<p class=\"meta\">{}. A pair A → B counts A's queries whose nearest neighbour \
+             is a B image. Ranked by {}.</p>\n<p class=\"meta\">Outlined: \
+             <span style=\"color:#e67e00\">■</span> {failed}, \
              <span style=\"color:#d0021b\">■</span> the B image it retrieved first{own}. \
              Thumbnails are the model's {}×{} input, de-normalised.</p>",
             esc(&r.first.eval.protocol),
