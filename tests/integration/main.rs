@@ -12,6 +12,8 @@
 //! - `crash`: SIGKILL during concurrent writes (20 rounds), torn and corrupt log entries.
 //! - `browser`: the search page in headless Chromium (playwright-core), with a screenshot.
 //! - `emoji_slice`: 100 real emoji classes from both vendors (fetched into a cache).
+//! - `eval_report`: `htg eval --hard-pairs`: the HTML report is self-contained, its counts
+//!   add up to the misses behind R@1, `--compare` of a model with itself changes nothing.
 //! - `bench`: `htg bench` sweeps, reports, plots and their bad input.
 //! - `milvus`: the index contract on a local directory and on Milvus Lite; `htg index`,
 //!   `serve` and `migrate` over a Milvus collection.
@@ -29,6 +31,7 @@ mod browser;
 mod cli;
 mod crash;
 mod emoji_slice;
+mod eval_report;
 mod formats;
 mod golden;
 mod http;

@@ -172,13 +172,34 @@ pub fn evaluate(
     })
 }
 
-/// Per query, whether its nearest neighbour (squared Euclidean distance, ties to the lower
-/// index) has the query's label; `emb` holds the embeddings in [`evaluate`]'s order (query
-/// then gallery, or the one leave-one-out set, where a query never matches itself).
-/// Paired tests over queries compare two models on these.
-pub fn top1_hits(protocol: &EvalProtocol, emb: &[Array2<f32>]) -> Vec<bool> {
-    let nearest = |q: ndarray::ArrayView1<f32>, g: &Array2<f32>, skip: Option<usize>| {
-        let mut best = (f32::INFINITY, 0usize);
+/// The nearest neighbour of one query, as [`top1`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Top1 {
+    /// Index of the retrieved image in the gallery (or in the leave-one-out set).
+    pub retrieved: usize,
+    /// Squared Euclidean distance from the query to the retrieved image.
+    pub distance: f32,
+    /// Squared distance to the nearest image of the query's own class (itself excluded under
+    /// leave-one-out); `None` when the gallery has none. A miss's margin is this minus
+    /// `distance`: how much closer the wrong image was than the closest right one.
+    pub same_class_distance: Option<f32>,
+}
+
+/// Per query, its nearest neighbour (squared Euclidean distance, ties to the lower index);
+/// `emb` holds the embeddings in [`evaluate`]'s order (query then gallery, or the one
+/// leave-one-out set, where a query never matches itself). One rule for [`top1_hits`] and
+/// the confusion counts, so both describe the same retrievals.
+pub fn top1(protocol: &EvalProtocol, emb: &[Array2<f32>]) -> Vec<Top1> {
+    let nearest = |q: ndarray::ArrayView1<f32>,
+                   label: usize,
+                   g: &Array2<f32>,
+                   g_labels: &[usize],
+                   skip: Option<usize>| {
+        let mut best = Top1 {
+            retrieved: 0,
+            distance: f32::INFINITY,
+            same_class_distance: None,
+        };
         for (j, row) in g.rows().into_iter().enumerate() {
             if Some(j) == skip {
                 continue;
@@ -188,21 +209,36 @@ pub fn top1_hits(protocol: &EvalProtocol, emb: &[Array2<f32>]) -> Vec<bool> {
                 .zip(row.iter())
                 .map(|(a, b)| (a - b) * (a - b))
                 .sum();
-            if d < best.0 {
-                best = (d, j);
+            if d < best.distance {
+                best.distance = d;
+                best.retrieved = j;
+            }
+            if g_labels[j] == label && best.same_class_distance.is_none_or(|s| d < s) {
+                best.same_class_distance = Some(d);
             }
         }
-        best.1
+        best
     };
     match (protocol, emb) {
         (EvalProtocol::QueryGallery { query, gallery }, [q, g, ..]) => (0..q.nrows())
-            .map(|i| gallery.labels[nearest(q.row(i), g, None)] == query.labels[i])
+            .map(|i| nearest(q.row(i), query.labels[i], g, &gallery.labels, None))
             .collect(),
         (EvalProtocol::LeaveOneOut(set), [e, ..]) => (0..e.nrows())
-            .map(|i| set.labels[nearest(e.row(i), e, Some(i))] == set.labels[i])
+            .map(|i| nearest(e.row(i), set.labels[i], e, &set.labels, Some(i)))
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// Per query, whether its nearest neighbour ([`top1`]) has the query's label.
+/// Paired tests over queries compare two models on these.
+pub fn top1_hits(protocol: &EvalProtocol, emb: &[Array2<f32>]) -> Vec<bool> {
+    let (query, gallery) = protocol.sets();
+    top1(protocol, emb)
+        .iter()
+        .zip(&query.labels)
+        .map(|(t, &l)| gallery.labels[t.retrieved] == l)
+        .collect()
 }
 
 /// Largest absolute difference between two embedding matrices (shape mismatch = infinity).

@@ -18,6 +18,10 @@
 //! - [`loss`]: distances, triplet losses, the classification loss and mining.
 //! - [`trainer`]: the training steps, checkpoints and resume.
 //! - [`export`]: ONNX export with the `htg.*` metadata, and the check against tract.
+//! - [`confusion`]: which unseen classes a model confuses with which (hard pairs), per-class
+//!   R@1 and two models' per-class R@1 side by side.
+//! - [`report`]: `htg eval --hard-pairs`: both models evaluated, the JSON and the
+//!   self-contained HTML report with thumbnails.
 //! - [`eval`]: embedding an evaluation split and computing the retrieval metrics.
 //! - [`metrics`]: Recall@K, NMI and MAP@R, defined once for training, `htg eval` and benches.
 //! - [`run`]: a whole run (train, validate, checkpoint, export, evaluate) as the CLI drives it.
@@ -27,12 +31,14 @@ use std::path::PathBuf;
 
 pub mod backend;
 pub mod config;
+pub mod confusion;
 pub mod data;
 pub mod eval;
 pub mod export;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod run;
 pub mod stats;
 pub mod trainer;

@@ -110,6 +110,16 @@ pub enum EvalProtocol {
 }
 
 impl EvalProtocol {
+    /// The query set and the set searched: the same set twice under leave-one-out. Code
+    /// that only needs "the query's images and the images it can retrieve" then reads the
+    /// same under both protocols.
+    pub fn sets(&self) -> (&ImageSet, &ImageSet) {
+        match self {
+            EvalProtocol::QueryGallery { query, gallery } => (query, gallery),
+            EvalProtocol::LeaveOneOut(s) => (s, s),
+        }
+    }
+
     /// Short description for reports.
     pub fn describe(&self) -> String {
         match self {
@@ -139,6 +149,10 @@ pub struct ZeroShotSplit {
     pub train_classes: usize,
     /// Evaluation on the unseen classes.
     pub eval: EvalProtocol,
+    /// Name of each unseen class, indexed by its evaluation label (folder names, emoji short
+    /// names, Fashion-MNIST article names, digits), so reports can say which classes a model
+    /// confuses rather than which label numbers.
+    pub eval_names: Vec<String>,
     /// Per training image, where it comes from, for sets with vendors (emoji): `vendor +
     /// 2·variant`, i.e. 0 = Google base image, 1 = Twitter base image, 2 = Google skin-tone
     /// variant, 3 = Twitter variant. `None` for single-source sets.
@@ -427,6 +441,7 @@ mod tests {
                 labels: vec![0, 0],
                 chw: [1, 1, 1],
             }),
+            eval_names: vec!["x".into()],
             train_vendor: Some((0..n).map(|i| (i % 4) as u8).collect()),
             val: None,
         };

@@ -132,8 +132,26 @@ pub(super) fn load_fashion(
             "Fashion-MNIST image and label counts differ".into(),
         ));
     }
-    numeric_split(ti, tl, ei, el, spec, max_classes)
+    numeric_split(ti, tl, ei, el, spec, max_classes, &|l| {
+        FASHION_NAMES
+            .get(l)
+            .map_or_else(|| l.to_string(), |n| n.to_string())
+    })
 }
+
+/// Fashion-MNIST's article names by label, as its README lists them.
+const FASHION_NAMES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
 
 /// Parses the MNIST-5k CSV: 785 comma-separated integers per row, 784 pixels then the label.
 pub fn parse_mnist_csv(text: &str) -> Result<(Vec<DynamicImage>, Vec<usize>), TrainError> {
@@ -181,6 +199,7 @@ pub(super) fn load_mnist5k(
         labels,
         spec,
         max_classes,
+        &|l| format!("digit {l}"),
     )
 }
 
@@ -263,6 +282,7 @@ pub(super) fn load_folder(
         train: ImageSet::from_images(&ti, tl, spec)?,
         train_classes: half,
         eval: EvalProtocol::LeaveOneOut(ImageSet::from_images(&ei, el, spec)?),
+        eval_names: classes[half..].iter().map(|(n, _)| n.clone()).collect(),
         train_vendor: None,
         val: None,
     })
@@ -271,6 +291,8 @@ pub(super) fn load_folder(
 #[derive(serde::Deserialize)]
 struct EmojiEntry {
     unified: String,
+    #[serde(default)]
+    short_name: Option<String>,
     image: String,
     #[serde(default)]
     has_img_google: bool,
@@ -356,6 +378,10 @@ pub(super) fn load_emoji(
             query: ImageSet::from_images(&load_all(&q_paths)?, labels.clone(), spec)?,
             gallery: ImageSet::from_images(&load_all(&g_paths)?, labels, spec)?,
         },
+        eval_names: eval
+            .iter()
+            .map(|e| e.short_name.clone().unwrap_or_else(|| e.unified.clone()))
+            .collect(),
         train_vendor: Some(train_vendor),
         val: None,
     })

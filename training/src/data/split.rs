@@ -7,7 +7,8 @@ use super::{EvalProtocol, ImageSet, ZeroShotSplit};
 use crate::TrainError;
 use htg_retrieval::spec::ModelSpec;
 
-/// Splits labelled images whose labels are `0..classes` into train (`< classes/2`) and eval.
+/// Splits labelled images whose labels are `0..classes` into train (`< classes/2`) and eval;
+/// `class_name` names an original label for reports.
 pub(super) fn numeric_split(
     train_imgs: Vec<DynamicImage>,
     train_labels: Vec<usize>,
@@ -15,6 +16,7 @@ pub(super) fn numeric_split(
     eval_labels: Vec<usize>,
     spec: &ModelSpec,
     max_classes: Option<usize>,
+    class_name: &dyn Fn(usize) -> String,
 ) -> Result<ZeroShotSplit, TrainError> {
     let classes = train_labels
         .iter()
@@ -46,6 +48,7 @@ pub(super) fn numeric_split(
         train: ImageSet::from_images(&ti, tl, spec)?,
         train_classes: half,
         eval: EvalProtocol::LeaveOneOut(ImageSet::from_images(&ei, el, spec)?),
+        eval_names: (half..classes).map(class_name).collect(),
         train_vendor: None,
         val: None,
     })
