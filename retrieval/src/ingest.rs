@@ -110,7 +110,10 @@ pub fn stored_bytes(record: &Record, uploads: &Path) -> Result<Vec<u8>, String> 
             continue;
         }
         if meta.len() > MAX_STORED_FILE {
-            changed = Some(format!("{} is larger than {MAX_STORED_FILE} bytes", path.display()));
+            changed = Some(format!(
+                "{} is larger than {MAX_STORED_FILE} bytes",
+                path.display()
+            ));
             continue;
         }
         let Ok(bytes) = std::fs::read(&path) else {

@@ -117,7 +117,10 @@ pub struct Reindexer {
 
 /// The shadow directory's name for a model: stable, so a rerun finds the same shadow.
 pub fn shadow_name(model_sha256: &str) -> String {
-    format!("{SHADOW_PREFIX}{}", &model_sha256[..model_sha256.len().min(16)])
+    format!(
+        "{SHADOW_PREFIX}{}",
+        &model_sha256[..model_sha256.len().min(16)]
+    )
 }
 
 impl Reindexer {

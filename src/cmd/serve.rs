@@ -76,9 +76,9 @@ pub fn run(args: Args) -> Result<()> {
         Some(local) => {
             // The one writer from the start: `htg index` or `htg reindex` beside this server
             // is refused instead of writing under it.
-            local.lock_writes().with_context(|| {
-                format!("{location} is being written by another process")
-            })?;
+            local
+                .lock_writes()
+                .with_context(|| format!("{location} is being written by another process"))?;
             let backend = backend.clone();
             let load: server::admin::ModelLoader = Arc::new(move |p: &std::path::Path| {
                 model::load(p, &backend).map_err(|e| format!("{e:#}"))

@@ -109,7 +109,11 @@ fn cli_reindex_is_resumable_lists_missing_files_and_keeps_ids() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!idx.join("ACTIVE").exists(), "no switch after a kill");
-    assert_eq!(ids_by_search(&idx, &sample), before, "the old index still serves");
+    assert_eq!(
+        ids_by_search(&idx, &sample),
+        before,
+        "the old index still serves"
+    );
 
     // One file changed and one gone: listed, and nothing is switched without consent.
     // (The last two: the killed run, stopped after its first batches, never read them.)
@@ -127,7 +131,10 @@ fn cli_reindex_is_resumable_lists_missing_files_and_keeps_ids() {
         .and_then(|l| l.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no resume line in {stdout}"));
-    assert!(resumed >= 32, "the killed run's batches were kept: {stdout}");
+    assert!(
+        resumed >= 32,
+        "the killed run's batches were kept: {stdout}"
+    );
     assert!(err.contains("changed since it was indexed"), "{err}");
     assert!(err.contains("is gone"), "{err}");
     assert!(
@@ -207,10 +214,7 @@ fn a_live_model_swap_under_load_fails_no_request_and_never_mixes_models() {
         "--model",
         s(&tiny_model()),
     ]);
-    let env = [
-        ("HTG__API_KEY", KEY),
-        ("HTG__READ_ONLY_API_KEY", READ_KEY),
-    ];
+    let env = [("HTG__API_KEY", KEY), ("HTG__READ_ONLY_API_KEY", READ_KEY)];
     let server = Server::start(&idx, &env);
     let addr = server.addr.clone();
     let get = |path: &str| request(&addr, "GET", path, &[("api-key", KEY)], b"");
@@ -233,7 +237,14 @@ fn a_live_model_swap_under_load_fails_no_request_and_never_mixes_models() {
     let same = json!({"model": s(&tiny_model())}).to_string();
     admin(Some(KEY), &same).assert_error(409, "conflict");
     assert_eq!(
-        request(&addr, "GET", "/admin/tasks/1", &[("api-key", READ_KEY)], b"").status,
+        request(
+            &addr,
+            "GET",
+            "/admin/tasks/1",
+            &[("api-key", READ_KEY)],
+            b""
+        )
+        .status,
         403,
         "task status needs the full key"
     );
@@ -262,7 +273,11 @@ fn a_live_model_swap_under_load_fails_no_request_and_never_mixes_models() {
                     status: r.status,
                     model: v["model"].as_str().unwrap_or("").to_string(),
                     found_self,
-                    body: if found_self { String::new() } else { format!("{want}: {v}") },
+                    body: if found_self {
+                        String::new()
+                    } else {
+                        format!("{want}: {v}")
+                    },
                 });
             }
             seen.lock().unwrap().push(mine);
@@ -311,7 +326,10 @@ fn a_live_model_swap_under_load_fails_no_request_and_never_mixes_models() {
             "failed" => panic!("swap failed: {v}"),
             _ => {}
         }
-        assert!(start.elapsed() < Duration::from_secs(240), "swap too slow: {v}");
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "swap too slow: {v}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     std::thread::sleep(Duration::from_millis(700));
@@ -341,7 +359,11 @@ fn a_live_model_swap_under_load_fails_no_request_and_never_mixes_models() {
         let mut switched = false;
         for a in client {
             assert_eq!(a.status, 200, "a search failed during the swap");
-            assert!(a.found_self, "an answer did not find its own image: {}", a.body);
+            assert!(
+                a.found_self,
+                "an answer did not find its own image: {}",
+                a.body
+            );
             *models.entry(a.model.clone()).or_insert(0) += 1;
             if a.model == new_model {
                 switched = true;

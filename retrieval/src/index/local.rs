@@ -364,7 +364,9 @@ impl LocalIndex {
                     || records.internal(*id).is_some()
                     || pending.iter().any(|p| p.id == *id)
                 {
-                    return Err(IndexError::Param(format!("id {id} is already in the index")));
+                    return Err(IndexError::Param(format!(
+                        "id {id} is already in the index"
+                    )));
                 }
             }
         }

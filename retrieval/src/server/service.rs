@@ -205,7 +205,12 @@ pub struct Added {
 pub async fn add(state: &web::Data<State>, items: Vec<NewImage>) -> Result<Vec<Added>, ApiError> {
     let _write = state.writes.read().await;
     let serving = state.serving();
-    let vectors = embed(state, &serving, items.iter().map(|i| i.bytes.clone()).collect()).await?;
+    let vectors = embed(
+        state,
+        &serving,
+        items.iter().map(|i| i.bytes.clone()).collect(),
+    )
+    .await?;
     let state = state.clone();
     web::block(move || {
         let mut entries = Vec::with_capacity(items.len());
