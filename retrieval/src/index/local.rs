@@ -8,7 +8,7 @@
 //! - `wal-<seq>.log`: the write-ahead log segments after that position ([`super::wal`]);
 //! - `LOCK`: held by the one process that writes;
 //! - `uploads/`: images added over HTTP (the server's);
-//! - `ACTIVE` (after a model swap, [`crate::reindex`]): names the subdirectory that holds
+//! - `ACTIVE` (written by a model swap, `htg reindex`): names the subdirectory that holds
 //!   the files above for the model now serving; the directory the user names stays the
 //!   index's one name, and writing `ACTIVE` is the swap's single atomic step.
 //!
