@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -80,6 +80,8 @@ pub struct TaskStatus {
 /// The tasks this server has run (the newest few) and the swap count.
 #[derive(Default)]
 pub struct Tasks {
+    /// Claimed by the one swap that may run (from its request until its thread ends).
+    busy: AtomicBool,
     next: AtomicU64,
     swaps: AtomicU64,
     all: Mutex<BTreeMap<u64, Arc<Mutex<TaskStatus>>>>,
@@ -99,6 +101,17 @@ impl Tasks {
     /// Model swaps completed since the server started.
     pub fn swaps(&self) -> u64 {
         self.swaps.load(Ordering::Relaxed)
+    }
+
+    /// Claims the right to run a swap; false when one is starting or running.
+    fn claim(&self) -> bool {
+        self.busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn release(&self) {
+        self.busy.store(false, Ordering::Release);
     }
 
     fn running(&self) -> Option<u64> {
@@ -136,21 +149,38 @@ pub async fn start_reindex(
     model: String,
     drop_missing: bool,
 ) -> Result<TaskStatus, ApiError> {
-    let Some(admin) = state.admin.clone() else {
+    if state.admin.is_none() {
         return Err(ApiError::Forbidden(
             "model swaps are off on this server (it serves a remote index, or was started in-process)".into(),
         ));
-    };
+    }
     if state.config.api_key.is_empty() {
         return Err(ApiError::Forbidden(
             "admin operations need `api_key` set in the server's configuration".into(),
         ));
     }
-    if let Some(id) = state.tasks.running() {
-        return Err(ApiError::Conflict(format!(
-            "model swap {id} is still running (GET /admin/tasks/{id})"
-        )));
+    if !state.tasks.claim() {
+        return Err(ApiError::Conflict(match state.tasks.running() {
+            Some(id) => format!("model swap {id} is still running (GET /admin/tasks/{id})"),
+            None => "a model swap is starting".into(),
+        }));
     }
+    let started = begin(state, model, drop_missing).await;
+    if started.is_err() {
+        state.tasks.release();
+    }
+    started
+}
+
+/// [`start_reindex`] once the swap is claimed.
+async fn begin(
+    state: &web::Data<State>,
+    model: String,
+    drop_missing: bool,
+) -> Result<TaskStatus, ApiError> {
+    let Some(admin) = state.admin.clone() else {
+        return Err(ApiError::Internal("no admin configuration".into()));
+    };
     let st = state.clone();
     let given = model.clone();
     let (reindexer, embedder) = web::block(move || -> Result<_, ApiError> {
@@ -201,7 +231,10 @@ pub async fn start_reindex(
     let st = state.clone();
     std::thread::Builder::new()
         .name(format!("htg-reindex-{id}"))
-        .spawn(move || run(st, task, reindexer, embedder, drop_missing))
+        .spawn(move || {
+            run(st.clone(), task, reindexer, embedder, drop_missing);
+            st.tasks.release();
+        })
         .map_err(|e| ApiError::Internal(format!("starting the swap thread: {e}")))?;
     Ok(status)
 }
