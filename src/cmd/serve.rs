@@ -49,7 +49,8 @@ pub fn run(args: Args) -> Result<()> {
     if backend.backend.is_none() {
         backend.backend = Some(match config.backend.as_str() {
             "ort" => model::Backend::Ort,
-            _ => model::Backend::Tract,
+            "tract" => model::Backend::Tract,
+            _ => model::Backend::Auto,
         });
     }
     let embedder = model::load(&model_path, &backend)?;

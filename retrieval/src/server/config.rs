@@ -129,7 +129,8 @@ pub struct Config {
     pub max_batch_queries: usize,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_timeout_s: u64,
-    /// Inference runtime when `--backend` is not given: `tract` or `ort`.
+    /// Inference runtime when `--backend` is not given: `auto` (ONNX Runtime when its library
+    /// is found, else tract: what every other command does), `tract` or `ort`.
     pub backend: String,
     /// Dynamic batching.
     pub batch: BatchConfig,
@@ -167,7 +168,7 @@ impl Default for Config {
             max_k: 1000,
             max_batch_queries: 64,
             shutdown_timeout_s: 10,
-            backend: "tract".into(),
+            backend: "auto".into(),
             batch: BatchConfig {
                 max_size: 32,
                 max_delay_us: 500,
@@ -227,9 +228,9 @@ impl Config {
             format!("{:?} is not an address like 127.0.0.1:8080", self.addr),
         )?;
         check(
-            matches!(self.backend.as_str(), "tract" | "ort"),
+            matches!(self.backend.as_str(), "auto" | "tract" | "ort"),
             "backend",
-            format!("{:?} is not tract or ort", self.backend),
+            format!("{:?} is not auto, tract or ort", self.backend),
         )?;
         check(
             self.workers <= 256,
@@ -603,7 +604,7 @@ mod tests {
             ("HTG__BATCH", "1", "not settable from the environment"),
             ("HTG__BATCH__THREADS", "0", "`batch.threads`"),
             ("HTG__", "1", "unknown config key"),
-            ("HTG__BACKEND", "onnx", "\"onnx\" is not tract or ort"),
+            ("HTG__BACKEND", "onnx", "\"onnx\" is not auto, tract or ort"),
         ];
         for (k, v, want) in env_cases {
             let err = Config::load(None, env(&[(k, v)])).unwrap_err().to_string();
