@@ -4,7 +4,7 @@
 
 use actix_web::http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use actix_web::web::Bytes;
-use futures_util::future::FutureExt;
+use std::future::Future;
 use htg_retrieval::server::input::read_form;
 use libfuzzer_sys::fuzz_target;
 
@@ -31,9 +31,24 @@ fuzz_target!(|data: &[u8]| {
         .chunks(13)
         .map(|c| Ok(Bytes::copy_from_slice(c)))
         .collect();
-    let parsed = read_form(&headers, futures_util::stream::iter(chunks), 1 << 16).now_or_never();
-    // An in-memory stream is always ready: the reader must finish, one way or the other.
-    let parsed = parsed.expect("read_form finishes on an in-memory body");
+    // An in-memory stream is always ready, so the reader must finish. It may still return
+    // `Pending` a few times after waking itself (actix-multipart yields between a field and
+    // the next one), so poll it as an executor would, with a bound that only a hang reaches.
+    let mut fut = std::pin::pin!(read_form(
+        &headers,
+        futures_util::stream::iter(chunks),
+        1 << 16
+    ));
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut polls = 0u32;
+    let parsed = loop {
+        if let std::task::Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
+            break r;
+        }
+        polls += 1;
+        assert!(polls < 100_000, "read_form does not finish on an in-memory body");
+    };
     if let Ok(parts) = parsed {
         let total: usize = parts.iter().map(|p| p.data.len()).sum();
         assert!(total <= body.len(), "parts hold more bytes than the body");

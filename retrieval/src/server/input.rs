@@ -164,17 +164,25 @@ where
     S: Stream<Item = Result<Bytes, PayloadError>> + 'static,
 {
     let mut seen = 0u64;
-    let bounded = payload.map(move |chunk| {
-        let chunk = chunk?;
-        seen += chunk.len() as u64;
-        if seen > limit {
-            return Err(PayloadError::Overflow);
-        }
-        Ok(chunk)
-    });
+    // Set once the body has been read to its end (the parser can get no more input).
+    let ended = std::rc::Rc::new(std::cell::Cell::new(false));
+    let end = std::rc::Rc::clone(&ended);
+    let bounded = payload
+        .map(move |chunk| {
+            let chunk = chunk?;
+            seen += chunk.len() as u64;
+            if seen > limit {
+                return Err(PayloadError::Overflow);
+            }
+            Ok(chunk)
+        })
+        .chain(futures_util::stream::poll_fn(move |_| {
+            end.set(true);
+            std::task::Poll::Ready(None)
+        }));
     let mut form = Multipart::new(headers, bounded);
     let mut parts = Vec::new();
-    while let Some(field) = form.next().await {
+    while let Some(field) = unstalled(&mut form, &ended).await? {
         let mut field = field.map_err(|e| multipart_error(e, limit))?;
         let name = field.name().map(str::to_string).ok_or_else(|| {
             ApiError::BadRequest(
@@ -183,7 +191,7 @@ where
             )
         })?;
         let mut data = BytesMut::new();
-        while let Some(chunk) = field.next().await {
+        while let Some(chunk) = unstalled(&mut field, &ended).await? {
             data.extend_from_slice(&chunk.map_err(|e| multipart_error(e, limit))?);
         }
         parts.push(Part {
@@ -192,6 +200,37 @@ where
         });
     }
     Ok(parts)
+}
+
+/// `Pending` answers a multipart parser may give after the body has ended before it is
+/// taken to be stuck: a parser that yields to the executor does so a few times at most.
+const STALLED_POLLS: u32 = 1024;
+
+/// The next item of `stream` (the form, or a part), or a 400 when the body has ended and the
+/// parser keeps answering `Pending`: `actix-multipart` does so, forever, on some bodies that
+/// end inside a part (found by `fuzz/fuzz_targets/multipart.rs`), which would hold a worker
+/// for as long as the client likes.
+async fn unstalled<S: Stream + Unpin>(
+    stream: &mut S,
+    ended: &std::cell::Cell<bool>,
+) -> Result<Option<S::Item>, ApiError> {
+    let mut stalled = 0u32;
+    std::future::poll_fn(|cx| match stream.poll_next_unpin(cx) {
+        std::task::Poll::Ready(item) => std::task::Poll::Ready(Ok(item)),
+        std::task::Poll::Pending if ended.get() => {
+            stalled += 1;
+            if stalled > STALLED_POLLS {
+                return std::task::Poll::Ready(Err(ApiError::BadRequest(
+                    "malformed multipart body: it ends inside a part (no closing boundary)".into(),
+                )));
+            }
+            // Nothing else will wake us: the body has ended.
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+        std::task::Poll::Pending => std::task::Poll::Pending,
+    })
+    .await
 }
 
 /// The body's overflow is 413; everything else the parser refuses is a malformed form, 400.
@@ -369,6 +408,39 @@ mod tests {
             limit,
         ))
         .expect("an in-memory stream never waits")
+    }
+
+    /// `fuzz/fuzz_targets/multipart.rs` found this body (a part header cut by a stray byte
+    /// and an image part that never ends): the parser kept asking to be polled again
+    /// without reading on. Under a real runtime it must finish.
+    #[actix_web::test]
+    async fn a_fuzzed_form_that_never_finished_now_does() {
+        let data: &[u8] = include_bytes!("../../tests/fuzz-regressions/multipart-d5e8868a.bin");
+        let n = usize::from(data[0] % 70) + 1;
+        let (boundary, body) = data[1..].split_at(n);
+        let mut headers = header::HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_str(&format!(
+                "multipart/form-data; boundary={}",
+                std::str::from_utf8(boundary).unwrap()
+            ))
+            .unwrap(),
+        );
+        let chunks: Vec<Result<Bytes, PayloadError>> = body
+            .chunks(13)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let parsed = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            read_form(&headers, futures_util::stream::iter(chunks), 1 << 16),
+        )
+        .await
+        .expect("read_form finishes on an in-memory body");
+        match parsed {
+            Err(ApiError::BadRequest(m)) => assert!(m.contains("multipart"), "{m}"),
+            other => panic!("expected a malformed-form error, got {other:?}"),
+        }
     }
 
     #[test]
