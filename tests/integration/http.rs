@@ -579,10 +579,25 @@ fn every_endpoint_answers_and_every_bad_input_gets_its_status() {
         .assert_error(400, "bad_request");
     srv.post(
         "/search",
-        "multipart/form-data; boundary=zz",
-        b"--zz\r\nnope",
+        "multipart/form-data; boundary=zzzz",
+        b"--zzzz\r\nnope",
     )
     .assert_error(400, "bad_request");
+    // A boundary too short for the parser to take safely (it panicked on some bodies).
+    let msg = srv
+        .post(
+            "/search",
+            "multipart/form-data; boundary=zz",
+            b"--zz\r\nnope",
+        )
+        .assert_error(400, "bad_request");
+    assert!(msg.contains("boundary"), "{msg}");
+    // A form cut inside its image part: the parser used to wait for more forever.
+    let (ct, form) = multipart(&[("image", Some("q.png"), &query)]);
+    let msg = srv
+        .post("/search", &ct, &form[..form.len() - 40])
+        .assert_error(400, "bad_request");
+    assert!(msg.contains("multipart"), "{msg}");
     let (ct, form) = multipart(&[("label", None, b"x")]);
     srv.post("/search", &ct, &form)
         .assert_error(400, "bad_request");
