@@ -53,6 +53,7 @@ pub fn read<T: Element>(path: &Path) -> Result<Matrix<T>, AnnError> {
 
 /// Parses the bytes of a `.npy` file (C or Fortran order; the result is row-major).
 pub fn parse<T: Element>(bytes: &[u8]) -> Result<Matrix<T>, String> {
+    check_header_len(bytes)?;
     let a = Array2::<T>::read_npy(bytes).map_err(|e| describe(e, T::DESCR))?;
     let (rows, cols) = a.dim();
     let data = if a.is_standard_layout() {
@@ -61,6 +62,33 @@ pub fn parse<T: Element>(bytes: &[u8]) -> Result<Matrix<T>, String> {
         a.iter().copied().collect()
     };
     Ok(Matrix { rows, cols, data })
+}
+
+/// Refuses a header whose declared length runs past the end of the bytes: `ndarray-npy`
+/// allocates the declared length before reading it, so a 19-byte file claiming a 1 GiB
+/// header (found by `fuzz/fuzz_targets/npy.rs`) would allocate 1 GiB.
+fn check_header_len(bytes: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8] = b"\x93NUMPY";
+
+    if bytes.len() < 10 || !bytes.starts_with(MAGIC) {
+        // Not ours to judge: the reader names what is wrong.
+        return Ok(());
+    }
+    let (len, start) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        _ if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        _ => return Err("not a .npy file or truncated (header length)".into()),
+    };
+    if start + len > bytes.len() {
+        return Err(format!(
+            "the header claims {len} bytes but the file has {} after its prefix (truncated or not a .npy file)",
+            bytes.len() - start
+        ));
+    }
+    Ok(())
 }
 
 /// One line for each way a file can be wrong.
@@ -113,6 +141,19 @@ mod tests {
     use super::*;
 
     const MAGIC: &[u8] = b"\x93NUMPY";
+
+    /// The npy fuzz target's find: a version-3 header claiming 0x40880000 bytes in a
+    /// 19-byte file made the reader allocate 1 GiB. Refused before any allocation.
+    #[test]
+    fn a_header_longer_than_the_file_is_refused_without_allocating_it() {
+        let data: &[u8] = &[
+            147, 78, 85, 77, 80, 89, 3, 0, 0, 0, 0, 136, 64, 0, 0, 0, 0, 0, 0,
+        ];
+        let e = parse::<f32>(data).unwrap_err();
+        assert!(e.contains("header claims"), "{e}");
+        let e = parse::<i32>(data).unwrap_err();
+        assert!(e.contains("header claims"), "{e}");
+    }
 
     #[test]
     fn round_trips_and_pads_to_64_bytes() {
