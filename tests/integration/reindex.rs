@@ -65,6 +65,19 @@ fn folder(dir: &Path, seeds: std::ops::Range<u64>) -> Vec<PathBuf> {
         .collect()
 }
 
+/// `dir` indexed into `idx` with the tiny fixture model (the model every test swaps from).
+fn tiny_index(dir: &Path, idx: &Path) -> PathBuf {
+    htg_ok(&[
+        "index",
+        s(dir),
+        "--index",
+        s(idx),
+        "--model",
+        s(&tiny_model()),
+    ]);
+    idx.to_path_buf()
+}
+
 /// Path → id of the nearest hit of each image (which must be the image itself).
 fn ids_by_search(idx: &Path, images: &[PathBuf]) -> HashMap<String, u64> {
     images
@@ -84,15 +97,7 @@ fn cli_reindex_is_resumable_lists_missing_files_and_keeps_ids() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("imgs");
     let images = folder(&dir, 0..600);
-    let idx = tmp.path().join("idx");
-    htg_ok(&[
-        "index",
-        s(&dir),
-        "--index",
-        s(&idx),
-        "--model",
-        s(&tiny_model()),
-    ]);
+    let idx = tiny_index(&dir, &tmp.path().join("idx"));
     let sample: Vec<PathBuf> = images[..598].iter().step_by(97).cloned().collect();
     let before = ids_by_search(&idx, &sample);
 
@@ -205,15 +210,7 @@ fn a_live_model_swap_under_load_fails_no_request_and_never_mixes_models() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("imgs");
     let images = folder(&dir, 0..1500);
-    let idx = tmp.path().join("idx");
-    htg_ok(&[
-        "index",
-        s(&dir),
-        "--index",
-        s(&idx),
-        "--model",
-        s(&tiny_model()),
-    ]);
+    let idx = tiny_index(&dir, &tmp.path().join("idx"));
     let env = [("HTG__API_KEY", KEY), ("HTG__READ_ONLY_API_KEY", READ_KEY)];
     let server = Server::start(&idx, &env);
     let addr = server.addr.clone();

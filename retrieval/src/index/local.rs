@@ -388,7 +388,16 @@ impl LocalIndex {
                 |ops| self.apply(ops).map(|_| ()),
             )
             .map_err(wal_err)?;
+        self.after_add(seq)?;
+        Ok(())
+    }
+
+    /// What every add does once its ops are appended: make them durable, keep the pending
+    /// buffer bounded, and start a checkpoint when the log has grown.
+    fn after_add(&self, seq: u64) -> Result<(), IndexError> {
         self.inner.wal.sync_to(seq)?;
+        // A bulk load outruns the applier: past a bound, the writer helps it, so the pending
+        // buffer (and the exact scan every search does over it) stays small.
         while read_lock(&self.inner.pending).len() > MAX_PENDING {
             self.drain_once(4096)?;
         }
@@ -845,13 +854,7 @@ impl SearchIndex for LocalIndex {
                 |ops| self.apply(ops).map(|_| ()),
             )
             .map_err(wal_err)?;
-        self.inner.wal.sync_to(seq)?;
-        // A bulk load outruns the applier: past a bound, the writer helps it, so the pending
-        // buffer (and the exact scan every search does over it) stays small.
-        while read_lock(&self.inner.pending).len() > MAX_PENDING {
-            self.drain_once(4096)?;
-        }
-        self.maybe_checkpoint();
+        self.after_add(seq)?;
         Ok((first_id..first_id + n).collect())
     }
 
