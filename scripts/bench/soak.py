@@ -12,7 +12,8 @@ restarted on the same index, and every acknowledged add must be found and every 
 delete gone.
 
 Usage: scripts/bench/soak.py --images DIR [--seconds 600] [--warmup 60] [--readers 4]
-       [--writers 1] [--htg PATH] [--index IDX]   (IDX: reuse an index built from DIR)
+       [--writers 1] [--htg PATH] [--index IDX] [--trace] [--json OUT]
+       (IDX: reuse an index built from DIR; --trace prints RSS beside /stats every 5 s)
 Only the Python standard library; needs a built htg.
 """
 import argparse
@@ -96,6 +97,7 @@ def main():
     ap.add_argument("--writers", type=int, default=1)
     ap.add_argument("--htg", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug", "htg"))
     ap.add_argument("--json")
+    ap.add_argument("--trace", action="store_true", help="print RSS and /stats every 5 s")
     a = ap.parse_args()
     files = [os.path.join(d, f) for d, _, fs in os.walk(a.images) for f in fs if f.endswith(".png")]
     random.seed(1)
@@ -182,9 +184,24 @@ def main():
     for t in threads:
         t.start()
     samples = []
+    # Beside RSS, what the index holds: slots (live + tombstones) and checkpoints, so growth
+    # can be told apart into more data and the server's own.
+    trace = []
+    probe = Client(addr)
     while time.time() - t0 < a.seconds:
         time.sleep(5)
-        samples.append((time.time() - t0, rss_kib(server.pid)))
+        t, r = time.time() - t0, rss_kib(server.pid)
+        samples.append((t, r))
+        try:
+            st = json.loads(probe.call("GET", "/stats")[1])
+            ix = st.get("index", {})
+            trace.append((round(t, 1), r, st.get("count"), ix.get("deleted_pending_compaction"),
+                          ix.get("checkpoints")))
+        except Exception as e:  # the trace is diagnostics; the soak's verdict does not use it
+            trace.append((round(t, 1), r, None, None, repr(e)))
+        if a.trace:
+            print("trace: t=%.0f s rss=%.1f MiB count=%s tombstones=%s checkpoints=%s" %
+                  (t, r / 1024, *trace[-1][2:]), flush=True)
     stop.set()
     for t in threads[: a.readers]:
         t.join()
@@ -225,7 +242,7 @@ def main():
           f"after restart {len(missing)} adds missing, {len(resurrected)} deletes undone")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"samples": samples, "bad": bad, "growth_pct": growth,
+            json.dump({"samples": samples, "trace": trace, "bad": bad, "growth_pct": growth,
                        "missing": missing, "resurrected": resurrected,
                        "latency_ms": {k: {"n": len(v), "p50": pct(v, .5), "p99": pct(v, .99)} for k, v in lat.items()}}, f)
     ok = not bad and growth <= 10 and not missing and not resurrected
