@@ -50,7 +50,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
+    let serve = matches!(cli.command, Command::Serve(_));
+    tune_allocator(serve);
+    if !serve {
         restore_sigpipe();
     }
     let result = match cli.command {
@@ -73,6 +75,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Chooses how glibc's allocator trades memory for speed, per command.
+///
+/// Batch commands (`index`, `bench`, `reindex`, …) keep freed memory for the next call: tract
+/// allocates its im2col and packing buffers on every inference call, and with glibc's defaults
+/// they were mapped and unmapped each time; the page faults that followed cost up to half of
+/// tract's time at batch 8 and 32 (`perf`, docs/BACKENDS.md).
+///
+/// `serve` runs for weeks and must give memory back: there, every allocation from 1 MiB up
+/// gets its own mapping, returned when freed, so a compaction's old engine and records leave
+/// the resident size (the soak in docs/RELIABILITY.md measured both settings).
+fn tune_allocator(serve: bool) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: called once at start-up, before any thread exists; mallopt takes plain integers.
+    unsafe {
+        if serve {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        } else {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+            libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = serve;
 }
 
 /// Lets `htg search … | head` end quietly, as Unix tools do, instead of panicking in `println!`

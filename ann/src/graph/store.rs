@@ -16,6 +16,11 @@ impl Pod for u32 {}
 impl Pod for u8 {}
 impl Pod for u64 {}
 
+/// Owned buffers from this size up get their own anonymous mapping instead of the allocator's
+/// heap: freeing one (the old engine after a compaction) returns its pages to the system at
+/// once, whatever the allocator's thresholds (a server may raise them for inference's sake).
+const OWN_MAPPING_BYTES: usize = 1 << 20;
+
 /// `len` values of `T`, owned (zeroed at allocation) or borrowed from a mapped file.
 ///
 /// Owned memory is written through `&self` by inserts (`write_row`), each row by one thread
@@ -24,8 +29,18 @@ pub(crate) struct Buf<T: Pod> {
     ptr: *mut T,
     len: usize,
     owned: bool,
-    /// Keeps a mapped file alive as long as views into it exist.
-    _map: Option<Arc<memmap2::Mmap>>,
+    /// What holds the memory, when not the allocator's heap.
+    backing: Backing,
+}
+
+/// The memory behind a [`Buf`] that is not plain heap.
+enum Backing {
+    /// Heap memory from `alloc` (or nothing, for an empty buffer).
+    Heap,
+    /// A mapped file, kept alive as long as views into it exist.
+    File(#[allow(dead_code)] Arc<memmap2::Mmap>),
+    /// An anonymous mapping that holds a large owned buffer, unmapped on drop.
+    Anon(#[allow(dead_code)] memmap2::MmapMut),
 }
 
 // SAFETY: the buffer is plain memory; concurrent access follows the insert protocol (disjoint
@@ -43,8 +58,19 @@ impl<T: Pod> Buf<T> {
                 ptr: std::ptr::NonNull::<T>::dangling().as_ptr(),
                 len,
                 owned: true,
-                _map: None,
+                backing: Backing::Heap,
             };
+        }
+        if bytes >= OWN_MAPPING_BYTES {
+            // Zeroed by the kernel, page-aligned (a multiple of ALIGN). On failure, the heap.
+            if let Ok(mut m) = memmap2::MmapMut::map_anon(bytes) {
+                return Buf {
+                    ptr: m.as_mut_ptr() as *mut T,
+                    len,
+                    owned: true,
+                    backing: Backing::Anon(m),
+                };
+            }
         }
         let layout = Layout::from_size_align(bytes, ALIGN).expect("buffer size overflows");
         // SAFETY: the layout has a non-zero size.
@@ -56,7 +82,7 @@ impl<T: Pod> Buf<T> {
             ptr,
             len,
             owned: true,
-            _map: None,
+            backing: Backing::Heap,
         }
     }
 
@@ -73,7 +99,7 @@ impl<T: Pod> Buf<T> {
             ptr: unsafe { map.as_ptr().add(offset) } as *mut T,
             len,
             owned: false,
-            _map: Some(Arc::clone(map)),
+            backing: Backing::File(Arc::clone(map)),
         }
     }
 
@@ -142,7 +168,8 @@ impl Buf<u32> {
 impl<T: Pod> Drop for Buf<T> {
     fn drop(&mut self) {
         let bytes = self.len * std::mem::size_of::<T>();
-        if self.owned && bytes != 0 {
+        // A mapping unmaps itself when `backing` drops.
+        if self.owned && bytes != 0 && matches!(self.backing, Backing::Heap) {
             let layout = Layout::from_size_align(bytes, ALIGN).expect("checked at allocation");
             // SAFETY: allocated in `zeroed` with this layout.
             unsafe { alloc::dealloc(self.ptr as *mut u8, layout) };

@@ -307,26 +307,39 @@ impl Engine {
         n > 0 && self.tombstones() as f64 > ratio * n as f64
     }
 
-    /// A rebuilt engine of the live ids, and the old → new id map.
-    pub fn compact(&self, p: HnswParams) -> Result<(Engine, Vec<Option<u32>>), IndexError> {
+    /// The live ids (inserted and not deleted), ascending, and their vectors in one flat
+    /// buffer: what a compaction rebuilds from. A copy, so the rebuild itself can run without
+    /// holding the engine.
+    pub fn live_rows(&self) -> (Vec<u32>, Vec<f32>) {
         match self {
             Engine::Htg(g) => {
-                let (g, map) = g.compact().map_err(ann)?;
-                Ok((Engine::Htg(g), map))
+                let mut ids = Vec::with_capacity(g.len().saturating_sub(g.tombstones()));
+                let mut data = Vec::with_capacity(ids.capacity() * g.dim());
+                for i in 0..g.len() as u32 {
+                    if g.is_deleted(i) {
+                        continue;
+                    }
+                    // Not yet ready: an insert still in flight, which the caller sees as an
+                    // id past the snapshot and takes over later.
+                    if let Ok(v) = g.vector(i) {
+                        ids.push(i);
+                        data.extend_from_slice(v);
+                    }
+                }
+                (ids, data)
             }
             Engine::HnswRs(h) => {
                 let dead = h.dead.read().unwrap_or_else(PoisonError::into_inner);
                 let vs = h.vectors.read().unwrap_or_else(PoisonError::into_inner);
-                let live: Vec<u32> = (0..vs.len() as u32).filter(|i| !dead.contains(i)).collect();
-                let dim = vs.first().map_or(1, Vec::len);
-                let e = Engine::new(EngineKind::HnswRs, dim, p, live.len())?;
-                let rows: Vec<&[f32]> = live.iter().map(|&i| vs[i as usize].as_slice()).collect();
-                e.insert_many(&rows)?;
-                let mut map = vec![None; vs.len()];
-                for (new, &old) in live.iter().enumerate() {
-                    map[old as usize] = Some(new as u32);
+                let mut ids = Vec::new();
+                let mut data = Vec::new();
+                for (i, v) in vs.iter().enumerate() {
+                    if !dead.contains(&(i as u32)) {
+                        ids.push(i as u32);
+                        data.extend_from_slice(v);
+                    }
                 }
-                Ok((e, map))
+                (ids, data)
             }
         }
     }
@@ -453,16 +466,32 @@ impl Engine {
         }
     }
 
-    /// Builds an engine over `rows` (id = position), in parallel.
+    /// Builds an engine over the rows of `data` (`dim` values each; id = row), in parallel.
     pub fn build(
         kind: EngineKind,
         dim: usize,
         p: HnswParams,
-        rows: &[&[f32]],
+        data: Vec<f32>,
     ) -> Result<Engine, IndexError> {
-        let e = Engine::new(kind, dim, p, rows.len())?;
-        e.insert_many(rows)?;
-        Ok(e)
+        p.validate()?;
+        let rows = data.len() / dim.max(1);
+        match kind {
+            EngineKind::Htg => {
+                let m = htg_ann::npy::Matrix {
+                    rows,
+                    cols: dim,
+                    data,
+                };
+                Ok(Engine::Htg(Graph::build(&m, graph_params(p)).map_err(ann)?))
+            }
+            // hnsw_rs's parallel insert takes the ids it is given: they are the positions.
+            EngineKind::HnswRs => {
+                let e = Engine::new(kind, dim, p, rows)?;
+                let refs: Vec<&[f32]> = data.chunks_exact(dim).collect();
+                e.insert_many(&refs)?;
+                Ok(e)
+            }
+        }
     }
 }
 

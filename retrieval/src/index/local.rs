@@ -19,7 +19,10 @@
 //! the same at any index size and is visible to the next search. When
 //! the log passes [`LocalIndex::set_checkpoint_bytes`], a checkpoint runs on a background
 //! thread: it writes a new generation while appends wait, swaps `CURRENT`, and deletes the log
-//! it covers. Searches take only read locks and never wait for a write's fsync or a checkpoint.
+//! it covers. A delete leaves a tombstone in the graph; once tombstones pass a fifth of it, the
+//! next checkpoint (started by that delete) first rebuilds the graph from the live vectors while
+//! searches and writes go on, so memory follows the live data under add/delete churn.
+//! Searches take only read locks and never wait for a write's fsync or a checkpoint.
 //! On open, the checkpoint is mapped (graph and records are not parsed whole) and the log is
 //! replayed; a torn last entry is dropped, a corrupt one in the middle is refused.
 
@@ -51,7 +54,7 @@ pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 << 20;
 /// Acknowledged adds allowed to wait for the graph before writers help move them in.
 const MAX_PENDING: usize = 8192;
 
-/// Tombstones past this fraction of the graph are compacted away at the next checkpoint.
+/// Tombstones past this fraction of the graph start a checkpoint that compacts them away.
 const COMPACT_RATIO: f64 = 0.2;
 
 /// What `meta.json` holds.
@@ -96,6 +99,7 @@ struct Inner {
     checkpointing: AtomicBool,
     checkpoint_bytes: AtomicU64,
     checkpoints: AtomicU64,
+    compactions: AtomicU64,
     last_checkpoint_error: Mutex<Option<String>>,
     notice: Option<String>,
 }
@@ -200,6 +204,7 @@ impl LocalIndex {
                 checkpointing: AtomicBool::new(false),
                 checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
                 checkpoints: AtomicU64::new(0),
+                compactions: AtomicU64::new(0),
                 last_checkpoint_error: Mutex::new(None),
                 notice,
             }),
@@ -537,12 +542,13 @@ impl LocalIndex {
         Ok(())
     }
 
-    /// Starts a background checkpoint when the log has grown past the threshold.
+    /// Starts a background checkpoint when the log has grown past the threshold, or when
+    /// tombstones call for a compaction (which the checkpoint runs first).
     fn maybe_checkpoint(&self) {
         let threshold = self.inner.checkpoint_bytes.load(Ordering::Relaxed);
-        if self.inner.wal.segment_bytes() < threshold
-            || self.inner.checkpointing.swap(true, Ordering::AcqRel)
-        {
+        let due = self.inner.wal.segment_bytes() >= threshold
+            || read_lock(&self.inner.engine).needs_compaction(COMPACT_RATIO);
+        if !due || self.inner.checkpointing.swap(true, Ordering::AcqRel) {
             return;
         }
         let me = self.clone();
@@ -567,6 +573,75 @@ impl LocalIndex {
         self.checkpoint_locked().map(|_| ())
     }
 
+    /// Rebuilds the engine from its live vectors while searches and writes go on, then swaps
+    /// it in: the tombstones' memory is freed, and an index under steady add/delete churn stays
+    /// the size of its live data. The rebuild works on a copy taken under the applier's lock
+    /// (milliseconds); the writes that land meanwhile (adds past the copy, deletes of copied
+    /// ids) are replayed onto the new engine at the swap, under the applier's lock and the
+    /// records' write lock, which is the only pause searches see.
+    fn compact_online(&self) -> Result<(), IndexError> {
+        let inner = &self.inner;
+        let (kind, live, data, n0) = {
+            let _one = inner
+                .apply_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let engine = read_lock(&inner.engine);
+            let (live, data) = engine.live_rows();
+            (engine.kind(), live, data, engine.len())
+        };
+        let mut fresh = Engine::build(kind, inner.dim, inner.params, data)?;
+
+        let _one = inner
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut records = write_lock(&inner.records);
+        let map = {
+            let old = read_lock(&inner.engine);
+            let n1 = old.len();
+            let mut map: Vec<Option<u32>> = vec![None; n1];
+            for (new, &o) in live.iter().enumerate() {
+                map[o as usize] = Some(new as u32);
+                if !records.is_live(o) {
+                    // Deleted during the rebuild: dead in the new engine too, until the next
+                    // compaction.
+                    fresh.delete(new as u32)?;
+                }
+            }
+            let added: Vec<u32> = (n0 as u32..n1 as u32)
+                .filter(|&i| records.is_live(i))
+                .collect();
+            let vectors: Vec<Vec<f32>> = added
+                .iter()
+                .map(|&i| {
+                    old.vector(i).ok_or_else(|| IndexError::Corrupt {
+                        path: inner.dir.clone(),
+                        reason: format!("live slot {i} has no vector"),
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            if !fresh.has_room(vectors.len()) {
+                fresh.reserve(vectors.len())?;
+            }
+            let refs: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
+            for (&o, new) in added.iter().zip(fresh.insert_many(&refs)?) {
+                map[o as usize] = Some(new);
+            }
+            map
+        };
+        let remapped = records.remap(&map)?;
+        let old = std::mem::replace(&mut *write_lock(&inner.engine), fresh);
+        let old_records = std::mem::replace(&mut *records, remapped);
+        drop(records);
+        drop(_one);
+        drop(old);
+        drop(old_records);
+        release_free_memory();
+        inner.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Writes a consistent snapshot of the index to `out` while writes go on: a checkpoint,
     /// then its files packed into one checksummed file (see [`super::snapshot`]). Returns the
     /// snapshot's size and the log position it contains.
@@ -587,6 +662,10 @@ impl LocalIndex {
     /// and the last log sequence number it contains.
     fn checkpoint_locked(&self) -> Result<(PathBuf, u64), IndexError> {
         let inner = &self.inner;
+        // Before the log is held: the rebuild runs while appends go on.
+        if read_lock(&inner.engine).needs_compaction(COMPACT_RATIO) {
+            self.compact_online()?;
+        }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -601,27 +680,29 @@ impl LocalIndex {
                 .apply_lock
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if read_lock(&inner.engine).needs_compaction(COMPACT_RATIO) {
-                let (engine, map) = read_lock(&inner.engine).compact(inner.params)?;
-                let records = read_lock(&inner.records).remap(&map)?;
-                *write_lock(&inner.engine) = engine;
-                *write_lock(&inner.records) = records;
-            }
-            let engine = read_lock(&inner.engine);
-            engine.save(&tmp)?;
-            let records = read_lock(&inner.records).encode();
+            let (kind, slots) = {
+                let engine = read_lock(&inner.engine);
+                engine.save(&tmp)?;
+                (engine.kind(), engine.len())
+            };
+            let encoded = read_lock(&inner.records).encode();
             let rp = tmp.join("records.bin");
-            crate::fsio::write_synced(&rp, &records).map_err(io_err("write", &rp))?;
+            crate::fsio::write_synced(&rp, &encoded).map_err(io_err("write", &rp))?;
+            drop(encoded);
+            // The records now live in that file: map it rather than keep one heap string per
+            // field, so a server's records cost their encoded size after every checkpoint
+            // (the mapping survives the directory's rename and the old generation's removal).
+            *write_lock(&inner.records) = Records::open(&rp)?;
             let meta = Meta {
                 format_version: FORMAT_VERSION,
                 model: inner.model.clone(),
                 model_path: inner.model_path.clone(),
                 dim: inner.dim,
                 hnsw: inner.params,
-                engine: engine.kind(),
+                engine: kind,
                 next_id: inner.next_id.load(Ordering::Relaxed),
                 checkpoint_seq: last,
-                slots: engine.len(),
+                slots,
             };
             // Plain structs with string keys: serialisation cannot fail.
             let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
@@ -954,6 +1035,7 @@ impl SearchIndex for LocalIndex {
             unindexed: read_lock(&self.inner.pending).len(),
             log_bytes: self.inner.wal.pending_bytes(),
             checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
+            compactions: self.inner.compactions.load(Ordering::Relaxed),
         }
     }
 
@@ -963,6 +1045,17 @@ impl SearchIndex for LocalIndex {
 
     fn snapshot(&self, out: &Path) -> Result<(u64, u64), IndexError> {
         self.snapshot_to(out)
+    }
+}
+
+/// Hands the heap pages freed by a compaction back to the system. glibc keeps freed memory in
+/// its arenas for reuse, so without this a server's resident size stays at its high-water
+/// mark (the old and the new engine side by side) after every compaction.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -1060,6 +1153,91 @@ mod tests {
             .filter(|h| after.iter().any(|a| a.id == h.id))
             .count();
         assert!(overlap >= 9, "recall@10 {overlap}/10");
+    }
+
+    #[test]
+    fn compaction_runs_beside_writes_frees_the_tombstones_and_loses_nothing() {
+        for engine in [EngineKind::Htg, EngineKind::HnswRs] {
+            compaction_beside_writes(engine);
+        }
+    }
+
+    fn compaction_beside_writes(engine: EngineKind) {
+        let d = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let opts = CreateOptions {
+            engine,
+            ..CreateOptions::default()
+        };
+        let idx = LocalIndex::create(d.path(), model(dim), None, &opts).unwrap();
+        let ids = idx
+            .insert_many((0..4000u64).map(|i| (rec(i, "x"), unit(i, dim))).collect())
+            .unwrap();
+        idx.wait_indexed().unwrap();
+        // Past the ratio: a quarter of the graph is tombstones.
+        let dead: Vec<u64> = ids.iter().copied().step_by(4).collect();
+        idx.remove_many(&dead).unwrap();
+        // A writer adds and deletes while the compaction rebuilds, so the swap has writes to
+        // carry over: adds past its copy, deletes of ids it copied.
+        let writer = {
+            let idx = idx.clone();
+            let ids = ids.clone();
+            std::thread::spawn(move || {
+                let mut added = Vec::new();
+                let mut removed = Vec::new();
+                for k in 0..400u64 {
+                    added.push((
+                        idx.insert(rec(10_000 + k, "y"), &unit(10_000 + k, dim))
+                            .unwrap(),
+                        10_000 + k,
+                    ));
+                    let victim = ids[(4 * k + 1) as usize];
+                    assert!(idx.remove(victim).unwrap());
+                    removed.push(victim);
+                }
+                (added, removed)
+            })
+        };
+        idx.checkpoint().unwrap();
+        let (added, removed) = writer.join().unwrap();
+        idx.checkpoint().unwrap();
+        let stats = idx.stats();
+        assert!(stats.compactions >= 1, "{stats:?}");
+        assert_eq!(stats.count, 4000 - 1000 + 400 - 400);
+        // Whatever the rebuild did not drop is below the ratio again.
+        assert!(stats.tombstones <= 800, "{stats:?}");
+        let check = |idx: &LocalIndex| {
+            let gone: std::collections::HashSet<u64> =
+                dead.iter().chain(&removed).copied().collect();
+            for (i, &id) in ids.iter().enumerate() {
+                assert_eq!(idx.record(id).is_none(), gone.contains(&id), "id {id}");
+                if !gone.contains(&id) && i % 7 == 0 {
+                    let hit = &idx
+                        .search(&unit(i as u64, dim), 1, &SearchOptions::default())
+                        .unwrap()[0];
+                    let want = (id, format!("/p/{i}.png"));
+                    assert_eq!((hit.id, hit.record.path.clone()), want, "{}", hit.distance);
+                }
+            }
+            for &(id, seed) in &added {
+                let hit = &idx
+                    .search(&unit(seed, dim), 1, &SearchOptions::default())
+                    .unwrap()[0];
+                assert_eq!(hit.id, id);
+                assert!(hit.distance < 1e-5);
+            }
+            let exact = SearchOptions {
+                exact: true,
+                ..Default::default()
+            };
+            let hits = idx.search(&unit(3, dim), 50, &exact).unwrap();
+            assert!(hits.iter().all(|h| !gone.contains(&h.id)));
+        };
+        check(&idx);
+        drop(idx);
+        let idx = LocalIndex::open(d.path()).unwrap();
+        assert_eq!(idx.len(), 3000);
+        check(&idx);
     }
 
     #[test]

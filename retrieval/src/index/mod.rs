@@ -199,6 +199,8 @@ pub struct IndexStats {
     pub log_bytes: u64,
     /// Checkpoints written since the index was opened.
     pub checkpoints: u64,
+    /// Compactions (rebuilds without the tombstones) since the index was opened.
+    pub compactions: u64,
 }
 
 /// The operations the CLI and the server need from a vector index, local or remote.

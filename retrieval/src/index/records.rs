@@ -217,11 +217,7 @@ impl Records {
     /// Marks the record with external id `ext` deleted; returns its internal id.
     pub fn remove(&mut self, ext: u64) -> Option<u32> {
         let i = self.int.remove(&ext)?;
-        let w = i as usize / 64;
-        if self.dead.len() <= w {
-            self.dead.resize(w + 1, 0);
-        }
-        self.dead[w] |= 1 << (i % 64);
+        self.set_dead(i);
         Some(i)
     }
 
@@ -233,6 +229,8 @@ impl Records {
     }
 
     /// Keeps only the slots `map` sends somewhere, renumbered (after an engine compaction).
+    /// A kept slot that is deleted stays deleted at its new place: an online compaction keeps
+    /// the slots deleted while it rebuilt, tombstoned in the new engine too.
     pub fn remap(&self, map: &[Option<u32>]) -> Result<Records, IndexError> {
         let mut out = Records::default();
         let mut kept: Vec<(u32, u32)> = map
@@ -242,13 +240,35 @@ impl Records {
             .collect();
         kept.sort_unstable();
         for (new, old) in kept {
-            let r = self.get(old).ok_or_else(|| IndexError::Corrupt {
-                path: Default::default(),
-                reason: format!("compaction kept deleted slot {old}"),
-            })?;
-            out.push(new, self.ext[old as usize], r)?;
+            let r = self
+                .with_fields(old, |f| Record {
+                    path: f.path.to_string(),
+                    sha256: f.sha256.to_string(),
+                    label: f.label.map(str::to_string),
+                })
+                .ok_or_else(|| IndexError::Corrupt {
+                    path: Default::default(),
+                    reason: format!("compaction kept slot {old}, which holds no record"),
+                })?;
+            let ext = self.ext[old as usize];
+            if self.is_dead(old as usize) {
+                // Pushed dead: the live slot of a reused external id keeps its mapping.
+                out.extra.push(r);
+                out.ext.push(ext);
+                out.set_dead(new);
+            } else {
+                out.push(new, ext, r)?;
+            }
         }
         Ok(out)
+    }
+
+    fn set_dead(&mut self, i: u32) {
+        let w = i as usize / 64;
+        if self.dead.len() <= w {
+            self.dead.resize(w + 1, 0);
+        }
+        self.dead[w] |= 1 << (i % 64);
     }
 
     /// Encodes every slot into the `records.bin` format.

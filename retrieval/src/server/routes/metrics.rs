@@ -26,6 +26,7 @@ pub(super) async fn metrics(state: web::Data<State>) -> HttpResponse {
         tombstones: stats.tombstones as u64,
         log_bytes: stats.log_bytes,
         checkpoints: stats.checkpoints,
+        compactions: stats.compactions,
         queue: serving.batcher.waiting() as u64,
     });
     // Which model serves, as an info-style gauge (the sha256 is hex: no escaping needed).

@@ -63,6 +63,9 @@ pub struct IndexInfo {
     pub log_bytes: u64,
     /// Checkpoints written since the server started.
     pub checkpoints: u64,
+    /// Compactions since the server started: rebuilds that drop deleted images from the graph
+    /// (run when they pass a fifth of it, while searches and writes go on).
+    pub compactions: u64,
 }
 
 /// Dynamic batching as configured, and the queue now.
@@ -123,6 +126,7 @@ pub(super) async fn stats(state: web::Data<State>) -> Json<Stats> {
             deleted_pending_compaction: stats.tombstones,
             log_bytes: stats.log_bytes,
             checkpoints: stats.checkpoints,
+            compactions: stats.compactions,
         },
         batching: BatchingInfo {
             max_size: config.batch.max_size,
