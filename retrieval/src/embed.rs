@@ -291,13 +291,17 @@ pub(crate) fn fixed_batch_of(proto: &tract_onnx::pb::ModelProto, input: &str) ->
 // shape, and a symbolic shape gets the generic ones). Plans are built on first use of a size
 // and cached; batches above [`MAX_RUN`] images run in pieces, so at most [`MAX_PLANS`] plans
 // exist, and the symbolic plan built at load serves only a size whose plan failed to build.
-// - tract's multithreaded executor (`tract_linalg::multithread`, the `multithread-mm` feature),
-// which splits matrix products and element-wise ops over a private pool; without it tract runs
-// a whole batch on the calling thread.
+// - for one image, tract's multithreaded executor (`tract_linalg::multithread`, the
+// `multithread-mm` feature), which splits matrix products and element-wise ops over a private
+// pool; for more, the batch is split into one part per thread, each run on a single-threaded
+// plan beside the others. On the bundled model the executor's hand-offs cost more than they
+// gave: quiet, 2 threads, it ran 358 and 331 images/s at batch 8 and 32 against 454 and 376 on
+// one thread, and `htg index` of 70,000 images took 211 s where the build before it, which ran
+// two single-threaded batches side by side, took 123 s (docs/BACKENDS.md).
 
-/// Batch sizes that get their own optimised plan; others run on the symbolic plan. With runs of
-/// at most [`MAX_RUN`] images, every size gets one.
-pub const MAX_PLANS: usize = MAX_RUN;
+/// Plans that get built and cached (a batch size, on one thread or on the executor); past it,
+/// runs use the symbolic plan. With runs of at most [`MAX_RUN`] images, every size gets both.
+pub const MAX_PLANS: usize = 2 * MAX_RUN;
 
 /// Most images tract runs in one call: bigger batches are split into runs of this size. tract's
 /// images/s fall as the batch grows (measured on the bundled model: 852, 862, 551 and 582
@@ -344,6 +348,9 @@ impl Plan {
     }
 }
 
+/// Plans by (batch size, on the executor); `None` records a plan that failed to build.
+type PlanCache = HashMap<(usize, bool), Option<Arc<Plan>>>;
+
 /// Pure-Rust CPU backend: needs nothing installed.
 pub struct TractEmbedder {
     /// The parsed graph with input and outputs selected, batch dimension not yet fixed: the
@@ -353,8 +360,11 @@ pub struct TractEmbedder {
     symbolic: Arc<Plan>,
     /// Plans per concrete batch size; `None` records a size whose plan failed to build, which
     /// then runs on the symbolic plan.
-    plans: Mutex<HashMap<usize, Option<Arc<Plan>>>>,
+    plans: Mutex<PlanCache>,
+    /// With the multithreaded executor (when `threads > 1`): for single images.
     options: RunOptions,
+    /// On the calling thread: for the parts of a batch that run side by side.
+    single: RunOptions,
     threads: usize,
     id: ModelId,
     /// `Some(b)` when the graph fixes the batch size: inputs are run in chunks of `b`.
@@ -424,6 +434,7 @@ impl TractEmbedder {
             symbolic: Plan::new(symbolic),
             plans: Mutex::new(HashMap::new()),
             options,
+            single: RunOptions::default(),
             threads,
             id,
             fixed_batch,
@@ -435,14 +446,15 @@ impl TractEmbedder {
         self.threads
     }
 
-    /// The plan for `n` images: cached, built now, or the symbolic one.
-    fn plan_for(&self, n: usize) -> Arc<Plan> {
+    /// The plan for `n` images, on the executor or on the calling thread: cached, built now,
+    /// or the symbolic one.
+    fn plan_for(&self, n: usize, executor: bool) -> Arc<Plan> {
         if self.fixed_batch.is_some() {
             return self.symbolic.clone();
         }
         {
             let plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-            match plans.get(&n) {
+            match plans.get(&(n, executor)) {
                 Some(Some(p)) => return p.clone(),
                 Some(None) => return self.symbolic.clone(),
                 None if plans.len() >= MAX_PLANS => return self.symbolic.clone(),
@@ -451,11 +463,16 @@ impl TractEmbedder {
         }
         // Built outside the lock: other sizes keep running meanwhile. Two threads may build the
         // same size once; the second insert wins and both plans are equivalent.
-        let built = build_plan(&self.model, &self.id.spec, n.to_dim(), &self.options)
+        let options = if executor {
+            &self.options
+        } else {
+            &self.single
+        };
+        let built = build_plan(&self.model, &self.id.spec, n.to_dim(), options)
             .ok()
             .map(Plan::new);
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        plans.insert(n, built.clone());
+        plans.insert((n, executor), built.clone());
         built.unwrap_or_else(|| self.symbolic.clone())
     }
 }
@@ -487,24 +504,56 @@ impl Backend for TractEmbedder {
 
     fn run_one(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
         let n = input.shape()[0];
-        if self.fixed_batch.is_none() && n > MAX_RUN {
-            let mut parts = Vec::with_capacity(n.div_ceil(MAX_RUN));
-            for start in (0..n).step_by(MAX_RUN) {
-                let end = (start + MAX_RUN).min(n);
-                parts.push(self.run_plan(input.slice(ndarray::s![start..end, .., .., ..]))?);
-            }
-            let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-            return ndarray::concatenate(ndarray::Axis(0), &views)
-                .map_err(|e| EmbedError::Run(e.to_string()));
+        let executor = self.threads > 1;
+        if self.fixed_batch.is_some() || n == 1 {
+            return self.run_plan(input, executor);
         }
-        self.run_plan(input)
+        if !executor {
+            return self.run_runs(input);
+        }
+        // One part per thread, each on the calling thread's kind of plan, side by side.
+        let per = n.div_ceil(self.threads.min(n));
+        let parts: Vec<Result<ArrayD<f32>, EmbedError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .step_by(per)
+                .map(|start| {
+                    let part = input.slice(ndarray::s![start..(start + per).min(n), .., .., ..]);
+                    s.spawn(move || self.run_runs(part))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(EmbedError::Run("a tract run panicked".into())))
+                })
+                .collect()
+        });
+        let parts = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| EmbedError::Run(e.to_string()))
     }
 }
 
 impl TractEmbedder {
+    /// Runs `input` on single-threaded plans, in runs of at most [`MAX_RUN`] images.
+    fn run_runs(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
+        let n = input.shape()[0];
+        if n <= MAX_RUN {
+            return self.run_plan(input, false);
+        }
+        let mut parts = Vec::with_capacity(n.div_ceil(MAX_RUN));
+        for start in (0..n).step_by(MAX_RUN) {
+            let end = (start + MAX_RUN).min(n);
+            parts.push(self.run_plan(input.slice(ndarray::s![start..end, .., .., ..]), false)?);
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| EmbedError::Run(e.to_string()))
+    }
+
     /// Runs one batch on the plan for its size.
-    fn run_plan(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
-        let plan = self.plan_for(input.shape()[0]);
+    fn run_plan(&self, input: ArrayView4<f32>, executor: bool) -> Result<ArrayD<f32>, EmbedError> {
+        let plan = self.plan_for(input.shape()[0], executor);
         let tensor: Tensor = input.to_owned().into_dyn().into();
         let out = plan
             .run(tensor)
@@ -635,7 +684,11 @@ mod tract_tests {
             }
         }
         let cached = one.plans.lock().unwrap();
-        assert_eq!(cached.len(), MAX_PLANS, "plans are cached up to the limit");
+        assert_eq!(
+            cached.len(),
+            MAX_RUN,
+            "one single-threaded plan per run size"
+        );
         assert!(
             cached.values().all(Option::is_some),
             "every size got a plan"
