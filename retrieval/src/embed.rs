@@ -511,7 +511,7 @@ impl Backend for TractEmbedder {
         if !executor {
             return self.run_runs(input);
         }
-        // One part per thread, each on the calling thread's kind of plan, side by side.
+        // One part per thread, each on single-threaded plans, side by side.
         let per = n.div_ceil(self.threads.min(n));
         let parts: Vec<Result<ArrayD<f32>, EmbedError>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..n)
