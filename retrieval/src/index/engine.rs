@@ -319,8 +319,8 @@ impl Engine {
                     if g.is_deleted(i) {
                         continue;
                     }
-                    // Not yet ready: an insert still in flight, which the caller sees as an
-                    // id past the snapshot and takes over later.
+                    // Every id below `len` is ready when the caller holds the applier's lock
+                    // (as a compaction does); an id that is not is an insert still in flight.
                     if let Ok(v) = g.vector(i) {
                         ids.push(i);
                         data.extend_from_slice(v);
