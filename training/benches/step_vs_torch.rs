@@ -109,20 +109,27 @@ fn main() {
         eprintln!("step_vs_torch: rayon pool already set: {e}");
     }
     println!("threads: {threads}");
-    println!("| step | htg ms/step | PyTorch ms/step | htg / PyTorch |");
-    println!("|---|---|---|---|");
+    println!("| step | htg, burn's conv ms/step | htg ms/step | PyTorch ms/step | htg / PyTorch |");
+    println!("|---|---|---|---|---|");
     for (method, peer) in [
         (Method::TripletBatchhard, "batchhard"),
         (Method::Htg, "htg"),
     ] {
+        // burn-flex's own convolution first, then htg's (`htg_training::conv`), same process.
+        htg_training::conv::set_enabled(false);
+        let burn_conv = htg_ms(method);
+        htg_training::conv::set_enabled(true);
         let ours = htg_ms(method);
         match torch_ms(peer, threads) {
             Ok(theirs) => println!(
-                "| {} | {ours:.1} | {theirs:.1} | {:.2}× |",
+                "| {} | {burn_conv:.1} | {ours:.1} | {theirs:.1} | {:.2}× |",
                 method.name(),
                 ours / theirs
             ),
-            Err(e) => println!("| {} | {ours:.1} | – ({e}) | – |", method.name()),
+            Err(e) => println!(
+                "| {} | {burn_conv:.1} | {ours:.1} | – ({e}) | – |",
+                method.name()
+            ),
         }
     }
 }

@@ -32,6 +32,7 @@ use std::path::PathBuf;
 pub mod backend;
 pub mod config;
 pub mod confusion;
+pub mod conv;
 pub mod data;
 pub mod eval;
 pub mod export;

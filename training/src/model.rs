@@ -18,6 +18,7 @@ use burn::tensor::{Device, Tensor};
 use htg_retrieval::spec::{Color, Layout, ModelSpec, Pooling};
 
 use crate::config::{FeatureConfig, InputColor};
+use crate::conv::conv2d;
 
 /// Input name written into the spec before export replaces it with the graph's actual name.
 pub const INPUT_NAME: &str = "image";
@@ -102,10 +103,10 @@ impl Block {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = self
             .relu
-            .forward(self.bn1.forward(self.conv1.forward(x.clone())));
-        let y = self.bn2.forward(self.conv2.forward(y));
+            .forward(self.bn1.forward(conv2d(&self.conv1, x.clone())));
+        let y = self.bn2.forward(conv2d(&self.conv2, y));
         let s = match &self.shortcut {
-            Some(s) => s.bn.forward(s.conv.forward(x)),
+            Some(s) => s.bn.forward(conv2d(&s.conv, x)),
             None => x,
         };
         self.relu.forward(y + s)
@@ -160,7 +161,7 @@ impl FeatureNet {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self
             .relu
-            .forward(self.stem_bn.forward(self.stem.forward(x)));
+            .forward(self.stem_bn.forward(conv2d(&self.stem, x)));
         for b in &self.blocks {
             x = b.forward(x);
         }

@@ -158,18 +158,28 @@ fn htg_trains_on_real_emoji_and_exports_faithfully() {
     let _ = embed_burn(t.feature_net(), query);
 }
 
-/// Retrieval on unseen classes after a CI-sized run: a short batch-hard run on 400 emoji
-/// (200 training classes, 200 unseen, Google query → Twitter gallery) must lift R@1 well above
-/// the untrained F and stay within reach of the raw-pixel floor. It does not assert that the
-/// run clears the floor: on this slice raw pixels score 0.715 and no run that fits CI's
-/// minute does (200 steps of this F: 0.665; 150 steps of the default F: 0.645); the
-/// full-data runs in models/README.md are where learned F clears it.
+/// Retrieval on unseen classes after a CI-sized run must clear the raw-pixel floor: batch-hard
+/// training of the default F on the 955 training emoji (Google and Twitter, pairs drawn across
+/// vendors) for 300 steps, then R@1 Google → Twitter on the 956 unseen emoji against raw pixels
+/// on the same queries. Measured when this test was written: untrained F 0.190, trained F
+/// 0.371, raw pixels 0.311, in about 3.3 CPU-minutes of the dev profile. A change that stops
+/// training from learning transferable features drops it under the floor and fails here.
 #[test]
-fn training_lifts_unseen_recall_towards_the_raw_pixel_floor() {
-    let mut cfg = small_config(Method::TripletBatchhard);
-    cfg.steps = 200;
+fn training_beats_the_raw_pixel_floor_on_unseen_emoji() {
+    let mut cfg = TrainConfig {
+        method: Method::TripletBatchhard,
+        steps: 300,
+        seed: 1,
+        ..TrainConfig::default()
+    };
     cfg.cross_vendor = true;
-    let split = load(&cfg, 400);
+    let split = DataSource::Emoji(emoji_dir())
+        .load(&input_spec(&cfg.feature), None)
+        .expect("emoji loads");
+    let EvalProtocol::QueryGallery { query, .. } = &split.eval else {
+        panic!("emoji is evaluated Google query → Twitter gallery");
+    };
+    let queries = query.labels.len();
     let sampler = htg_training::run::sampler_for(&cfg, &split).unwrap();
     let mut t = Trainer::new(&cfg, split.train_classes).unwrap();
     let ks = [1];
@@ -193,14 +203,14 @@ fn training_lifts_unseen_recall_towards_the_raw_pixel_floor() {
     .unwrap()
     .recall_at[0]
         .1;
-    eprintln!("unseen R@1: untrained F {before:.3}, trained F {after:.3}, raw pixels {raw:.3}");
-    assert!(
-        after > before + 0.1,
-        "training no longer improves unseen R@1: {before:.3} -> {after:.3}"
+    eprintln!(
+        "unseen R@1 ({queries} queries): untrained F {before:.3}, trained F {after:.3}, \
+         raw pixels {raw:.3}"
     );
     assert!(
-        after > 0.85 * raw,
-        "trained F fell far below the raw-pixel floor: R@1 {after:.3} vs raw pixels {raw:.3}"
+        after > raw + 0.03,
+        "training no longer clears the raw-pixel floor on unseen emoji: R@1 {after:.3} vs raw \
+         pixels {raw:.3} (untrained F {before:.3})"
     );
 }
 
