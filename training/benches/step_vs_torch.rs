@@ -109,25 +109,33 @@ fn main() {
         eprintln!("step_vs_torch: rayon pool already set: {e}");
     }
     println!("threads: {threads}");
-    println!("| step | htg, burn's conv ms/step | htg ms/step | PyTorch ms/step | htg / PyTorch |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| step | htg, burn's conv and batch norm | htg, own conv | htg (own conv and batch \
+         norm) | PyTorch | htg / PyTorch |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (method, peer) in [
         (Method::TripletBatchhard, "batchhard"),
         (Method::Htg, "htg"),
     ] {
-        // burn-flex's own convolution first, then htg's (`htg_training::conv`), same process.
+        // burn-flex's own convolution and batch norm, then htg's convolution
+        // (`htg_training::conv`), then htg's batch norm too (`htg_training::norm`): what each
+        // buys, in one process.
         htg_training::conv::set_enabled(false);
+        htg_training::norm::set_enabled(false);
         let burn_conv = htg_ms(method);
         htg_training::conv::set_enabled(true);
+        let conv_only = htg_ms(method);
+        htg_training::norm::set_enabled(true);
         let ours = htg_ms(method);
         match torch_ms(peer, threads) {
             Ok(theirs) => println!(
-                "| {} | {burn_conv:.1} | {ours:.1} | {theirs:.1} | {:.2}× |",
+                "| {} | {burn_conv:.1} | {conv_only:.1} | {ours:.1} | {theirs:.1} | {:.2}× |",
                 method.name(),
                 ours / theirs
             ),
             Err(e) => println!(
-                "| {} | {burn_conv:.1} | {ours:.1} | – ({e}) | – |",
+                "| {} | {burn_conv:.1} | {conv_only:.1} | {ours:.1} | – ({e}) | – |",
                 method.name()
             ),
         }

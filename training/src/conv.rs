@@ -127,7 +127,7 @@ fn geom(x: &FloatTensor<Flex>, w: &FloatTensor<Flex>, stride: usize, pad: usize)
 }
 
 /// A contiguous f32 copy-free view where the tensor allows it.
-fn contiguous(t: &FloatTensor<Flex>) -> FloatTensor<Flex> {
+pub(crate) fn contiguous(t: &FloatTensor<Flex>) -> FloatTensor<Flex> {
     if t.is_contiguous() {
         t.clone()
     } else {
@@ -181,7 +181,7 @@ impl ConvGrads for Flex {
     }
 }
 
-fn f32s(t: &FloatTensor<Flex>) -> &[f32] {
+pub(crate) fn f32s(t: &FloatTensor<Flex>) -> &[f32] {
     t.as_slice::<f32>()
         .expect("the fast path only takes contiguous f32 tensors")
 }

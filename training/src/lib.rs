@@ -39,6 +39,7 @@ pub mod export;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod norm;
 pub mod report;
 pub mod run;
 pub mod stats;

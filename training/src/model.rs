@@ -19,6 +19,7 @@ use htg_retrieval::spec::{Color, Layout, ModelSpec, Pooling};
 
 use crate::config::{FeatureConfig, InputColor};
 use crate::conv::conv2d;
+use crate::norm::batch_norm;
 
 /// Input name written into the spec before export replaces it with the graph's actual name.
 pub const INPUT_NAME: &str = "image";
@@ -103,10 +104,10 @@ impl Block {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = self
             .relu
-            .forward(self.bn1.forward(conv2d(&self.conv1, x.clone())));
-        let y = self.bn2.forward(conv2d(&self.conv2, y));
+            .forward(batch_norm(&self.bn1, conv2d(&self.conv1, x.clone())));
+        let y = batch_norm(&self.bn2, conv2d(&self.conv2, y));
         let s = match &self.shortcut {
-            Some(s) => s.bn.forward(conv2d(&s.conv, x)),
+            Some(s) => batch_norm(&s.bn, conv2d(&s.conv, x)),
             None => x,
         };
         self.relu.forward(y + s)
@@ -161,7 +162,7 @@ impl FeatureNet {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self
             .relu
-            .forward(self.stem_bn.forward(conv2d(&self.stem, x)));
+            .forward(batch_norm(&self.stem_bn, conv2d(&self.stem, x)));
         for b in &self.blocks {
             x = b.forward(x);
         }
