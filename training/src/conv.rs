@@ -4,9 +4,9 @@
 //! Why: burn-flex runs 2-D convolutions through its 3-D path, computes the input gradient as
 //! a transposed 3-D convolution and the weight gradient as a convolution whose kernel is the
 //! whole output map. A profile of the training step put over half of its time in that glue
-//! and under a third in matrix products (docs/TRAINING.md). Here every convolution, forward
-//! or backward, is an im2col (or its adjoint, col2im) around one GEMM per sample, with the
-//! samples split across rayon's threads, which is what PyTorch's CPU path does.
+//! and under a third in matrix products (models/README.md, "Benchmark: one training step").
+//! Here every convolution, forward or backward, is an im2col (or its adjoint, col2im) around
+//! one GEMM per sample, with the samples split across rayon's threads.
 //!
 //! The fast path covers what F uses: no bias, no groups, no dilation, the same stride and
 //! padding on every side, f32 on the flex backend (with or without autodiff). Anything else,
