@@ -21,16 +21,30 @@ cd fuzz
 # FUZZ_BUILD_TIMEOUT (seconds) bounds the sanitizer build: a cold one takes about 27 minutes
 # on 2 cores. Past the bound the finished crates stay cached, the next run continues from
 # them, and this run says so and fuzzes nothing (exit 0): a resource limit, not a result.
+# Only the time-out (timeout's status 124) is excused: a build that fails (a compile error,
+# a full disk, a failed link) fails CI.
 if [ -n "${FUZZ_BUILD_TIMEOUT:-}" ]; then
-  if ! timeout "$FUZZ_BUILD_TIMEOUT" cargo fuzz build; then
+  status=0
+  timeout "$FUZZ_BUILD_TIMEOUT" cargo fuzz build || status=$?
+  if [ "$status" -eq 124 ]; then
     echo "fuzz: NOT RUN: the sanitizer build did not finish within ${FUZZ_BUILD_TIMEOUT} s (cold cache); its progress is cached and the next run continues"
     exit 0
+  elif [ "$status" -ne 0 ]; then
+    echo "fuzz: FAILED: the sanitizer build exited with status $status (not a time-out)"
+    exit 1
   fi
 else
   cargo fuzz build
 fi
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
+# Each clone at a new path links every target anew (about 0.5 GB each) beside the old ones.
+# The binaries this build made are hard-linked from release/; the other copies in deps/ are
+# leftovers of earlier clones and go, so a cached target directory does not fill the disk.
+deps="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/deps"
+for t in "${targets[@]}"; do
+  find "$deps" -maxdepth 1 -type f -name "$t-*" -links 1 -executable -delete 2>/dev/null || true
+done
 summary=()
 for t in "${targets[@]}"; do
   scratch=$(mktemp -d)

@@ -24,7 +24,9 @@
 //! searches and writes go on, so memory follows the live data under add/delete churn.
 //! Searches take only read locks and never wait for a write's fsync or a checkpoint.
 //! On open, the checkpoint is mapped (graph and records are not parsed whole) and the log is
-//! replayed; a torn last entry is dropped, a corrupt one in the middle is refused.
+//! replayed; a torn last entry is dropped, a corrupt one in the middle is refused. An open that
+//! overlaps another process's checkpoint starts again from the new `CURRENT`, and dropping the
+//! last handle waits for the index's own checkpoint in flight, so the directory is quiet after.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -97,6 +99,11 @@ struct Inner {
     /// One checkpoint at a time.
     ckpt: Mutex<()>,
     checkpointing: AtomicBool,
+    /// The background checkpoint started by [`LocalIndex::maybe_checkpoint`], joined when the
+    /// last user handle drops: a generation half-published by a dropped index would race a
+    /// reopen of the same directory (the reopen could read `CURRENT` just before the old
+    /// index's checkpoint deletes the generation it names).
+    ckpt_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpoint_bytes: AtomicU64,
     checkpoints: AtomicU64,
     compactions: AtomicU64,
@@ -117,6 +124,28 @@ struct PendingAdd {
 #[derive(Clone)]
 pub struct LocalIndex {
     inner: Arc<Inner>,
+    /// Shared by the handles users hold (not by the index's own background threads): when the
+    /// last one drops, a checkpoint in flight is finished before the drop returns, so the
+    /// directory is quiet once the user lets go of the index and can be reopened at once.
+    _owner: Option<Arc<Owner>>,
+}
+
+/// Joins the background checkpoint when the last user handle of an index drops.
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let handle = self
+            .0
+            .ckpt_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            // The thread records its own error; a panic in it has nothing left to report.
+            let _ = h.join();
+        }
+    }
 }
 
 fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -186,28 +215,31 @@ impl LocalIndex {
         wal: Wal,
         notice: Option<String>,
     ) -> LocalIndex {
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            model,
+            model_path,
+            dim,
+            params,
+            engine: RwLock::new(engine),
+            records: RwLock::new(records),
+            pending: RwLock::new(Vec::new()),
+            apply_lock: Mutex::new(()),
+            wake: Arc::new((Mutex::new(false), Condvar::new())),
+            next_id: AtomicU64::new(next_id),
+            wal,
+            ckpt: Mutex::new(()),
+            checkpointing: AtomicBool::new(false),
+            ckpt_thread: Mutex::new(None),
+            checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
+            checkpoints: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            last_checkpoint_error: Mutex::new(None),
+            notice,
+        });
         let index = LocalIndex {
-            inner: Arc::new(Inner {
-                dir: dir.to_path_buf(),
-                model,
-                model_path,
-                dim,
-                params,
-                engine: RwLock::new(engine),
-                records: RwLock::new(records),
-                pending: RwLock::new(Vec::new()),
-                apply_lock: Mutex::new(()),
-                wake: Arc::new((Mutex::new(false), Condvar::new())),
-                next_id: AtomicU64::new(next_id),
-                wal,
-                ckpt: Mutex::new(()),
-                checkpointing: AtomicBool::new(false),
-                checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
-                checkpoints: AtomicU64::new(0),
-                compactions: AtomicU64::new(0),
-                last_checkpoint_error: Mutex::new(None),
-                notice,
-            }),
+            _owner: Some(Arc::new(Owner(Arc::clone(&inner)))),
+            inner,
         };
         let weak = Arc::downgrade(&index.inner);
         let wake = Arc::clone(&index.inner.wake);
@@ -227,13 +259,42 @@ impl LocalIndex {
 
     fn open_root(dir: &Path) -> Result<LocalIndex, IndexError> {
         let current = dir.join("CURRENT");
-        let gen = match fs::read_to_string(&current) {
-            Ok(s) => s.trim().to_string(),
+        let read_current = || match fs::read_to_string(&current) {
+            Ok(s) => Ok(s.trim().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(IndexError::NotFound(dir.to_path_buf()))
+                Err(IndexError::NotFound(dir.to_path_buf()))
             }
-            Err(e) => return Err(io_err("read", &current)(e)),
+            Err(e) => Err(io_err("read", &current)(e)),
         };
+        // A process that writes this index may publish a new generation, delete the one just
+        // read and truncate the log it covered, all while this open reads them. An open is
+        // kept only when `CURRENT` still names the generation it started from (what it read
+        // is then one consistent state); otherwise, or when a file vanished underneath it, it
+        // starts again from the new `CURRENT`.
+        let mut tries = 0;
+        loop {
+            let gen = read_current()?;
+            let opened = LocalIndex::open_generation(dir, &gen);
+            tries += 1;
+            let moved_on = read_current()? != gen;
+            match opened {
+                Ok(index) if !moved_on => return Ok(index),
+                Err(e) if !moved_on && !vanished(&e) => return Err(e),
+                Err(e) if tries >= 20 => return Err(e),
+                _ if tries >= 20 => {
+                    return Err(corrupt_dir(
+                        dir,
+                        "CURRENT kept changing during 20 attempts to open it".into(),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Opens the generation `gen` names (as `CURRENT` read it) and replays the log after it.
+    fn open_generation(dir: &Path, gen: &str) -> Result<LocalIndex, IndexError> {
+        let gen = gen.to_string();
         let corrupt = |reason: String| IndexError::Corrupt {
             path: dir.to_path_buf(),
             reason,
@@ -551,8 +612,15 @@ impl LocalIndex {
         if !due || self.inner.checkpointing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let me = self.clone();
-        std::thread::spawn(move || {
+        let me = self.background();
+        // Held across the spawn, so two writers that start checkpoints one after the other
+        // store their handles in the same order.
+        let mut slot = self
+            .inner
+            .ckpt_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let handle = std::thread::spawn(move || {
             let result = me.checkpoint();
             *me.inner
                 .last_checkpoint_error
@@ -560,6 +628,17 @@ impl LocalIndex {
                 .unwrap_or_else(PoisonError::into_inner) = result.err().map(|e| e.to_string());
             me.inner.checkpointing.store(false, Ordering::Release);
         });
+        // The previous checkpoint's thread has finished (`checkpointing` was false).
+        *slot = Some(handle);
+    }
+
+    /// A handle for the index's own threads: it does not count as a user's, so it never
+    /// joins the checkpoint thread (which may be the one holding it).
+    fn background(&self) -> LocalIndex {
+        LocalIndex {
+            inner: Arc::clone(&self.inner),
+            _owner: None,
+        }
     }
 
     /// Writes a checkpoint of everything logged so far and deletes the log it covers.
@@ -779,6 +858,24 @@ pub fn resolve_root(dir: &Path) -> Result<PathBuf, IndexError> {
 }
 
 /// The record of external id `id`, from the store or the pending buffer.
+/// A file that an open listed or named was removed before it was read: what a writer's
+/// checkpoint does to the generation and log it has just superseded.
+fn vanished(e: &IndexError) -> bool {
+    let source = match e {
+        IndexError::Io { source, .. } => source,
+        IndexError::Wal(super::wal::WalError::Io { source, .. }) => source,
+        _ => return false,
+    };
+    source.kind() == std::io::ErrorKind::NotFound
+}
+
+fn corrupt_dir(dir: &Path, reason: String) -> IndexError {
+    IndexError::Corrupt {
+        path: dir.to_path_buf(),
+        reason,
+    }
+}
+
 fn lookup(records: &Records, pending: &[PendingAdd], id: u64) -> Option<Record> {
     match records.internal(id) {
         Some(i) => records.get(i),
@@ -819,7 +916,10 @@ fn applier(weak: Weak<Inner>, wake: Arc<(Mutex<bool>, Condvar)>) {
     loop {
         {
             let Some(inner) = weak.upgrade() else { return };
-            let index = LocalIndex { inner };
+            let index = LocalIndex {
+                inner,
+                _owner: None,
+            };
             loop {
                 match index.drain_once(1024) {
                     Ok(0) => break,
@@ -1153,6 +1253,86 @@ mod tests {
             .filter(|h| after.iter().any(|a| a.id == h.id))
             .count();
         assert!(overlap >= 9, "recall@10 {overlap}/10");
+    }
+
+    #[test]
+    fn dropping_an_index_mid_checkpoint_leaves_a_directory_that_reopens_whole() {
+        // Every write starts a background checkpoint; the handle is dropped while it is still
+        // writing its generation, and the directory is reopened at once. Before the drop
+        // waited for it, the reopen could read `CURRENT` just before the old index's
+        // checkpoint published a newer generation and deleted the one read.
+        let d = tempfile::tempdir().unwrap();
+        let dim = 32;
+        let idx =
+            LocalIndex::create(d.path(), model(dim), None, &CreateOptions::default()).unwrap();
+        drop(idx);
+        let mut ids = Vec::new();
+        for round in 0..8u64 {
+            let idx = LocalIndex::open(d.path()).unwrap();
+            assert_eq!(idx.len(), ids.len(), "round {round}");
+            idx.set_checkpoint_bytes(1);
+            let items = (0..4000u64)
+                .map(|i| (rec(round * 4000 + i, "x"), unit(round * 4000 + i, dim)))
+                .collect();
+            ids.extend(idx.insert_many(items).unwrap());
+            assert!(
+                idx.inner.checkpointing.load(Ordering::Acquire),
+                "round {round}"
+            );
+            drop(idx);
+            // Quiet at once: the checkpoint has finished, published and cleaned up, and the
+            // directory does not change after the drop returns.
+            let listing = || {
+                let mut names: Vec<String> = fs::read_dir(d.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                    .filter(|n| n.contains("gen-"))
+                    .collect();
+                names.sort();
+                names
+            };
+            let names = listing();
+            std::thread::sleep(Duration::from_millis(150));
+            assert_eq!(listing(), names, "round {round}");
+            let current = fs::read_to_string(d.path().join("CURRENT")).unwrap();
+            assert_eq!(names, vec![current.trim().to_string()], "round {round}");
+        }
+        let idx = LocalIndex::open(d.path()).unwrap();
+        assert_eq!(idx.len(), ids.len());
+        assert!(ids.iter().all(|&id| idx.record(id).is_some()));
+    }
+
+    #[test]
+    fn a_reader_opens_the_index_while_its_writer_checkpoints() {
+        // `htg search` beside a server that writes: each checkpoint publishes a generation and
+        // deletes the one before, possibly the one a reader has just read from `CURRENT`.
+        let d = tempfile::tempdir().unwrap();
+        let dim = 16;
+        let idx =
+            LocalIndex::create(d.path(), model(dim), None, &CreateOptions::default()).unwrap();
+        let writer = {
+            let idx = idx.clone();
+            std::thread::spawn(move || {
+                for round in 0..40u64 {
+                    let items = (0..100u64)
+                        .map(|i| (rec(round * 100 + i, "x"), unit(round * 100 + i, dim)))
+                        .collect();
+                    idx.insert_many(items).unwrap();
+                    idx.checkpoint().unwrap();
+                }
+            })
+        };
+        let mut opened = 0;
+        let mut seen = 0;
+        while !writer.is_finished() {
+            let reader = LocalIndex::open(d.path()).unwrap();
+            assert!(reader.len() >= seen, "{} after {seen}", reader.len());
+            seen = reader.len();
+            opened += 1;
+        }
+        writer.join().unwrap();
+        assert!(opened > 5, "only {opened} opens overlapped the writer");
+        assert_eq!(LocalIndex::open(d.path()).unwrap().len(), 4000);
     }
 
     #[test]
