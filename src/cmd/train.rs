@@ -14,8 +14,8 @@ pub struct Args {
     /// `scripts/fetch-data.sh`) or a folder with one subfolder per class.
     #[arg(long)]
     pub data: String,
-    /// Training method: htg, triplet-random, triplet-semihard, triplet-batchhard or
-    /// multi-similarity (overrides the config's `method`).
+    /// Training method: htg, triplet-random, triplet-semihard, triplet-batchhard,
+    /// multi-similarity or norm-softmax (overrides the config's `method`).
     #[arg(long)]
     pub method: Option<String>,
     /// TOML config (unknown keys are rejected); defaults suit the data set.

@@ -25,6 +25,9 @@ pub enum Method {
     /// Multi-similarity loss with its pair mining (Wang et al. 2019), a stronger baseline
     /// on the same F, batches and schedule.
     MultiSimilarity,
+    /// Normalised softmax over one learned proxy per training class (Zhai & Wu, BMVC 2019):
+    /// the proxy-loss baseline, on the same F, batches and schedule.
+    NormSoftmax,
 }
 
 impl Method {
@@ -36,6 +39,7 @@ impl Method {
             Method::TripletSemihard => "triplet-semihard",
             Method::TripletBatchhard => "triplet-batchhard",
             Method::MultiSimilarity => "multi-similarity",
+            Method::NormSoftmax => "norm-softmax",
         }
     }
 
@@ -47,8 +51,9 @@ impl Method {
             "triplet-semihard" => Ok(Method::TripletSemihard),
             "triplet-batchhard" => Ok(Method::TripletBatchhard),
             "multi-similarity" => Ok(Method::MultiSimilarity),
+            "norm-softmax" => Ok(Method::NormSoftmax),
             other => Err(TrainError::Config(format!(
-                "unknown method {other:?} (expected htg, triplet-random, triplet-semihard, triplet-batchhard or multi-similarity)"
+                "unknown method {other:?} (expected htg, triplet-random, triplet-semihard, triplet-batchhard, multi-similarity or norm-softmax)"
             ))),
         }
     }
@@ -257,6 +262,26 @@ impl Default for MsConfig {
     }
 }
 
+/// Normalised-softmax settings (Zhai & Wu 2019): logits are the cosine similarities of an
+/// embedding to each class's proxy divided by the temperature.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Softmax temperature (the paper's 0.05).
+    pub temperature: f32,
+    /// Learning rate of the proxies (Adam); proxy losses train them faster than F.
+    pub lr: f64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.05,
+            lr: 1e-2,
+        }
+    }
+}
+
 /// Training-time augmentation, applied to normalised tensors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -309,6 +334,8 @@ pub struct TrainConfig {
     pub htg: HtgConfig,
     /// Multi-similarity settings (used by `multi-similarity` only).
     pub ms: MsConfig,
+    /// Proxy settings (used by `norm-softmax` only).
+    pub proxy: ProxyConfig,
     /// Augmentation.
     pub augment: AugmentConfig,
     /// Save a checkpoint every this many steps (and at the end); 0 = only at the end.
@@ -349,6 +376,7 @@ impl Default for TrainConfig {
             feature: FeatureConfig::default(),
             htg: HtgConfig::default(),
             ms: MsConfig::default(),
+            proxy: ProxyConfig::default(),
             augment: AugmentConfig::default(),
             checkpoint_every: 100,
             recall_ks: vec![1, 2, 4, 8],
@@ -464,6 +492,12 @@ impl TrainConfig {
         }
         if !(self.lr > 0.0 && self.htg.lr_g > 0.0 && self.htg.lr_d > 0.0) {
             return bad("learning rates must be positive");
+        }
+        if !(self.proxy.lr > 0.0) {
+            return bad("proxy.lr must be positive");
+        }
+        if !(self.proxy.temperature.is_finite() && self.proxy.temperature > 0.0) {
+            return bad("proxy.temperature must be finite and positive");
         }
         if self.lr_schedule == LrSchedule::Cosine && self.lr_warmup_steps >= self.steps {
             return bad("lr_warmup_steps must be below steps");

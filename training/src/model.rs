@@ -262,3 +262,30 @@ impl Discriminator {
         self.out.forward(x)
     }
 }
+
+/// One learned proxy per training class, for the normalised-softmax baseline: logits are the
+/// cosine similarities of l2-normalised embeddings to the l2-normalised proxies over a
+/// temperature, so the loss pulls each embedding towards its class's direction.
+#[derive(Module, Debug)]
+pub struct Proxies {
+    /// `[dim, classes]`: column c is class c's proxy (a linear map without bias).
+    weights: Linear,
+}
+
+impl Proxies {
+    /// Random proxies for `classes` classes in `dim` dimensions.
+    pub fn new(dim: usize, classes: usize, device: &Device) -> Self {
+        Self {
+            weights: LinearConfig::new(dim, classes)
+                .with_bias(false)
+                .init(device),
+        }
+    }
+
+    /// Logits `[B, classes]` of l2-normalised embeddings `emb` `[B, dim]`.
+    pub fn forward(&self, emb: Tensor<2>, temperature: f32) -> Tensor<2> {
+        let w = self.weights.weight.val();
+        let norm = w.clone().powi_scalar(2).sum_dim(0).sqrt().clamp_min(1e-12);
+        emb.matmul(w / norm).div_scalar(temperature)
+    }
+}

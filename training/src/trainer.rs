@@ -21,7 +21,7 @@ use crate::loss::{
     cross_entropy, distance_matrix, inverted_triplet_loss, mine, multi_similarity_loss, rows,
     sq_dist, triplet_loss, Triplets,
 };
-use crate::model::{l2_normalize, Discriminator, FeatureNet, Generator};
+use crate::model::{l2_normalize, Discriminator, FeatureNet, Generator, Proxies};
 use crate::TrainError;
 
 /// What one step measured (for the progress bar, logs and tests).
@@ -80,6 +80,8 @@ pub struct Trainer {
     f: FeatureNet,
     opt_f: ModuleOptimizer,
     adv: Option<Adversary>,
+    /// The normalised-softmax baseline's class proxies and their optimiser.
+    proxies: Option<(Proxies, ModuleOptimizer)>,
     train_classes: usize,
     step: usize,
 }
@@ -132,12 +134,19 @@ impl Trainer {
             opt_g: adam(),
             opt_d: adam(),
         });
+        let proxies = (cfg.method == Method::NormSoftmax).then(|| {
+            (
+                Proxies::new(cfg.feature.embedding_dim, train_classes, &device),
+                adam(),
+            )
+        });
         Ok(Trainer {
             cfg: cfg.clone(),
             device,
             f,
             opt_f: adam(),
             adv,
+            proxies,
             train_classes,
             step: 0,
         })
@@ -193,8 +202,11 @@ impl Trainer {
             Method::Htg => self.cfg.htg.input_mining,
             Method::TripletRandom => Mining::Random,
             Method::TripletSemihard => Mining::Semihard,
-            // Multi-similarity mines its own pairs; batch-hard triplets only feed the stats.
-            Method::TripletBatchhard | Method::MultiSimilarity => Mining::Batchhard,
+            // Multi-similarity mines its own pairs and the proxy loss needs none; batch-hard
+            // triplets only feed the stats.
+            Method::TripletBatchhard | Method::MultiSimilarity | Method::NormSoftmax => {
+                Mining::Batchhard
+            }
         };
         let t = mine(mining, &labels, &dist, &mut rng);
         let dap: Vec<f32> = (0..t.len()).map(|i| dist[t.a[i] * b + t.p[i]]).collect();
@@ -213,6 +225,14 @@ impl Trainer {
             stats.loss_f = scalar(&loss);
             let grads = GradientsParams::from_grads(loss.backward(), &self.f);
             self.f = self.opt_f.step(self.cfg.lr_at(step), self.f.clone(), grads);
+        } else if let Some((proxies, opt_p)) = self.proxies.as_mut() {
+            let loss = cross_entropy(proxies.forward(emb, self.cfg.proxy.temperature), &labels);
+            stats.loss_f = scalar(&loss);
+            let mut grads = loss.backward();
+            let gp = GradientsParams::from_module(&mut grads, &*proxies);
+            let gf = GradientsParams::from_grads(grads, &self.f);
+            *proxies = opt_p.step(self.cfg.proxy.lr, proxies.clone(), gp);
+            self.f = self.opt_f.step(self.cfg.lr_at(step), self.f.clone(), gf);
         } else {
             let loss = triplet_loss(
                 rows(emb.clone(), &t.a),
@@ -369,6 +389,12 @@ impl Trainer {
             adv.opt_g.save(dir.join("opt_g.bpk")).map_err(|e| ck(&e))?;
             adv.opt_d.save(dir.join("opt_d.bpk")).map_err(|e| ck(&e))?;
         }
+        if let Some((proxies, opt_p)) = &self.proxies {
+            save_module(proxies, &dir.join("proxies.bpk"))?;
+            opt_p
+                .save(dir.join("opt_proxies.bpk"))
+                .map_err(|e| ck(&e))?;
+        }
         self.cfg.save(&dir.join("config.toml"))?;
         let state = CheckpointState {
             step: self.step,
@@ -410,6 +436,12 @@ impl Trainer {
             load_module(&mut adv.d, &dir.join("d.bpk"))?;
             adv.opt_g = adam().load(dir.join("opt_g.bpk")).map_err(|e| ck(&e))?;
             adv.opt_d = adam().load(dir.join("opt_d.bpk")).map_err(|e| ck(&e))?;
+        }
+        if let Some((proxies, opt_p)) = t.proxies.as_mut() {
+            load_module(proxies, &dir.join("proxies.bpk"))?;
+            *opt_p = adam()
+                .load(dir.join("opt_proxies.bpk"))
+                .map_err(|e| ck(&e))?;
         }
         t.step = state.step;
         Ok(t)
@@ -480,12 +512,41 @@ mod tests {
     }
 
     #[test]
+    fn the_proxy_loss_moves_the_proxies_and_falls_on_a_fixed_batch() {
+        let data = set();
+        let sampler = PkSampler::new(&data.labels).unwrap();
+        let mut cfg = tiny(Method::NormSoftmax);
+        cfg.augment.crop_pad = 0;
+        cfg.augment.jitter = 0.0;
+        let mut t = Trainer::new(&cfg, 6).unwrap();
+        let before = host(t.proxies.as_ref().unwrap().0.forward(
+            Tensor::<2>::from_data(TensorData::new(vec![1.0f32; 8], [1, 8]), &t.device),
+            1.0,
+        ));
+        let losses: Vec<f32> = (0..30)
+            .map(|_| {
+                // The same step's batch every time: a fixed batch the loss can fit.
+                t.step = 0;
+                t.train_step(&data, &sampler).loss_f
+            })
+            .collect();
+        let after = host(t.proxies.as_ref().unwrap().0.forward(
+            Tensor::<2>::from_data(TensorData::new(vec![1.0f32; 8], [1, 8]), &t.device),
+            1.0,
+        ));
+        assert!(before != after, "the proxies did not move");
+        assert!(losses.iter().all(|l| l.is_finite()));
+        assert!(losses[29] < 0.5 * losses[0], "{losses:?}");
+    }
+
+    #[test]
     fn every_method_and_g_ablation_takes_finite_steps() {
         let data = set();
         let sampler = PkSampler::new(&data.labels).unwrap();
         let mut cfgs = vec![
             tiny(Method::TripletBatchhard),
             tiny(Method::MultiSimilarity),
+            tiny(Method::NormSoftmax),
             tiny(Method::Htg),
         ];
         for edit in [
