@@ -493,7 +493,7 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.htg.lr_g > 0.0 && self.htg.lr_d > 0.0) {
             return bad("learning rates must be positive");
         }
-        if !(self.proxy.lr > 0.0) {
+        if !(self.proxy.lr.is_finite() && self.proxy.lr > 0.0) {
             return bad("proxy.lr must be positive");
         }
         if !(self.proxy.temperature.is_finite() && self.proxy.temperature > 0.0) {
