@@ -857,7 +857,6 @@ pub fn resolve_root(dir: &Path) -> Result<PathBuf, IndexError> {
     }
 }
 
-/// The record of external id `id`, from the store or the pending buffer.
 /// A file that an open listed or named was removed before it was read: what a writer's
 /// checkpoint does to the generation and log it has just superseded.
 fn vanished(e: &IndexError) -> bool {
@@ -876,6 +875,7 @@ fn corrupt_dir(dir: &Path, reason: String) -> IndexError {
     }
 }
 
+/// The record of external id `id`, from the store or the pending buffer.
 fn lookup(records: &Records, pending: &[PendingAdd], id: u64) -> Option<Record> {
     match records.internal(id) {
         Some(i) => records.get(i),
