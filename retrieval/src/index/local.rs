@@ -1182,6 +1182,14 @@ mod tests {
         v
     }
 
+    /// A new index with the default options in a fresh temporary directory.
+    fn fresh(dim: usize) -> (tempfile::TempDir, LocalIndex) {
+        let d = tempfile::tempdir().unwrap();
+        let idx =
+            LocalIndex::create(d.path(), model(dim), None, &CreateOptions::default()).unwrap();
+        (d, idx)
+    }
+
     fn rec(i: u64, label: &str) -> Record {
         Record {
             path: format!("/p/{i}.png"),
@@ -1192,10 +1200,8 @@ mod tests {
 
     #[test]
     fn writes_are_visible_at_once_survive_reopen_and_deletes_stick() {
-        let d = tempfile::tempdir().unwrap();
         let dim = 8;
-        let idx =
-            LocalIndex::create(d.path(), model(dim), None, &CreateOptions::default()).unwrap();
+        let (d, idx) = fresh(dim);
         let items: Vec<_> = (0..300u64)
             .map(|i| (rec(i, if i % 3 == 0 { "a" } else { "b" }), unit(i, dim)))
             .collect();
@@ -1261,10 +1267,8 @@ mod tests {
         // writing its generation, and the directory is reopened at once. Before the drop
         // waited for it, the reopen could read `CURRENT` just before the old index's
         // checkpoint published a newer generation and deleted the one read.
-        let d = tempfile::tempdir().unwrap();
         let dim = 32;
-        let idx =
-            LocalIndex::create(d.path(), model(dim), None, &CreateOptions::default()).unwrap();
+        let (d, idx) = fresh(dim);
         drop(idx);
         let mut ids = Vec::new();
         for round in 0..8u64 {
@@ -1306,10 +1310,8 @@ mod tests {
     fn a_reader_opens_the_index_while_its_writer_checkpoints() {
         // `htg search` beside a server that writes: each checkpoint publishes a generation and
         // deletes the one before, possibly the one a reader has just read from `CURRENT`.
-        let d = tempfile::tempdir().unwrap();
         let dim = 16;
-        let idx =
-            LocalIndex::create(d.path(), model(dim), None, &CreateOptions::default()).unwrap();
+        let (d, idx) = fresh(dim);
         let writer = {
             let idx = idx.clone();
             std::thread::spawn(move || {
