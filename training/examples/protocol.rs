@@ -11,7 +11,10 @@
 //! Each `NAME=CONFIG` is a TOML config (or a method name, for its defaults). `--steps`,
 //! `--val-every`, `--patience` and `--val-classes` override every config when given. A run
 //! whose `metrics.json` exists is read back, not retrained, so an interrupted protocol
-//! continues where it stopped. Seeds are interleaved (seed 1 of every method, then seed 2, …)
+//! continues where it stopped. With `--extend`, a finished run of fewer steps than `--steps`
+//! is continued from its last checkpoint to `--steps` instead (exactly the longer run, for a
+//! constant learning rate), keeping its earlier selection unless a later validation beats
+//! it; copy the runs first to keep the shorter ones. Seeds are interleaved (seed 1 of every method, then seed 2, …)
 //! so a time-boxed protocol leaves complete pairs. `report.md` in `--out` is rewritten
 //! after every run.
 
@@ -29,6 +32,7 @@ struct Args {
     val_every: Option<usize>,
     patience: Option<usize>,
     val_classes: Option<usize>,
+    extend: bool,
     methods: Vec<(String, TrainConfig)>,
 }
 
@@ -61,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
         val_every: None,
         patience: None,
         val_classes: None,
+        extend: false,
         methods: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -78,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
             "--val-every" => a.val_every = Some(num(it.next(), "--val-every")?),
             "--patience" => a.patience = Some(num(it.next(), "--patience")?),
             "--val-classes" => a.val_classes = Some(num(it.next(), "--val-classes")?),
+            "--extend" => a.extend = true,
             spec => {
                 let (name, what) = spec.split_once('=').ok_or(format!(
                     "{spec:?}: expected NAME=CONFIG.toml or NAME=METHOD"
@@ -234,6 +240,23 @@ fn best_on_validation<'a>(
     best
 }
 
+/// Raises the step count of the checkpoint in `out` to `steps`. Refused for a cosine
+/// schedule: its decay is fixed by the step count, so a continued run would not be the
+/// longer run.
+fn extend_checkpoint(out: &Path, steps: usize) -> Result<(), String> {
+    let path = out.join("checkpoint").join("config.toml");
+    let mut c = TrainConfig::load(&path).map_err(|e| e.to_string())?;
+    if c.lr_schedule != htg_training::config::LrSchedule::Constant {
+        return Err(format!(
+            "{}: --extend needs a constant learning rate; this run's schedule depends on its \
+             step count",
+            path.display()
+        ));
+    }
+    c.steps = steps;
+    c.save(&path).map_err(|e| e.to_string())
+}
+
 fn main() {
     let a = match parse_args() {
         Ok(a) => a,
@@ -254,16 +277,25 @@ fn main() {
             cfg.checkpoint_every = 0;
             let out = a.out.join(name).join(format!("s{seed}"));
             let metrics = out.join("metrics.json");
-            let summary = match std::fs::read_to_string(&metrics)
+            let done = std::fs::read_to_string(&metrics)
                 .ok()
-                .and_then(|t| serde_json::from_str::<RunSummary>(&t).ok())
-            {
-                Some(s) => s,
-                None => {
+                .and_then(|t| serde_json::from_str::<RunSummary>(&t).ok());
+            let summary = match done {
+                Some(s) if !(a.extend && s.steps < cfg.steps) => s,
+                done => {
+                    let resume = done.is_some();
+                    if resume {
+                        // Continue the finished run: its checkpoint's config wins on resume,
+                        // so the longer budget goes there.
+                        if let Err(e) = extend_checkpoint(&out, cfg.steps) {
+                            eprintln!("protocol: {name} seed {seed}: {e}");
+                            std::process::exit(1);
+                        }
+                    }
                     let opts = RunOptions {
                         data: a.data.clone(),
                         out: out.clone(),
-                        resume: false,
+                        resume,
                         max_classes: None,
                     };
                     match train_and_export(cfg, &opts, |_| {}) {

@@ -33,7 +33,9 @@ pub struct RunOptions {
     pub data: String,
     /// Output directory.
     pub out: PathBuf,
-    /// Continue from `out/checkpoint` (its config wins).
+    /// Continue from `out/checkpoint` (its config wins). When `out/metrics.json` is the
+    /// summary of that very checkpoint (a finished run continued to more steps), its
+    /// validation curve and selection carry over: see [`train_and_export`].
     pub resume: bool,
     /// Keep only the first classes of the data set (quick runs and tests).
     pub max_classes: Option<usize>,
@@ -110,7 +112,21 @@ pub fn sampler_for(cfg: &TrainConfig, split: &ZeroShotSplit) -> Result<PkSampler
     }
 }
 
+/// The summary of the finished run whose last checkpoint is at `step`, when `out` has one
+/// with a validation selection and its exported model: what a continued run must beat.
+fn finished_run_at(out: &Path, step: usize) -> Option<RunSummary> {
+    let text = std::fs::read_to_string(out.join("metrics.json")).ok()?;
+    let s: RunSummary = serde_json::from_str(&text).ok()?;
+    (s.steps == step && s.val.is_some() && out.join("model.onnx").is_file()).then_some(s)
+}
+
 /// Trains (or resumes), exports and evaluates; `on_step` sees every step's stats.
+///
+/// A finished run that is resumed with a higher step count (`htg train --resume --steps N`,
+/// the protocol's `--extend`) keeps its earlier selection until a later validation beats it:
+/// without that, continuing a run would forget the best F its first part found and export
+/// a worse one. When no later validation is better, the earlier `model.onnx` and its test
+/// figures stand, and only the step count, the curve and the timings are updated.
 pub fn train_and_export(
     cfg: TrainConfig,
     opts: &RunOptions,
@@ -150,13 +166,28 @@ pub fn train_and_export(
         .map_err(io(&log_path))?;
     let started = Instant::now();
     let first_step = trainer.step();
+    let earlier = if opts.resume {
+        finished_run_at(&opts.out, first_step)
+    } else {
+        None
+    };
     let mut losses = Vec::new();
     // Model selection on the validation classes: the best F so far, as an independent copy
     // (a plain clone would share batch norm's running statistics with the live F, which
     // later steps keep updating).
     let mut best: Option<(f64, usize, crate::model::FeatureNet, EvalReport)> = None;
-    let mut val_curve = Vec::new();
-    let mut since_best = 0usize;
+    let earlier_best = earlier
+        .as_ref()
+        .and_then(|e| e.val.as_ref().map(|v| v.map_at_r));
+    let mut val_curve = earlier
+        .as_ref()
+        .map_or_else(Vec::new, |e| e.val_curve.clone());
+    let mut since_best = earlier.as_ref().map_or(0, |e| {
+        e.val_curve
+            .iter()
+            .filter(|(step, _)| *step > e.selected_step)
+            .count()
+    });
     let mut stopped_early = false;
     while trainer.step() < cfg.steps {
         let s = trainer.train_step(&split.train, &sampler);
@@ -181,7 +212,8 @@ pub fn train_and_export(
                 Ok(sets.iter().map(|x| embed_burn(f, x)).collect())
             })?;
             val_curve.push((s.step, r.map_at_r));
-            if best.as_ref().is_none_or(|b| r.map_at_r > b.0) {
+            let to_beat = best.as_ref().map(|b| b.0).or(earlier_best);
+            if to_beat.is_none_or(|b| r.map_at_r > b) {
                 let copy =
                     crate::model::FeatureNet::new(&cfg.feature, &crate::backend::train_device())
                         .load_record(f.clone().into_record());
@@ -199,6 +231,35 @@ pub fn train_and_export(
     let train_wall_s = started.elapsed().as_secs_f64();
     let ran = trainer.step() - first_step;
     trainer.save_checkpoint(&ck_dir)?;
+    let ms_per_step = if ran > 0 {
+        train_wall_s * 1000.0 / ran as f64
+    } else {
+        0.0
+    };
+    let tenth = (losses.len() / 10).max(1);
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+    let loss_f_first_last = if losses.is_empty() {
+        (f32::NAN, f32::NAN)
+    } else {
+        (
+            mean(&losses[..tenth]),
+            mean(&losses[losses.len() - tenth..]),
+        )
+    };
+    if let (None, Some(e)) = (&best, earlier) {
+        // No later validation beat the earlier selection: its model.onnx stands.
+        let summary = RunSummary {
+            steps: trainer.step(),
+            train_wall_s,
+            ms_per_step,
+            loss_f_first_last,
+            val_curve,
+            stopped_early,
+            ..e
+        };
+        write_summary(&opts.out, &summary)?;
+        return Ok(summary);
+    }
 
     let spec = input_spec(&cfg.feature);
     let prov = Provenance {
@@ -232,8 +293,6 @@ pub fn train_and_export(
         Ok(e)
     })?;
     let test_top1_hits = top1_hits(&split.eval, &tract_emb);
-    let tenth = (losses.len() / 10).max(1);
-    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
     let summary = RunSummary {
         method: cfg.method.name().into(),
         data: split.name.clone(),
@@ -241,19 +300,8 @@ pub fn train_and_export(
         steps: trainer.step(),
         train_classes: split.train_classes,
         train_wall_s,
-        ms_per_step: if ran > 0 {
-            train_wall_s * 1000.0 / ran as f64
-        } else {
-            0.0
-        },
-        loss_f_first_last: if losses.is_empty() {
-            (f32::NAN, f32::NAN)
-        } else {
-            (
-                mean(&losses[..tenth]),
-                mean(&losses[losses.len() - tenth..]),
-            )
-        },
+        ms_per_step,
+        loss_f_first_last,
         burn,
         onnx_tract,
         onnx_vs_burn_max_abs_diff: diff,
@@ -263,16 +311,20 @@ pub fn train_and_export(
         stopped_early,
         test_top1_hits,
     };
-    let json =
-        serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Eval(e.to_string()))?;
-    let mpath = opts.out.join("metrics.json");
-    std::fs::write(&mpath, json).map_err(io(&mpath))?;
+    write_summary(&opts.out, &summary)?;
     if diff > ONNX_TOLERANCE {
         return Err(TrainError::Export(format!(
             "the exported ONNX differs from burn by {diff:e} (> {ONNX_TOLERANCE:e})"
         )));
     }
     Ok(summary)
+}
+
+/// Writes `metrics.json`, atomically: a continued run reads it back as its starting point.
+fn write_summary(out: &Path, summary: &RunSummary) -> Result<(), TrainError> {
+    let json =
+        serde_json::to_string_pretty(summary).map_err(|e| TrainError::Eval(e.to_string()))?;
+    write_atomic(&out.join("metrics.json"), json.as_bytes())
 }
 
 /// Evaluates the ONNX model at `model` on the unseen classes of `data`, through tract.

@@ -13,6 +13,7 @@ use htg_training::eval::{embed_burn, embed_raw_pixels, embed_with, evaluate, max
 use htg_training::export::{export_feature_net, write_atomic, Provenance};
 use htg_training::loss::{distance_matrix, mine};
 use htg_training::model::input_spec;
+use htg_training::run::{train_and_export, RunOptions};
 use htg_training::trainer::Trainer;
 use htg_training::TrainConfig;
 use rand::SeedableRng;
@@ -247,6 +248,76 @@ fn resume_continues_the_same_run() {
             &embed_burn(b.feature_net(), &split.train),
         );
         assert!(diff < 1e-4, "{method:?}: resumed weights differ by {diff}");
+    }
+}
+
+#[test]
+fn continuing_a_finished_run_keeps_its_selection_until_a_later_validation_beats_it() {
+    emoji_dir();
+    // The earlier selection's score is doctored so that the branch is certain: no MAP@R
+    // reaches 2.0, and every one beats −1.0.
+    for (earlier_score, kept) in [(2.0, true), (-1.0, false)] {
+        let mut cfg = small_config(Method::TripletBatchhard);
+        cfg.steps = 4;
+        cfg.val_classes = 10;
+        cfg.val_every = 2;
+        cfg.checkpoint_every = 0;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RunOptions {
+            data: "emoji".into(),
+            out: dir.path().to_path_buf(),
+            resume: false,
+            max_classes: Some(40),
+        };
+        let first = train_and_export(cfg.clone(), &opts, |_| {}).unwrap();
+        assert_eq!((first.steps, first.val_curve.len()), (4, 2));
+        let mut doctored = first.clone();
+        doctored.val.as_mut().unwrap().map_at_r = earlier_score;
+        std::fs::write(
+            dir.path().join("metrics.json"),
+            serde_json::to_string(&doctored).unwrap(),
+        )
+        .unwrap();
+        let model_before = std::fs::read(dir.path().join("model.onnx")).unwrap();
+        // What `htg train --resume --steps 8` and the protocol's `--extend` do.
+        let ck = dir.path().join("checkpoint").join("config.toml");
+        let mut c = TrainConfig::load(&ck).unwrap();
+        c.steps = 8;
+        c.save(&ck).unwrap();
+        let resumed = RunOptions {
+            resume: true,
+            ..opts
+        };
+        let second = train_and_export(cfg, &resumed, |_| {}).unwrap();
+        let model_after = std::fs::read(dir.path().join("model.onnx")).unwrap();
+        assert_eq!(second.steps, 8);
+        assert_eq!(second.val_curve.len(), 4, "{:?}", second.val_curve);
+        assert_eq!(second.val_curve[..2], first.val_curve[..]);
+        if kept {
+            assert_eq!(second.selected_step, first.selected_step);
+            assert!(
+                model_after == model_before,
+                "the earlier model.onnx was replaced"
+            );
+            assert_eq!(
+                second.onnx_tract.recall_at, first.onnx_tract.recall_at,
+                "the earlier model's test figures must stand"
+            );
+        } else {
+            assert!(second.selected_step > 4, "{}", second.selected_step);
+            assert!(
+                model_after != model_before,
+                "the better later F was not exported"
+            );
+        }
+        let reread: htg_training::run::RunSummary = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("metrics.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (reread.steps, reread.selected_step),
+            (8, second.selected_step)
+        );
     }
 }
 
