@@ -550,16 +550,19 @@ mod tests {
 
     #[test]
     fn bundled_configs_load() {
+        // The protocol's grids (margin, learning rate) live one folder down.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs");
         let mut n = 0;
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "toml") {
-                TrainConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-                n += 1;
+        for d in [dir.clone(), dir.join("grid")] {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    TrainConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    n += 1;
+                }
             }
         }
-        assert!(n >= 10, "{n} configs in {}", dir.display());
+        assert!(n >= 20, "{n} configs in {}", dir.display());
         let e = TrainConfig::from_toml_str("[htg]\ng_mode = \"noise\"\ng_max_shift = 0.0\n")
             .unwrap_err();
         assert!(e.to_string().contains("g_max_shift"), "{e}");
