@@ -12,10 +12,10 @@
 //! `--val-every`, `--patience` and `--val-classes` override every config when given. A run
 //! whose `metrics.json` exists is read back, not retrained, so an interrupted protocol
 //! continues where it stopped. With `--extend`, a finished run of fewer steps than `--steps`
-//! is continued from its last checkpoint to `--steps` instead (exactly the longer run, for a
-//! constant learning rate), keeping its earlier selection unless a later validation beats
-//! it; copy the runs first to keep the shorter ones. Seeds are interleaved (seed 1 of every method, then seed 2, …)
-//! so a time-boxed protocol leaves complete pairs. `report.md` in `--out` is rewritten
+//! is continued from its last checkpoint to `--steps` instead (the longer run up to rounding,
+//! for a constant learning rate), keeping its earlier selection unless a later validation
+//! beats it; copy the runs first to keep the shorter ones. Seeds are interleaved (seed 1 of
+//! every method, then seed 2, …) so a time-boxed protocol leaves complete pairs. `report.md` in `--out` is rewritten
 //! after every run.
 
 use std::path::{Path, PathBuf};
