@@ -88,7 +88,38 @@ fn check_header_len(bytes: &[u8]) -> Result<(), String> {
             bytes.len() - start
         ));
     }
+    let depth = nesting_depth(&bytes[start..start + len]);
+    if depth > MAX_HEADER_DEPTH {
+        return Err(format!(
+            "the header nests brackets {depth} deep; a 2-D array's header nests {MAX_HEADER_DEPTH} at most (not a .npy file of this kind)"
+        ));
+    }
     Ok(())
+}
+
+/// The deepest bracket nesting a header of a plain 2-D array can need: the dict and its shape
+/// tuple, with room for a list-valued `descr`. `ndarray-npy` parses the header with a
+/// backtracking grammar whose time grows exponentially with nesting: 28 `[` in a 128-byte
+/// header ran past libFuzzer's 10 s limit (found by `fuzz/fuzz_targets/npy.rs`).
+const MAX_HEADER_DEPTH: usize = 4;
+
+/// The deepest nesting of `{`, `[` and `(` in `header`, outside quoted strings.
+fn nesting_depth(header: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut quote) = (0usize, 0usize, None);
+    for &c in header {
+        match (quote, c) {
+            (Some(q), _) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'\'' | b'"') => quote = Some(c),
+            (None, b'{' | b'[' | b'(') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, b'}' | b']' | b')') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// One line for each way a file can be wrong.
@@ -153,6 +184,43 @@ mod tests {
         assert!(e.contains("header claims"), "{e}");
         let e = parse::<i32>(data).unwrap_err();
         assert!(e.contains("header claims"), "{e}");
+    }
+
+    /// The npy fuzz target's second find: 28 nested `[` in a 128-byte header kept the
+    /// reader's header grammar busy past libFuzzer's 10 s limit. Refused before parsing;
+    /// ordinary headers, nesting 2 deep, still read.
+    #[test]
+    fn a_deeply_nested_header_is_refused_before_it_is_parsed() {
+        let header = format!(
+            "{{{}'descr': '<f4', 'fortran_order': False, 'shape': (0 ,4), }}        *            '        \n",
+            "[".repeat(28)
+        );
+        let mut data = MAGIC.to_vec();
+        data.extend_from_slice(&[1, 0]);
+        data.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        data.extend_from_slice(header.as_bytes());
+        assert_eq!(data.len(), 128, "the fuzzer's input, byte for byte");
+        let e = parse::<f32>(&data).unwrap_err();
+        assert!(e.contains("nests brackets 30 deep"), "{e}");
+
+        // Brackets inside a quoted string are not nesting.
+        assert_eq!(nesting_depth(b"{'descr': '[[[[[[', 'shape': (1, 2), }"), 2);
+        let m: Matrix<f32> = parse(&npy_bytes(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), }\n",
+            8,
+        ))
+        .unwrap();
+        assert_eq!((m.rows, m.cols), (1, 2));
+    }
+
+    /// A version-1 `.npy` file with `header` and `data_len` zero bytes of data.
+    fn npy_bytes(header: &str, data_len: usize) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&[1, 0]);
+        b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        b.extend_from_slice(header.as_bytes());
+        b.extend(std::iter::repeat_n(0u8, data_len));
+        b
     }
 
     #[test]
