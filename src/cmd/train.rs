@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use htg_training::run::{train_and_export, RunOptions};
+use htg_training::run::{extend_checkpoint, train_and_export, RunOptions};
 use htg_training::{Method, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -68,8 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
             if let Some(s) = args.steps {
-                c.steps = s;
-                c.save(&saved)?;
+                c = extend_checkpoint(&args.out, s)?;
             }
             cfg = c;
         }

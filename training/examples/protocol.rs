@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
-use htg_training::run::{train_and_export, RunOptions, RunSummary};
+use htg_training::run::{extend_checkpoint, train_and_export, RunOptions, RunSummary};
 use htg_training::stats::{mean_sd, paired_difference, paired_query_test};
 use htg_training::{Method, TrainConfig};
 
@@ -238,23 +238,6 @@ fn best_on_validation<'a>(
         }
     }
     best
-}
-
-/// Raises the step count of the checkpoint in `out` to `steps`. Refused for a cosine
-/// schedule: its decay is fixed by the step count, so a continued run would not be the
-/// longer run.
-fn extend_checkpoint(out: &Path, steps: usize) -> Result<(), String> {
-    let path = out.join("checkpoint").join("config.toml");
-    let mut c = TrainConfig::load(&path).map_err(|e| e.to_string())?;
-    if c.lr_schedule != htg_training::config::LrSchedule::Constant {
-        return Err(format!(
-            "{}: --extend needs a constant learning rate; this run's schedule depends on its \
-             step count",
-            path.display()
-        ));
-    }
-    c.steps = steps;
-    c.save(&path).map_err(|e| e.to_string())
 }
 
 fn main() {

@@ -16,6 +16,7 @@ use burn::module::Module;
 use htg_retrieval::embed::TractEmbedder;
 use serde::{Deserialize, Serialize};
 
+use crate::config::LrSchedule;
 use crate::data::{DataSource, EvalProtocol, PkSampler, ZeroShotSplit};
 use crate::eval::{embed_burn, embed_with, evaluate, max_abs_diff, top1_hits, EvalReport};
 use crate::export::{export_feature_net, write_atomic, Provenance};
@@ -110,6 +111,31 @@ pub fn sampler_for(cfg: &TrainConfig, split: &ZeroShotSplit) -> Result<PkSampler
         (Some(v), true) => PkSampler::with_vendors(&split.train.labels, v),
         _ => PkSampler::new(&split.train.labels),
     }
+}
+
+/// Raises the step budget saved with `out`'s checkpoint to `steps`, so that a resumed run
+/// trains further, and returns the checkpoint's config. On resume the checkpoint's config
+/// wins, so this is the one place a budget can grow: `htg train --resume --steps N` and the
+/// protocol's `--extend` both go through it. A cosine schedule is refused, because its decay
+/// depends on the step count: raising it would change the learning rate of the steps still
+/// to come, and the continued run would no longer be the longer run it stands for.
+pub fn extend_checkpoint(out: &Path, steps: usize) -> Result<TrainConfig, TrainError> {
+    let path = out.join("checkpoint").join("config.toml");
+    let mut c = TrainConfig::load(&path)?;
+    if c.steps == steps {
+        return Ok(c);
+    }
+    if c.lr_schedule != LrSchedule::Constant {
+        return Err(TrainError::Config(format!(
+            "{}: a run with a cosine learning-rate schedule cannot change its step count \
+             ({} to {steps}) on resume: its decay depends on the step count; train it anew",
+            path.display(),
+            c.steps
+        )));
+    }
+    c.steps = steps;
+    c.save(&path)?;
+    Ok(c)
 }
 
 /// The summary of the finished run whose last checkpoint is at `step`, when `out` has one
@@ -366,5 +392,35 @@ pub fn eval_size(p: &EvalProtocol) -> usize {
     match p {
         EvalProtocol::QueryGallery { query, gallery } => query.len() + gallery.len(),
         EvalProtocol::LeaveOneOut(s) => s.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A constant schedule's budget grows and is saved; a cosine one is refused and its
+    /// checkpoint left as it was, unless the step count does not change.
+    #[test]
+    fn extending_a_checkpoint_raises_a_constant_budget_and_refuses_a_cosine_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("checkpoint");
+        std::fs::create_dir_all(&ck).unwrap();
+        let path = ck.join("config.toml");
+        let mut cfg = TrainConfig {
+            steps: 100,
+            ..TrainConfig::default()
+        };
+        cfg.save(&path).unwrap();
+        assert_eq!(extend_checkpoint(dir.path(), 300).unwrap().steps, 300);
+        assert_eq!(TrainConfig::load(&path).unwrap().steps, 300);
+
+        cfg.lr_schedule = LrSchedule::Cosine;
+        cfg.save(&path).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let e = extend_checkpoint(dir.path(), 300).unwrap_err().to_string();
+        assert!(e.contains("cosine") && e.contains("100 to 300"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert_eq!(extend_checkpoint(dir.path(), 100).unwrap().steps, 100);
     }
 }

@@ -13,7 +13,7 @@ use htg_training::eval::{embed_burn, embed_raw_pixels, embed_with, evaluate, max
 use htg_training::export::{export_feature_net, write_atomic, Provenance};
 use htg_training::loss::{distance_matrix, mine};
 use htg_training::model::input_spec;
-use htg_training::run::{train_and_export, RunOptions};
+use htg_training::run::{extend_checkpoint, train_and_export, RunOptions};
 use htg_training::trainer::Trainer;
 use htg_training::TrainConfig;
 use rand::SeedableRng;
@@ -280,10 +280,7 @@ fn continuing_a_finished_run_keeps_its_selection_until_a_later_validation_beats_
         .unwrap();
         let model_before = std::fs::read(dir.path().join("model.onnx")).unwrap();
         // What `htg train --resume --steps 8` and the protocol's `--extend` do.
-        let ck = dir.path().join("checkpoint").join("config.toml");
-        let mut c = TrainConfig::load(&ck).unwrap();
-        c.steps = 8;
-        c.save(&ck).unwrap();
+        assert_eq!(extend_checkpoint(dir.path(), 8).unwrap().steps, 8);
         let resumed = RunOptions {
             resume: true,
             ..opts
