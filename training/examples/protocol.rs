@@ -14,7 +14,8 @@
 //! continues where it stopped. With `--extend`, a finished run of fewer steps than `--steps`
 //! is continued from its last checkpoint to `--steps` instead (the longer run up to rounding,
 //! for a constant learning rate), keeping its earlier selection unless a later validation
-//! beats it; copy the runs first to keep the shorter ones. Seeds are interleaved (seed 1 of
+//! beats it; copy the runs first to keep the shorter ones. With `--read-only` nothing trains: a
+//! missing run (a misspelt name, say) is an error, so a report can be rebuilt safely. Seeds are interleaved (seed 1 of
 //! every method, then seed 2, …) so a time-boxed protocol leaves complete pairs. `report.md` in `--out` is rewritten
 //! after every run.
 
@@ -33,6 +34,7 @@ struct Args {
     patience: Option<usize>,
     val_classes: Option<usize>,
     extend: bool,
+    read_only: bool,
     methods: Vec<(String, TrainConfig)>,
 }
 
@@ -66,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
         patience: None,
         val_classes: None,
         extend: false,
+        read_only: false,
         methods: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -84,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
             "--patience" => a.patience = Some(num(it.next(), "--patience")?),
             "--val-classes" => a.val_classes = Some(num(it.next(), "--val-classes")?),
             "--extend" => a.extend = true,
+            "--read-only" => a.read_only = true,
             spec => {
                 let (name, what) = spec.split_once('=').ok_or(format!(
                     "{spec:?}: expected NAME=CONFIG.toml or NAME=METHOD"
@@ -265,6 +269,14 @@ fn main() {
                 .and_then(|t| serde_json::from_str::<RunSummary>(&t).ok());
             let summary = match done {
                 Some(s) if !(a.extend && s.steps < cfg.steps) => s,
+                done if a.read_only => {
+                    let why = match done {
+                        Some(s) => format!("has {} steps, not {}", s.steps, cfg.steps),
+                        None => format!("has no {}", metrics.display()),
+                    };
+                    eprintln!("protocol: --read-only: {name} seed {seed} {why}; nothing trained");
+                    std::process::exit(1);
+                }
                 done => {
                     let resume = done.is_some();
                     if resume {
