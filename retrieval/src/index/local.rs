@@ -1388,30 +1388,48 @@ mod tests {
         assert_eq!(stats.count, 4000 - 1000 + 400 - 400);
         // Whatever the rebuild did not drop is below the ratio again.
         assert!(stats.tombstones <= 800, "{stats:?}");
+        // Nothing is lost: exact search finds every kept record's own vector at distance 0.
+        // The graph is checked apart, by recall: HNSW is approximate, and at the default
+        // candidate list our engine's graph, rebuilt beside writes, misses a top-1 now and
+        // then (0 or 1 of the 772 probes per check in ten local runs; one such miss failed
+        // CI when this asserted every probe). A swap that dropped nodes or links misses more
+        // than 1%.
+        let exact = SearchOptions {
+            exact: true,
+            ..Default::default()
+        };
         let check = |idx: &LocalIndex| {
             let gone: std::collections::HashSet<u64> =
                 dead.iter().chain(&removed).copied().collect();
+            let mut probes: Vec<(u64, Vec<f32>)> = Vec::new();
             for (i, &id) in ids.iter().enumerate() {
                 assert_eq!(idx.record(id).is_none(), gone.contains(&id), "id {id}");
                 if !gone.contains(&id) && i % 7 == 0 {
-                    let hit = &idx
-                        .search(&unit(i as u64, dim), 1, &SearchOptions::default())
-                        .unwrap()[0];
+                    let v = unit(i as u64, dim);
+                    let hit = &idx.search(&v, 1, &exact).unwrap()[0];
                     let want = (id, format!("/p/{i}.png"));
                     assert_eq!((hit.id, hit.record.path.clone()), want, "{}", hit.distance);
+                    probes.push((id, v));
                 }
             }
             for &(id, seed) in &added {
-                let hit = &idx
-                    .search(&unit(seed, dim), 1, &SearchOptions::default())
-                    .unwrap()[0];
+                let v = unit(seed, dim);
+                let hit = &idx.search(&v, 1, &exact).unwrap()[0];
                 assert_eq!(hit.id, id);
                 assert!(hit.distance < 1e-5);
+                probes.push((id, v));
             }
-            let exact = SearchOptions {
-                exact: true,
-                ..Default::default()
-            };
+            let misses: Vec<u64> = probes
+                .iter()
+                .filter(|(id, v)| idx.search(v, 1, &SearchOptions::default()).unwrap()[0].id != *id)
+                .map(|(id, _)| *id)
+                .collect();
+            assert!(
+                misses.len() * 100 <= probes.len(),
+                "{engine:?}: HNSW top-1 missed {} of {} records: {misses:?}",
+                misses.len(),
+                probes.len()
+            );
             let hits = idx.search(&unit(3, dim), 50, &exact).unwrap();
             assert!(hits.iter().all(|h| !gone.contains(&h.id)));
         };
