@@ -15,8 +15,9 @@
 # Result layout:
 #   emoji          $HTG_DATA_DIR/emoji/google/64/*.png      (RGBA, 64x64, 3786 files)
 #                  $HTG_DATA_DIR/emoji/twitter/64/*.png     (palette PNGs, 64x64, 3786 files)
+#                  $HTG_DATA_DIR/emoji/{apple,facebook}/64/*.png (training images only)
 #                  $HTG_DATA_DIR/emoji/emoji.json           (from the google package)
-#                  source: npm emoji-datasource-google@16.0.0, emoji-datasource-twitter@16.0.0
+#                  source: npm emoji-datasource-{google,twitter,apple,facebook}@16.0.0
 #   fashion-mnist  $HTG_DATA_DIR/fashion-mnist/train-images-idx3-ubyte.gz
 #                  $HTG_DATA_DIR/fashion-mnist/train-labels-idx1-ubyte.gz
 #                  $HTG_DATA_DIR/fashion-mnist/t10k-images-idx3-ubyte.gz
@@ -41,6 +42,12 @@ EMOJI_GOOGLE_FILE="emoji-datasource-google-$EMOJI_VERSION.tgz"
 EMOJI_GOOGLE_SHA256=fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438
 EMOJI_TWITTER_FILE="emoji-datasource-twitter-$EMOJI_VERSION.tgz"
 EMOJI_TWITTER_SHA256=f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877
+# Apple and Facebook add images to the training classes only (`train_vendors` in a config);
+# evaluation stays Google -> Twitter.
+EMOJI_APPLE_FILE="emoji-datasource-apple-$EMOJI_VERSION.tgz"
+EMOJI_APPLE_SHA256=b34d1665e136f163b0d4433318df151895b785186e8c729b2211b43017945075
+EMOJI_FACEBOOK_FILE="emoji-datasource-facebook-$EMOJI_VERSION.tgz"
+EMOJI_FACEBOOK_SHA256=017038cf5a4e7fcf03dd9133cbed43d4c281c4b3ce7b927c7160261b92b8821e
 
 FASHION_DEB_VERSION='0.0~git20200523.55506a9-1'
 FASHION_DEB_FILE="dataset-fashion-mnist_${FASHION_DEB_VERSION}_all.deb"
@@ -130,29 +137,38 @@ install_dir() {
 count_png() { find "$1" -maxdepth 1 -name '*.png' | wc -l | tr -d ' '; }
 
 # ---- data sets ---------------------------------------------------------------------------------
+# emoji_vendor VENDOR FILE SHA256 TMP: download VENDOR's package and move its 64 px images
+# into TMP/VENDOR/64.
+emoji_vendor() {
+    local vendor="$1" file="$2" sha="$3" tmp="$4"
+    ensure_download "$file" "$sha" npm pack --silent "emoji-datasource-$vendor@$EMOJI_VERSION"
+    rm -rf "$tmp/x"; mkdir -p "$tmp/x" "$tmp/$vendor"
+    tar -xzf "$DL_DIR/$file" -C "$tmp/x" "package/img/$vendor/64"
+    mv "$tmp/x/package/img/$vendor/64" "$tmp/$vendor/64"
+    rm -rf "$tmp/x"
+}
+
 fetch_emoji() {
-    local dir="$DATA_DIR/emoji" stamp="$EMOJI_GOOGLE_SHA256 $EMOJI_TWITTER_SHA256"
+    local dir="$DATA_DIR/emoji"
+    local stamp="$EMOJI_GOOGLE_SHA256 $EMOJI_TWITTER_SHA256 $EMOJI_APPLE_SHA256 $EMOJI_FACEBOOK_SHA256"
     if ! is_done "$dir" "$stamp"; then
         command -v npm >/dev/null 2>&1 || die "npm is needed for the emoji data set"
         ensure_download "$EMOJI_GOOGLE_FILE" "$EMOJI_GOOGLE_SHA256" \
             npm pack --silent "emoji-datasource-google@$EMOJI_VERSION"
-        ensure_download "$EMOJI_TWITTER_FILE" "$EMOJI_TWITTER_SHA256" \
-            npm pack --silent "emoji-datasource-twitter@$EMOJI_VERSION"
         log "extracting emoji"
         stage "$dir"; local tmp="$STAGED"
         mkdir -p "$tmp/x"
-        tar -xzf "$DL_DIR/$EMOJI_GOOGLE_FILE" -C "$tmp/x" package/img/google/64 package/emoji.json
-        mkdir -p "$tmp/google"
-        mv "$tmp/x/package/img/google/64" "$tmp/google/64"
+        tar -xzf "$DL_DIR/$EMOJI_GOOGLE_FILE" -C "$tmp/x" package/emoji.json
         mv "$tmp/x/package/emoji.json" "$tmp/emoji.json"
-        rm -rf "$tmp/x"; mkdir -p "$tmp/x"
-        tar -xzf "$DL_DIR/$EMOJI_TWITTER_FILE" -C "$tmp/x" package/img/twitter/64
-        mkdir -p "$tmp/twitter"
-        mv "$tmp/x/package/img/twitter/64" "$tmp/twitter/64"
-        rm -rf "$tmp/x"
+        emoji_vendor google "$EMOJI_GOOGLE_FILE" "$EMOJI_GOOGLE_SHA256" "$tmp"
+        emoji_vendor twitter "$EMOJI_TWITTER_FILE" "$EMOJI_TWITTER_SHA256" "$tmp"
+        emoji_vendor apple "$EMOJI_APPLE_FILE" "$EMOJI_APPLE_SHA256" "$tmp"
+        emoji_vendor facebook "$EMOJI_FACEBOOK_FILE" "$EMOJI_FACEBOOK_SHA256" "$tmp"
         install_dir "$tmp" "$dir" "$stamp"
     fi
-    SUMMARY+=("emoji: ok ($(count_png "$dir/google/64") google, $(count_png "$dir/twitter/64") twitter)")
+    local v counts=()
+    for v in google twitter apple facebook; do counts+=("$(count_png "$dir/$v/64") $v"); done
+    SUMMARY+=("emoji: ok ($(IFS=,; echo "${counts[*]}" | sed 's/,/, /g'))")
 }
 
 apt_download_fashion() {

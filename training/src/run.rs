@@ -101,7 +101,7 @@ pub fn load_split(
     max_classes: Option<usize>,
 ) -> Result<ZeroShotSplit, TrainError> {
     DataSource::resolve(data)?
-        .load(&input_spec(&cfg.feature), max_classes)?
+        .load_with(&input_spec(&cfg.feature), max_classes, &cfg.emoji)?
         .carve_validation(cfg.val_classes, cfg.val_split_seed)
 }
 

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use htg_retrieval::embed::TractEmbedder;
-use htg_training::config::{FeatureConfig, InputColor, Method, Mining};
+use htg_training::config::{EmojiConfig, FeatureConfig, InputColor, Method, Mining};
 use htg_training::data::{DataSource, EvalProtocol, ImageSet, PkSampler, ZeroShotSplit};
 use htg_training::eval::{embed_burn, embed_raw_pixels, embed_with, evaluate, max_abs_diff};
 use htg_training::export::{export_feature_net, write_atomic, Provenance};
@@ -213,6 +213,128 @@ fn training_beats_the_raw_pixel_floor_on_unseen_emoji() {
         "training no longer clears the raw-pixel floor on unseen emoji: R@1 {after:.3} vs raw \
          pixels {raw:.3} (untrained F {before:.3})"
     );
+}
+
+/// Apple's and Facebook's images join the training classes and nothing else: the training
+/// set grows by their images of the same classes, the evaluation (Google → Twitter) is the
+/// same byte for byte, and cross-vendor batches of K = 4 draw all four vendors where a class
+/// has them.
+#[test]
+fn extra_vendors_add_training_images_and_leave_evaluation_alone() {
+    let cfg = small_config(Method::TripletBatchhard);
+    let spec = input_spec(&cfg.feature);
+    let src = DataSource::Emoji(emoji_dir());
+    let two = src.load(&spec, Some(60)).expect("emoji slice loads");
+    let extra = EmojiConfig {
+        extra_vendors: vec!["apple".into(), "facebook".into()],
+        ..EmojiConfig::default()
+    };
+    let four = src
+        .load_with(&spec, Some(60), &extra)
+        .expect("emoji slice loads with extra vendors");
+    assert_eq!(four.train_classes, two.train_classes);
+    assert!(
+        four.train.len() > two.train.len() + two.train_classes,
+        "{} images with four vendors, {} with two",
+        four.train.len(),
+        two.train.len()
+    );
+    let tags = four.train_vendor.as_ref().unwrap();
+    for vendor in 0..4u8 {
+        assert!(
+            tags.iter().any(|t| t % 4 == vendor),
+            "no image of vendor {vendor}"
+        );
+    }
+    // Every training class keeps its Google and Twitter images, first and unchanged.
+    let (
+        EvalProtocol::QueryGallery {
+            query: q2,
+            gallery: g2,
+        },
+        EvalProtocol::QueryGallery {
+            query: q4,
+            gallery: g4,
+        },
+    ) = (&two.eval, &four.eval)
+    else {
+        panic!("emoji is evaluated Google query → Twitter gallery");
+    };
+    assert_eq!((&q2.data, &g2.data), (&q4.data, &g4.data));
+    assert_eq!((&q2.labels, &g2.labels), (&q4.labels, &g4.labels));
+    // An Apple image is not a copy of the Google one of its class.
+    let apple = tags.iter().position(|&t| t == 2).unwrap();
+    let google = (0..four.train.len())
+        .find(|&i| tags[i] == 0 && four.train.labels[i] == four.train.labels[apple])
+        .unwrap();
+    assert_ne!(four.train.sample(apple), four.train.sample(google));
+    let mut cross = cfg.clone();
+    cross.cross_vendor = true;
+    cross.emoji = extra.clone();
+    let sampler = htg_training::run::sampler_for(&cross, &four).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut all_four = 0;
+    for _ in 0..20 {
+        for group in sampler.sample(8, 4, &mut rng).chunks(4) {
+            let mut v: Vec<u8> = group.iter().map(|&i| tags[i] % 4).collect();
+            v.sort_unstable();
+            v.dedup();
+            all_four += usize::from(v.len() == 4);
+        }
+    }
+    assert!(
+        all_four > 80,
+        "{all_four} of 160 groups drew all four vendors"
+    );
+    // Vendors are emoji's alone; an unknown name is refused before anything loads.
+    assert!(DataSource::FashionMnist(emoji_dir())
+        .load_with(&spec, None, &extra)
+        .unwrap_err()
+        .to_string()
+        .contains("only the emoji data set"));
+    let samsung = EmojiConfig {
+        extra_vendors: vec!["samsung".into()],
+        ..EmojiConfig::default()
+    };
+    let e = src.load_with(&spec, Some(8), &samsung).unwrap_err();
+    assert!(e.to_string().contains("\"samsung\""), "{e}");
+}
+
+/// Leaving a category out of training drops exactly its training classes, relabels the rest
+/// densely, and leaves the test classes alone; a category emoji.json lacks is an error.
+#[test]
+fn excluded_categories_leave_training_and_nothing_else() {
+    let cfg = small_config(Method::TripletBatchhard);
+    let spec = input_spec(&cfg.feature);
+    let src = DataSource::Emoji(emoji_dir());
+    // The first 100 emoji by codepoint: the training half is keycaps and letters, then the
+    // first flags.
+    let all = src.load(&spec, Some(100)).expect("emoji slice loads");
+    let no_flags = EmojiConfig {
+        exclude_categories: vec!["Flags".into()],
+        ..EmojiConfig::default()
+    };
+    let kept = src.load_with(&spec, Some(100), &no_flags).unwrap();
+    assert!(
+        kept.train_classes < all.train_classes && kept.train_classes >= 2,
+        "{} of {} training classes kept",
+        kept.train_classes,
+        all.train_classes
+    );
+    assert_eq!(kept.train.class_count(), kept.train_classes);
+    assert!(kept.train.labels.iter().all(|&l| l < kept.train_classes));
+    let (EvalProtocol::QueryGallery { query: a, .. }, EvalProtocol::QueryGallery { query: b, .. }) =
+        (&all.eval, &kept.eval)
+    else {
+        panic!("emoji is evaluated Google query → Twitter gallery");
+    };
+    assert_eq!(a.data, b.data);
+    let typo = EmojiConfig {
+        exclude_categories: vec!["Flag".into()],
+        ..EmojiConfig::default()
+    };
+    let e = src.load_with(&spec, Some(100), &typo).unwrap_err();
+    assert!(e.to_string().contains("\"Flag\" is no category"), "{e}");
 }
 
 #[test]

@@ -23,12 +23,13 @@ use std::path::PathBuf;
 use htg_retrieval::spec::ModelSpec;
 use image::DynamicImage;
 
+use crate::config::EmojiConfig;
 use crate::TrainError;
 
 pub use augment::make_batch;
 pub use sampler::PkSampler;
 use sources::{load_emoji, load_fashion, load_folder, load_mnist5k};
-pub use sources::{parse_idx, parse_mnist_csv};
+pub use sources::{parse_idx, parse_mnist_csv, EMOJI_VENDORS};
 
 /// Preprocessed images with integer labels, stored as one flat buffer in the spec's layout
 /// (`[N, C, H, W]` for training, which always uses NCHW).
@@ -154,8 +155,9 @@ pub struct ZeroShotSplit {
     /// confuses rather than which label numbers.
     pub eval_names: Vec<String>,
     /// Per training image, where it comes from, for sets with vendors (emoji): `vendor +
-    /// 2·variant`, i.e. 0 = Google base image, 1 = Twitter base image, 2 = Google skin-tone
-    /// variant, 3 = Twitter variant. `None` for single-source sets.
+    /// 4·variant`, with vendors 0 = Google, 1 = Twitter, 2 = Apple, 3 = Facebook (the
+    /// order of [`EMOJI_VENDORS`]) and variant 1 for a skin-tone variant, 0 for the
+    /// base image. `None` for single-source sets.
     pub train_vendor: Option<Vec<u8>>,
     /// The class-disjoint validation split carved from the training classes
     /// ([`ZeroShotSplit::carve_validation`]); `None` until carved.
@@ -320,8 +322,27 @@ impl DataSource {
         spec: &ModelSpec,
         max_classes: Option<usize>,
     ) -> Result<ZeroShotSplit, TrainError> {
+        self.load_with(spec, max_classes, &EmojiConfig::default())
+    }
+
+    /// [`DataSource::load`], with emoji's training classes shaped by `emoji`: other vendors'
+    /// images added, categories left out. The test classes and the Google → Twitter
+    /// protocol stay as they are. The other data sets have no vendors or categories, so
+    /// anything but the default is refused for them.
+    pub fn load_with(
+        &self,
+        spec: &ModelSpec,
+        max_classes: Option<usize>,
+        emoji: &EmojiConfig,
+    ) -> Result<ZeroShotSplit, TrainError> {
+        if !emoji.is_default() && !matches!(self, DataSource::Emoji(_)) {
+            return Err(TrainError::Config(format!(
+                "[emoji] is set, but only the emoji data set has vendors and categories, not {}",
+                self.name()
+            )));
+        }
         match self {
-            DataSource::Emoji(d) => load_emoji(d, spec, max_classes),
+            DataSource::Emoji(d) => load_emoji(d, spec, max_classes, emoji),
             DataSource::FashionMnist(d) => load_fashion(d, spec, max_classes),
             DataSource::Mnist5k(d) => load_mnist5k(d, spec, max_classes),
             DataSource::Folder(d) => load_folder(d, spec, max_classes),
@@ -426,7 +447,8 @@ mod tests {
 
     #[test]
     fn validation_is_class_disjoint_and_relabelled() {
-        // 6 classes × 4 images; vendors 0,1,2,3 per class as emoji would tag them.
+        // 6 classes × 4 images; tags 0,1,4,5 (base and variant of Google and Twitter) per
+        // class as emoji would tag them.
         let n = 24;
         let split = ZeroShotSplit {
             name: "t".into(),
@@ -442,7 +464,7 @@ mod tests {
                 chw: [1, 1, 1],
             }),
             eval_names: vec!["x".into()],
-            train_vendor: Some((0..n).map(|i| (i % 4) as u8).collect()),
+            train_vendor: Some((0..n).map(|i| [0u8, 1, 4, 5][i % 4]).collect()),
             val: None,
         };
         let s = split.clone().carve_validation(2, 7).unwrap();
@@ -473,15 +495,28 @@ mod tests {
 
     #[test]
     fn cross_vendor_sampling_pairs_vendors() {
-        // Class 0: two Google variants and one Twitter image; class 1 likewise.
+        // Class 0: a Google image and its variant, and one Twitter image; class 1 likewise.
         let labels = [0, 0, 0, 1, 1, 1];
-        let vendor = [0u8, 2, 1, 0, 2, 3];
+        let vendor = [0u8, 4, 1, 0, 4, 5];
         let s = PkSampler::with_vendors(&labels, &vendor).unwrap();
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..50 {
             let b = s.sample(2, 2, &mut rng);
             for pair in b.chunks(2) {
-                assert_ne!(vendor[pair[0]] % 2, vendor[pair[1]] % 2, "{b:?}");
+                assert_ne!(vendor[pair[0]] % 4, vendor[pair[1]] % 4, "{b:?}");
+            }
+        }
+        // Four vendors (Google, Twitter, Apple, Facebook, one a variant): K = 4 draws each
+        // vendor once.
+        let labels = [0, 0, 0, 0, 0, 1, 1, 1, 1];
+        let vendor = [0u8, 4, 1, 2, 7, 0, 1, 2, 3];
+        let s = PkSampler::with_vendors(&labels, &vendor).unwrap();
+        for _ in 0..50 {
+            let b = s.sample(2, 4, &mut rng);
+            for group in b.chunks(4) {
+                let mut v: Vec<u8> = group.iter().map(|&i| vendor[i] % 4).collect();
+                v.sort_unstable();
+                assert_eq!(v, [0, 1, 2, 3], "{b:?}");
             }
         }
     }

@@ -10,7 +10,7 @@ use crate::TrainError;
 #[derive(Clone, Debug)]
 pub struct PkSampler {
     by_class: Vec<Vec<usize>>,
-    /// Per image, its vendor (`tag % 2` of [`super::ZeroShotSplit::train_vendor`]) when
+    /// Per image, its vendor (`tag % 4` of [`super::ZeroShotSplit::train_vendor`]) when
     /// sampling should draw a class's images from different vendors.
     vendor: Option<Vec<u8>>,
 }
@@ -38,8 +38,9 @@ impl PkSampler {
 
     /// A sampler that draws each class's K images from different vendors while the class
     /// has an unused vendor left (emoji: a Google and a Twitter image, each a base image or
-    /// a skin-tone variant), so the positive pair is the cross-vendor pair the test measures.
-    /// `vendor` holds [`super::ZeroShotSplit::train_vendor`]'s tags; the vendor is `tag % 2`.
+    /// a skin-tone variant, or Apple's and Facebook's where they train), so the positive pair
+    /// is a cross-vendor pair like the one the test measures. `vendor` holds
+    /// [`super::ZeroShotSplit::train_vendor`]'s tags; the vendor is `tag % 4`.
     pub fn with_vendors(labels: &[usize], vendor: &[u8]) -> Result<PkSampler, TrainError> {
         if vendor.len() != labels.len() {
             return Err(TrainError::Data(format!(
@@ -49,7 +50,7 @@ impl PkSampler {
             )));
         }
         let mut s = PkSampler::new(labels)?;
-        s.vendor = Some(vendor.iter().map(|v| v % 2).collect());
+        s.vendor = Some(vendor.iter().map(|v| v % 4).collect());
         Ok(s)
     }
 

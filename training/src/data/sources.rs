@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::split::numeric_split;
 use super::{EvalProtocol, ImageSet, ZeroShotSplit};
+use crate::config::EmojiConfig;
 use crate::TrainError;
 
 pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -293,11 +294,17 @@ struct EmojiEntry {
     unified: String,
     #[serde(default)]
     short_name: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
     image: String,
     #[serde(default)]
     has_img_google: bool,
     #[serde(default)]
     has_img_twitter: bool,
+    #[serde(default)]
+    has_img_apple: bool,
+    #[serde(default)]
+    has_img_facebook: bool,
     #[serde(default)]
     skin_variations: Option<std::collections::BTreeMap<String, EmojiVariant>>,
 }
@@ -309,23 +316,81 @@ struct EmojiVariant {
     has_img_google: bool,
     #[serde(default)]
     has_img_twitter: bool,
+    #[serde(default)]
+    has_img_apple: bool,
+    #[serde(default)]
+    has_img_facebook: bool,
 }
 
-/// Emoji: a class is a base emoji present in both vendors, ordered by codepoints. The first
-/// half trains on both vendors' images (skin-tone variants count as extra images of their
-/// base emoji); on the unseen half, the Google image is the query and the Twitter images
-/// are the gallery (base images only).
+/// The emoji vendors, in tag order ([`super::ZeroShotSplit::train_vendor`]): Google and
+/// Twitter define the classes and the evaluation; Apple and Facebook can only add training
+/// images.
+pub const EMOJI_VENDORS: [&str; 4] = ["google", "twitter", "apple", "facebook"];
+
+impl EmojiEntry {
+    /// Which of [`EMOJI_VENDORS`] have the base image.
+    fn vendors(&self) -> [bool; 4] {
+        [
+            self.has_img_google,
+            self.has_img_twitter,
+            self.has_img_apple,
+            self.has_img_facebook,
+        ]
+    }
+}
+
+impl EmojiVariant {
+    /// Which of [`EMOJI_VENDORS`] have this skin-tone variant.
+    fn vendors(&self) -> [bool; 4] {
+        [
+            self.has_img_google,
+            self.has_img_twitter,
+            self.has_img_apple,
+            self.has_img_facebook,
+        ]
+    }
+}
+
+/// Emoji: a class is a base emoji present in both Google's and Twitter's sets, ordered by
+/// codepoints. The first half trains on both vendors' images (skin-tone variants count as
+/// extra images of their base emoji), plus those of each of `emoji.extra_vendors` (Apple,
+/// Facebook) that has the emoji, less the classes of `emoji.exclude_categories`; on the
+/// unseen half, the Google image is the query and the Twitter images are the gallery (base
+/// images only), whatever `emoji` holds.
 pub(super) fn load_emoji(
     dir: &Path,
     spec: &ModelSpec,
     max_classes: Option<usize>,
+    emoji: &EmojiConfig,
 ) -> Result<ZeroShotSplit, TrainError> {
+    let extra_vendors = &emoji.extra_vendors;
     let json_path = dir.join("emoji.json");
     let text = std::fs::read_to_string(&json_path).map_err(io_err(&json_path))?;
     let entries: Vec<EmojiEntry> = serde_json::from_str(&text)
         .map_err(|e| TrainError::Data(format!("{}: {e}", json_path.display())))?;
     let g = dir.join("google").join("64");
     let t = dir.join("twitter").join("64");
+    // The vendors whose images train: Google and Twitter, then the extra ones, by tag.
+    let mut vendors: Vec<(usize, PathBuf)> = vec![(0, g.clone()), (1, t.clone())];
+    for name in extra_vendors {
+        let v = match EMOJI_VENDORS.iter().position(|n| n == name) {
+            Some(v) if v >= 2 => v,
+            _ => {
+                return Err(TrainError::Config(format!(
+                    "extra_vendors: {name:?} is not an extra emoji vendor (apple or facebook)"
+                )))
+            }
+        };
+        let vdir = dir.join(name).join("64");
+        if !vdir.is_dir() {
+            return Err(TrainError::Data(format!(
+                "{} is missing: extra_vendors names {name:?} (scripts/fetch-data.sh emoji \
+                 fetches it)",
+                vdir.display()
+            )));
+        }
+        vendors.push((v, vdir));
+    }
     let mut classes: Vec<&EmojiEntry> = entries
         .iter()
         .filter(|e| {
@@ -347,21 +412,64 @@ pub(super) fn load_emoji(
         )));
     }
     let half = classes.len() / 2;
+    let excluded = |e: &EmojiEntry| {
+        let c = e.category.as_deref().unwrap_or_default();
+        emoji.exclude_categories.iter().any(|x| x == c)
+    };
+    let train: Vec<&EmojiEntry> = classes[..half]
+        .iter()
+        .copied()
+        .filter(|e| !excluded(e))
+        .collect();
+    if let Some(x) = emoji.exclude_categories.iter().find(|x| {
+        !entries
+            .iter()
+            .any(|e| e.category.as_deref() == Some(x.as_str()))
+    }) {
+        return Err(TrainError::Config(format!(
+            "emoji.exclude_categories: {x:?} is no category of {}",
+            json_path.display()
+        )));
+    }
+    if train.len() < 2 {
+        return Err(TrainError::Data(format!(
+            "emoji.exclude_categories {:?} leave {} training classes; need at least 2",
+            emoji.exclude_categories,
+            train.len()
+        )));
+    }
     let mut train_paths = Vec::new();
     let mut train_labels = Vec::new();
     let mut train_vendor = Vec::new();
-    for (i, e) in classes[..half].iter().enumerate() {
+    for (i, e) in train.iter().enumerate() {
+        // Google's and Twitter's base images first (tags 0 and 1), as before extra vendors.
         train_paths.push(g.join(&e.image));
         train_paths.push(t.join(&e.image));
         train_labels.extend([i, i]);
         train_vendor.extend([0u8, 1]);
         for v in e.skin_variations.iter().flat_map(|m| m.values()) {
-            for (tag, has, vendor) in [(2u8, v.has_img_google, &g), (3, v.has_img_twitter, &t)] {
-                let p = vendor.join(&v.image);
-                if has && p.is_file() {
+            for (vendor, vdir) in &vendors[..2] {
+                let p = vdir.join(&v.image);
+                if v.vendors()[*vendor] && p.is_file() {
                     train_paths.push(p);
                     train_labels.push(i);
-                    train_vendor.push(tag);
+                    train_vendor.push((vendor + 4) as u8);
+                }
+            }
+        }
+        for (vendor, vdir) in &vendors[2..] {
+            let p = vdir.join(&e.image);
+            if e.vendors()[*vendor] && p.is_file() {
+                train_paths.push(p);
+                train_labels.push(i);
+                train_vendor.push(*vendor as u8);
+            }
+            for v in e.skin_variations.iter().flat_map(|m| m.values()) {
+                let p = vdir.join(&v.image);
+                if v.vendors()[*vendor] && p.is_file() {
+                    train_paths.push(p);
+                    train_labels.push(i);
+                    train_vendor.push((vendor + 4) as u8);
                 }
             }
         }
@@ -373,7 +481,7 @@ pub(super) fn load_emoji(
     Ok(ZeroShotSplit {
         name: String::new(),
         train: ImageSet::from_images(&load_all(&train_paths)?, train_labels, spec)?,
-        train_classes: half,
+        train_classes: train.len(),
         eval: EvalProtocol::QueryGallery {
             query: ImageSet::from_images(&load_all(&q_paths)?, labels.clone(), spec)?,
             gallery: ImageSet::from_images(&load_all(&g_paths)?, labels, spec)?,
