@@ -40,12 +40,12 @@ def classes(root):
     return ok[:half], ok[half:]
 
 
-GENDER = re.compile(r"\b(man|woman|men|women|person|people|boy|girl|male|female)\b")
+GENDER = re.compile(r"\b(man|woman|men|women|person|people|boy|girl|male|female|adult)\b")
 
 
 def stem(name):
     """A name with its gender words and skin tones taken out: siblings share a stem."""
-    name = (name or "").lower().replace("_", " ")
+    name = (name or "").lower().replace("_", " ").replace("-", " ")
     name = re.sub(r"\b(light|medium|dark|medium-light|medium-dark)\b ?skin tone", "", name)
     return re.sub(r"\s+", " ", GENDER.sub("", name)).strip()
 
@@ -91,8 +91,7 @@ def main():
         by_name = {}
         for e in test:
             by_name[e.get("short_name") or e["unified"]] = e
-        pairs = json.load(open(args.pairs))
-        pairs = pairs.get("hard_pairs", pairs.get("pairs", pairs))
+        pairs = json.load(open(args.pairs))["hard_pairs"]["pairs"]
         same_sub = same_stem = total_miss = 0
         for p in pairs:
             a, b = by_name.get(p["from_name"]), by_name.get(p["to_name"])
@@ -101,7 +100,7 @@ def main():
             c = p["count"]
             total_miss += c
             same_sub += c * (a["subcategory"] == b["subcategory"])
-            same_stem += c * (stem(a["name"]) == stem(b["name"]))
+            same_stem += c * (stem(a.get("short_name")) == stem(b.get("short_name")))
         print(
             f"\nMisses: {total_miss}; retrieved an emoji of the same subcategory: {same_sub} "
             f"({same_sub / total_miss:.2f}); one whose name differs only by gender words "

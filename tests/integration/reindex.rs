@@ -2,7 +2,7 @@
 //! `POST /admin/reindex` on a live `htg serve` under concurrent search and add load.
 //!
 //! The index is built with the tiny fixture model (32-d) and swapped to the bundled model
-//! (64-d), so a query embedded by one model and searched among the other's vectors could not
+//! (128-d), so a query embedded by one model and searched among the other's vectors could not
 //! even be answered: every answer must name one model and find its query image at distance 0.
 
 use std::collections::HashMap;
@@ -344,7 +344,7 @@ fn a_live_model_swap_under_load_fails_no_request_and_never_mixes_models() {
     let new_model = stats["model"]["sha256"].as_str().unwrap().to_string();
     assert_ne!(new_model, old_model);
     assert_eq!(stats["model"]["swaps"], 1);
-    assert_eq!(stats["dimension"], 64);
+    assert_eq!(stats["dimension"], 128);
     let metrics = String::from_utf8(get("/metrics").body).unwrap();
     assert!(metrics.contains(&format!("htg_model_info{{sha256=\"{new_model}\"}} 1")));
 
