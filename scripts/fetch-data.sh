@@ -42,8 +42,8 @@ EMOJI_GOOGLE_FILE="emoji-datasource-google-$EMOJI_VERSION.tgz"
 EMOJI_GOOGLE_SHA256=fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438
 EMOJI_TWITTER_FILE="emoji-datasource-twitter-$EMOJI_VERSION.tgz"
 EMOJI_TWITTER_SHA256=f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877
-# Apple and Facebook add images to the training classes only (`train_vendors` in a config);
-# evaluation stays Google -> Twitter.
+# Apple and Facebook add images to the training classes only (`[emoji] extra_vendors` in a
+# training config); evaluation stays Google -> Twitter.
 EMOJI_APPLE_FILE="emoji-datasource-apple-$EMOJI_VERSION.tgz"
 EMOJI_APPLE_SHA256=b34d1665e136f163b0d4433318df151895b785186e8c729b2211b43017945075
 EMOJI_FACEBOOK_FILE="emoji-datasource-facebook-$EMOJI_VERSION.tgz"

@@ -359,8 +359,8 @@ pub struct TrainConfig {
     /// (emoji: a Google and a Twitter image, base or skin-tone variant), so the positive
     /// pair is the cross-vendor pair that the test measures.
     pub cross_vendor: bool,
-    /// What the emoji training classes hold (`[emoji]`); ignored by the other data sets
-    /// only when left at its default.
+    /// What the emoji training classes hold (`[emoji]`). The other data sets have no
+    /// vendors or categories, so they refuse anything but the default.
     pub emoji: EmojiConfig,
 }
 

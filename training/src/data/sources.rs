@@ -377,15 +377,15 @@ pub(super) fn load_emoji(
             Some(v) if v >= 2 => v,
             _ => {
                 return Err(TrainError::Config(format!(
-                    "extra_vendors: {name:?} is not an extra emoji vendor (apple or facebook)"
+                    "emoji.extra_vendors: {name:?} is not an extra emoji vendor (apple or facebook)"
                 )))
             }
         };
         let vdir = dir.join(name).join("64");
         if !vdir.is_dir() {
             return Err(TrainError::Data(format!(
-                "{} is missing: extra_vendors names {name:?} (scripts/fetch-data.sh emoji \
-                 fetches it)",
+                "{} is missing: emoji.extra_vendors names {name:?} (scripts/fetch-data.sh \
+                 emoji fetches it)",
                 vdir.display()
             )));
         }
