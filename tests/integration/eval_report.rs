@@ -1,8 +1,13 @@
-//! `htg eval --hard-pairs`: the real binary on the bundled model and small labelled folders
-//! made of the 12 fixture emoji (Google and Twitter image of each). The folder's first 6
-//! classes train, the last 6 are the unseen half, evaluated leave-one-out over 12 images.
+//! `htg eval --hard-pairs`: the real binary on a trained emoji model and small labelled
+//! folders made of the 12 fixture emoji (Google and Twitter image of each). The folder's first
+//! 6 classes train, the last 6 are the unseen half, evaluated leave-one-out over 12 images.
 //!
-//! The bundled model finds every one of those 6 emoji's other-vendor twin (checked first), so
+//! The model is `tests/fixtures/models/emoji_standard.onnx`, the bundled default of
+//! 2026-11-30 (standard F, 64-d), not whatever `models/default.onnx` is now: the premise below
+//! holds for a given model, and a new default chosen by validation need not meet it (the
+//! wider default of 2026-11-30 finds 9 of the 12 twins).
+//!
+//! That model finds every one of those 6 emoji's other-vendor twin (checked first), so
 //! a folder whose unseen classes pair one emoji's Google image with another emoji's Twitter
 //! image has known confusions: each such class's 2 queries retrieve the crossed class first.
 
@@ -11,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::util::{fixture, htg, root, s, stderr};
+use crate::util::{fixture, htg, s, stderr};
 
 /// The 6 fixture emoji that land in the unseen half (codepoints sort after the other 6).
 const UNSEEN: [&str; 6] = [
@@ -54,14 +59,14 @@ fn labelled_folder(dir: &Path, crossed: bool) -> PathBuf {
     data
 }
 
-fn bundled() -> PathBuf {
-    root().join("models/default.onnx")
+fn trained() -> PathBuf {
+    fixture("models/emoji_standard.onnx")
 }
 
 /// Runs `htg eval --hard-pairs n` with `extra` flags; returns the HTML and the JSON.
 fn run(tmp: &Path, data: &Path, n: usize, extra: &[&str]) -> (String, Value) {
     let (html, json) = (tmp.join("r.html"), tmp.join("r.json"));
-    let (n, model) = (n.to_string(), bundled());
+    let (n, model) = (n.to_string(), trained());
     let mut args = vec![
         "eval",
         "--model",
@@ -135,7 +140,7 @@ fn self_contained(html: &str) {
 #[test]
 fn hard_pairs_report_finds_the_crossed_classes_and_adds_up() {
     let tmp = TempDir::new().unwrap();
-    // Premise: on the whole classes the bundled model makes no mistake, so no pair.
+    // Premise: on the whole classes the model makes no mistake, so no pair.
     let (html, v) = run(tmp.path(), &labelled_folder(tmp.path(), false), 3, &[]);
     assert_eq!(
         v["recall_at"][0][1].as_f64(),
@@ -196,11 +201,11 @@ fn compare_with_itself_shows_identical_columns() {
     let tmp = TempDir::new().unwrap();
     let data = labelled_folder(tmp.path(), true);
     let n = 2;
-    let (html, v) = run(tmp.path(), &data, n, &["--compare", s(&bundled())]);
+    let (html, v) = run(tmp.path(), &data, n, &["--compare", s(&trained())]);
     self_contained(&html);
     let (a, b) = (&v["hard_pairs"], &v["compare"]["hard_pairs"]);
     assert_eq!(a, b);
-    assert_eq!(v["compare"]["model"], "default.onnx (--compare)");
+    assert_eq!(v["compare"]["model"], "emoji_standard.onnx (--compare)");
     let rows = v["class_r1"].as_array().unwrap();
     assert_eq!(rows.len(), 6);
     assert!(rows
@@ -235,7 +240,7 @@ fn one_line_error(args: &[&str], needle: &str) {
 fn bad_input_gives_one_line_errors() {
     let tmp = TempDir::new().unwrap();
     let data = labelled_folder(tmp.path(), true);
-    let m = bundled();
+    let m = trained();
     let base = ["eval", "--backend", "tract", "--model", s(&m)];
     let with =
         |rest: &[&str]| -> Vec<String> { base.iter().chain(rest).map(|x| x.to_string()).collect() };
