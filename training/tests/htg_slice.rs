@@ -296,8 +296,17 @@ fn extra_vendors_add_training_images_and_leave_evaluation_alone() {
         extra_vendors: vec!["samsung".into()],
         ..EmojiConfig::default()
     };
-    let e = src.load_with(&spec, Some(8), &samsung).unwrap_err();
-    assert!(e.to_string().contains("\"samsung\""), "{e}");
+    let e = refused(&samsung, 8);
+    assert!(e.contains("\"samsung\""), "{e}");
+}
+
+/// The error message of loading the first `classes` emoji with `emoji`, which must fail.
+fn refused(emoji: &EmojiConfig, classes: usize) -> String {
+    let spec = input_spec(&small_config(Method::TripletBatchhard).feature);
+    DataSource::Emoji(emoji_dir())
+        .load_with(&spec, Some(classes), emoji)
+        .unwrap_err()
+        .to_string()
 }
 
 /// Leaving a category out of training drops exactly its training classes, relabels the rest
@@ -333,8 +342,8 @@ fn excluded_categories_leave_training_and_nothing_else() {
         exclude_categories: vec!["Flag".into()],
         ..EmojiConfig::default()
     };
-    let e = src.load_with(&spec, Some(100), &typo).unwrap_err();
-    assert!(e.to_string().contains("\"Flag\" is no category"), "{e}");
+    let e = refused(&typo, 100);
+    assert!(e.contains("\"Flag\" is no category"), "{e}");
 }
 
 #[test]

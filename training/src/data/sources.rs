@@ -297,14 +297,8 @@ struct EmojiEntry {
     #[serde(default)]
     category: Option<String>,
     image: String,
-    #[serde(default)]
-    has_img_google: bool,
-    #[serde(default)]
-    has_img_twitter: bool,
-    #[serde(default)]
-    has_img_apple: bool,
-    #[serde(default)]
-    has_img_facebook: bool,
+    #[serde(flatten)]
+    has: HasImg,
     #[serde(default)]
     skin_variations: Option<std::collections::BTreeMap<String, EmojiVariant>>,
 }
@@ -312,6 +306,13 @@ struct EmojiEntry {
 #[derive(serde::Deserialize)]
 struct EmojiVariant {
     image: String,
+    #[serde(flatten)]
+    has: HasImg,
+}
+
+/// Which vendors draw an emoji or one of its skin-tone variants (`emoji.json`'s flags).
+#[derive(serde::Deserialize)]
+struct HasImg {
     #[serde(default)]
     has_img_google: bool,
     #[serde(default)]
@@ -327,20 +328,8 @@ struct EmojiVariant {
 /// images.
 pub const EMOJI_VENDORS: [&str; 4] = ["google", "twitter", "apple", "facebook"];
 
-impl EmojiEntry {
-    /// Which of [`EMOJI_VENDORS`] have the base image.
-    fn vendors(&self) -> [bool; 4] {
-        [
-            self.has_img_google,
-            self.has_img_twitter,
-            self.has_img_apple,
-            self.has_img_facebook,
-        ]
-    }
-}
-
-impl EmojiVariant {
-    /// Which of [`EMOJI_VENDORS`] have this skin-tone variant.
+impl HasImg {
+    /// The flags in the order of [`EMOJI_VENDORS`].
     fn vendors(&self) -> [bool; 4] {
         [
             self.has_img_google,
@@ -394,8 +383,8 @@ pub(super) fn load_emoji(
     let mut classes: Vec<&EmojiEntry> = entries
         .iter()
         .filter(|e| {
-            e.has_img_google
-                && e.has_img_twitter
+            e.has.has_img_google
+                && e.has.has_img_twitter
                 && g.join(&e.image).is_file()
                 && t.join(&e.image).is_file()
         })
@@ -442,35 +431,27 @@ pub(super) fn load_emoji(
     let mut train_labels = Vec::new();
     let mut train_vendor = Vec::new();
     for (i, e) in train.iter().enumerate() {
-        // Google's and Twitter's base images first (tags 0 and 1), as before extra vendors.
-        train_paths.push(g.join(&e.image));
-        train_paths.push(t.join(&e.image));
-        train_labels.extend([i, i]);
-        train_vendor.extend([0u8, 1]);
-        for v in e.skin_variations.iter().flat_map(|m| m.values()) {
+        let mut add = |has: bool, p: PathBuf, tag: usize| {
+            if has && p.is_file() {
+                train_paths.push(p);
+                train_labels.push(i);
+                train_vendor.push(tag as u8);
+            }
+        };
+        let variants = || e.skin_variations.iter().flat_map(|m| m.values());
+        // Google's and Twitter's base images first (tags 0 and 1), then their skin-tone
+        // variants: the order of the two-vendor data, which extra vendors only append to.
+        add(true, g.join(&e.image), 0);
+        add(true, t.join(&e.image), 1);
+        for v in variants() {
             for (vendor, vdir) in &vendors[..2] {
-                let p = vdir.join(&v.image);
-                if v.vendors()[*vendor] && p.is_file() {
-                    train_paths.push(p);
-                    train_labels.push(i);
-                    train_vendor.push((vendor + 4) as u8);
-                }
+                add(v.has.vendors()[*vendor], vdir.join(&v.image), vendor + 4);
             }
         }
         for (vendor, vdir) in &vendors[2..] {
-            let p = vdir.join(&e.image);
-            if e.vendors()[*vendor] && p.is_file() {
-                train_paths.push(p);
-                train_labels.push(i);
-                train_vendor.push(*vendor as u8);
-            }
-            for v in e.skin_variations.iter().flat_map(|m| m.values()) {
-                let p = vdir.join(&v.image);
-                if v.vendors()[*vendor] && p.is_file() {
-                    train_paths.push(p);
-                    train_labels.push(i);
-                    train_vendor.push((vendor + 4) as u8);
-                }
+            add(e.has.vendors()[*vendor], vdir.join(&e.image), *vendor);
+            for v in variants() {
+                add(v.has.vendors()[*vendor], vdir.join(&v.image), vendor + 4);
             }
         }
     }
