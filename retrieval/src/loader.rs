@@ -66,6 +66,14 @@ pub enum LoadError {
     /// No model was named and none is bundled.
     #[error("--model is required (this build has no bundled default model)")]
     NoModel,
+    /// `--model` is neither a bundled model's name nor an existing file.
+    #[error("--model {given}: no such file, and no bundled model of that name (bundled: {names}; `htg models` lists them)")]
+    UnknownModel {
+        /// What the user gave.
+        given: String,
+        /// The bundled names, comma separated.
+        names: String,
+    },
     /// Neither `HTG_CACHE_DIR` nor `HOME` is set.
     #[error("neither HTG_CACHE_DIR nor HOME is set, so the bundled model has nowhere to go")]
     NoCache,
@@ -151,28 +159,81 @@ pub fn load(
     }
 }
 
-/// Picks the model file: the one named explicitly, else the one an index recorded, else the
-/// bundled default (`bundled`: its bytes, written once per content hash into the cache so
-/// every runtime can load it from a file like any other model).
+/// A model compiled into the binary, chosen by name (`--model photo`). The first of a list is
+/// the default.
+#[derive(Clone, Copy, Debug)]
+pub struct BundledModel {
+    /// What `--model` takes and `htg models` lists.
+    pub name: &'static str,
+    /// The ONNX file.
+    pub bytes: &'static [u8],
+    /// One line of its model card: what it is, where it comes from, what it is good at.
+    pub summary: &'static str,
+}
+
+/// The model an index recorded when it was built.
+#[derive(Clone, Copy, Debug)]
+pub struct Recorded<'a> {
+    /// The file's path then.
+    pub path: &'a str,
+    /// Its sha256 (hex).
+    pub sha256: &'a str,
+}
+
+/// Picks the model file: the one named explicitly (a bundled model's name or a path), else the
+/// one an index recorded, else the first bundled model. A bundled model's bytes are written
+/// once per content hash into the cache, so every runtime loads it from a file like any other.
+///
+/// An index records its model's path and hash. Where that path is gone (another machine, a
+/// cleared cache) but the hash is a bundled model's, that model is used: so indexes built with an
+/// earlier release's default keep working after the default changed, as long as the binary
+/// still bundles it (the earlier default is `emoji`).
 pub fn choose(
-    explicit: Option<&Path>,
-    recorded: Option<&str>,
-    bundled: Option<&[u8]>,
+    explicit: Option<&str>,
+    recorded: Option<Recorded<'_>>,
+    bundled: &[BundledModel],
 ) -> Result<PathBuf, LoadError> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
+    if let Some(given) = explicit {
+        if let Some(b) = bundled.iter().find(|b| b.name == given) {
+            return materialise(b);
+        }
+        let path = Path::new(given);
+        let looks_like_a_name = !given.contains(std::path::MAIN_SEPARATOR)
+            && !given.contains('/')
+            && path.extension().is_none();
+        if !path.exists() && looks_like_a_name {
+            return Err(LoadError::UnknownModel {
+                given: given.to_string(),
+                names: bundled.iter().map(|b| b.name).collect::<Vec<_>>().join(", "),
+            });
+        }
+        return Ok(path.to_path_buf());
     }
-    if let Some(p) = recorded {
-        return Ok(PathBuf::from(p));
+    if let Some(r) = recorded {
+        let path = PathBuf::from(r.path);
+        if !path.is_file() {
+            if let Some(b) = bundled
+                .iter()
+                .find(|b| crate::embed::sha256_hex(b.bytes) == r.sha256)
+            {
+                return materialise(b);
+            }
+        }
+        return Ok(path);
     }
-    let bytes = bundled.ok_or(LoadError::NoModel)?;
+    materialise(bundled.first().ok_or(LoadError::NoModel)?)
+}
+
+/// Writes a bundled model into the cache (once per content hash) and returns its path.
+fn materialise(model: &BundledModel) -> Result<PathBuf, LoadError> {
+    let bytes = model.bytes;
     let cache = std::env::var_os("HTG_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/htg")))
         .ok_or(LoadError::NoCache)?
         .join("models");
     let sha = crate::embed::sha256_hex(bytes);
-    let path = cache.join(format!("default-{}.onnx", &sha[..16]));
+    let path = cache.join(format!("{}-{}.onnx", model.name, &sha[..16]));
     if !path.is_file() {
         let err = |source| LoadError::Bundled {
             path: path.clone(),

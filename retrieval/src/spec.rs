@@ -19,6 +19,8 @@ pub mod keys {
     pub const OUTPUT_NAME: &str = "htg.output_name";
     /// `NCHW` or `NHWC`.
     pub const LAYOUT: &str = "htg.layout";
+    /// `stretch` or `short_side:S` (see [`super::Resize`]).
+    pub const RESIZE: &str = "htg.resize";
     /// Input height in pixels.
     pub const HEIGHT: &str = "htg.height";
     /// Input width in pixels.
@@ -128,6 +130,63 @@ impl Color {
     }
 }
 
+/// How an image of any shape becomes the model's `width x height`.
+///
+/// Emoji and the models trained here are square and were trained on stretched images, so
+/// `Stretch` stays the default for every file that does not say otherwise. Photos have every
+/// aspect ratio, and ImageNet networks were trained on a short-side resize and a centre crop;
+/// stretching a 4:3 photo to a square distorts every shape the network learned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Resize {
+    /// Resize to exactly `width x height`, ignoring the aspect ratio.
+    #[default]
+    Stretch,
+    /// Scale so the shorter side is this many pixels (keeping the aspect ratio), then cut the
+    /// centred `width x height`.
+    ShortSide(u32),
+}
+
+impl std::str::FromStr for Resize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Resize, String> {
+        let s = s.trim();
+        if s == "stretch" {
+            return Ok(Resize::Stretch);
+        }
+        match s.strip_prefix("short_side:").map(|n| n.trim().parse::<u32>()) {
+            Some(Ok(n)) if n > 0 => Ok(Resize::ShortSide(n)),
+            _ => Err(format!(
+                "{s:?} is neither `stretch` nor `short_side:S` with S a positive integer"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Resize {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Resize, String> {
+        s.parse()
+    }
+}
+
+impl From<Resize> for String {
+    fn from(r: Resize) -> String {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for Resize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resize::Stretch => f.write_str("stretch"),
+            Resize::ShortSide(n) => write!(f, "short_side:{n}"),
+        }
+    }
+}
+
 /// How the model output becomes a vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,6 +211,10 @@ pub struct ModelSpec {
     pub height: u32,
     /// Input width in pixels.
     pub width: u32,
+    /// How an image is brought to `width x height` (absent in files and indexes written before
+    /// the field existed: those stretch).
+    #[serde(default)]
+    pub resize: Resize,
     /// Channel order and colour.
     pub color: Color,
     /// Factor on 0..255 pixel values.
@@ -175,6 +238,7 @@ struct PartialSpec {
     layout: Option<Layout>,
     height: Option<u32>,
     width: Option<u32>,
+    resize: Option<Resize>,
     color: Option<Color>,
     scale: Option<f32>,
     mean: Option<Vec<f32>>,
@@ -192,6 +256,7 @@ impl PartialSpec {
             layout: self.layout.or(under.layout),
             height: self.height.or(under.height),
             width: self.width.or(under.width),
+            resize: self.resize.or(under.resize),
             color: self.color.or(under.color),
             scale: self.scale.or(under.scale),
             mean: self.mean.or(under.mean),
@@ -259,6 +324,16 @@ impl PartialSpec {
             layout: word(props, keys::LAYOUT, "NCHW, NHWC")?,
             height: parse(props, keys::HEIGHT, "a positive integer")?,
             width: parse(props, keys::WIDTH, "a positive integer")?,
+            resize: props
+                .get(keys::RESIZE)
+                .map(|v| {
+                    v.parse::<Resize>().map_err(|reason| SpecError::InvalidValue {
+                        key: keys::RESIZE,
+                        value: v.clone(),
+                        reason,
+                    })
+                })
+                .transpose()?,
             color: word(props, keys::COLOR, "rgb, bgr, grey")?,
             scale: parse(props, keys::SCALE, "a number")?,
             mean: floats(props, keys::MEAN)?,
@@ -292,6 +367,7 @@ impl PartialSpec {
             width: self
                 .width
                 .ok_or_else(|| missing(keys::WIDTH, "the input width is not fixed"))?,
+            resize: self.resize.unwrap_or_default(),
             color: self
                 .color
                 .ok_or_else(|| missing(keys::COLOR, "3 channels may be rgb or bgr"))?,
@@ -434,7 +510,7 @@ impl ModelSpec {
                 .join(",")
         };
         let word = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
-        vec![
+        let mut props = vec![
             (keys::INPUT_NAME.into(), self.input_name.clone()),
             (keys::OUTPUT_NAME.into(), self.output_name.clone()),
             (keys::LAYOUT.into(), word(serde_json::json!(self.layout))),
@@ -446,7 +522,13 @@ impl ModelSpec {
             (keys::STD.into(), join(&self.std)),
             (keys::POOLING.into(), word(serde_json::json!(self.pooling))),
             (keys::EMBEDDING_DIM.into(), self.embedding_dim.to_string()),
-        ]
+        ];
+        // Written only where it differs from the default, so files exported before the key
+        // existed and files exported since mean the same and stay byte for byte alike.
+        if self.resize != Resize::Stretch {
+            props.insert(5, (keys::RESIZE.into(), self.resize.to_string()));
+        }
+        props
     }
 
     /// Checks values that parse but cannot work together.
@@ -470,6 +552,17 @@ impl ModelSpec {
                 "input size {}x{} is out of range 1..=8192",
                 self.width, self.height
             )));
+        }
+        if let Resize::ShortSide(s) = self.resize {
+            if s < self.width.max(self.height) || s > 16384 {
+                return Err(SpecError::Inconsistent(format!(
+                    "resize short_side:{s} must lie in {}..=16384: the centre crop of {}x{} has \
+                     to fit inside the resized image",
+                    self.width.max(self.height),
+                    self.width,
+                    self.height
+                )));
+            }
         }
         if self.embedding_dim == 0 {
             return Err(SpecError::Inconsistent(
@@ -519,6 +612,9 @@ impl fmt::Display for ModelSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (k, v) in self.metadata_props() {
             writeln!(f, "{k:<20} {v}")?;
+        }
+        if self.resize == Resize::Stretch {
+            writeln!(f, "{:<20} {}", keys::RESIZE, self.resize)?;
         }
         Ok(())
     }

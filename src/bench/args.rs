@@ -137,9 +137,9 @@ pub struct EmbedDataArgs {
     /// folder.
     #[arg(long)]
     pub data: String,
-    /// ONNX model [default: the bundled model].
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    /// A bundled model's name or an ONNX file [default: the bundled default, `photo`].
+    #[arg(long, value_name = "NAME|PATH")]
+    pub model: Option<String>,
     #[command(flatten)]
     pub backend: BackendArgs,
     /// Embed at most this many images (the first ones of the train, then evaluation, sets).
@@ -224,9 +224,9 @@ pub struct PlotArgs {
 /// Arguments of `htg bench embed`.
 #[derive(clap::Args, Debug)]
 pub struct EmbedArgs {
-    /// ONNX model [default: the bundled model].
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    /// A bundled model's name or an ONNX file [default: the bundled default, `photo`].
+    #[arg(long, value_name = "NAME|PATH")]
+    pub model: Option<String>,
     #[command(flatten)]
     pub backend: BackendArgs,
     /// Images to use [default: $HTG_DATA_DIR/emoji, else ~/.cache/htg/data/emoji].

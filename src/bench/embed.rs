@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use htg_retrieval::preprocess::{batch_shape, decode, preprocess_batch};
+use htg_retrieval::preprocess::{batch_shape, decode_for, preprocess_batch, DEFAULT_MAX_PIXELS};
 use htg_retrieval::Embedder;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -150,7 +150,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             let t = Instant::now();
             let imgs = chunk
                 .par_iter()
-                .map(|b| decode(b))
+                .map(|b| decode_for(b, &spec, DEFAULT_MAX_PIXELS))
                 .collect::<Result<Vec<_>, _>>()?;
             dec += t.elapsed().as_secs_f64();
             let t = Instant::now();

@@ -19,9 +19,10 @@ pub struct Args {
     /// collection (credentials from `HTG_MILVUS_TOKEN` or `HTG_MILVUS_USER`/`_PASSWORD`).
     #[arg(long)]
     pub index: PathBuf,
-    /// ONNX model; defaults to the model that built the index.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    /// A bundled model's name (`htg models`: photo, emoji) or an ONNX file; defaults to the
+    /// model that built the index, else `photo`.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub model: Option<String>,
     /// Inference runtime.
     #[command(flatten)]
     pub backend: model::BackendArgs,
@@ -57,8 +58,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         None
     };
-    let recorded = existing.as_ref().and_then(|i| i.model_path());
-    let model_path = model::choose(args.model.as_deref(), recorded.as_deref())?;
+    let model_path = model::choose(args.model.as_deref(), existing.as_deref())?;
     let embedder = model::load(&model_path, &args.backend)?;
     let index = match existing {
         Some(i) => {

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod index;
 pub mod inspect;
 pub mod migrate;
+pub mod models;
 pub mod reindex;
 pub mod search;
 pub mod serve;

@@ -28,9 +28,10 @@ pub struct Args {
     /// Print `{"results":[{"path","distance","id"}]}`.
     #[arg(long)]
     pub json: bool,
-    /// Query model; must be the one that built the index (default: that one).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    /// Query model, a bundled name or an ONNX file; must be the one that built the index
+    /// (default: that one).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub model: Option<String>,
     /// Inference runtime.
     #[command(flatten)]
     pub backend: model::BackendArgs,
@@ -63,7 +64,7 @@ struct Row {
 /// Embeds the query, searches, prints nearest first.
 pub fn run(args: Args) -> Result<()> {
     let index = model::open_index(&args.index.to_string_lossy())?;
-    let model_path = model::choose(args.model.as_deref(), index.model_path().as_deref())?;
+    let model_path = model::choose(args.model.as_deref(), Some(index.as_ref()))?;
     let embedder = model::load(&model_path, &args.backend)?;
     index.check_model(embedder.model_id())?;
     let img = htg_retrieval::preprocess::load_image(&args.image)

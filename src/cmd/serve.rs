@@ -25,9 +25,10 @@ pub struct Args {
     /// TOML config file, layered over the defaults and under `HTG__*` variables.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Query model; must be the one that built the index (default: that one).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    /// Query model, a bundled name or an ONNX file; must be the one that built the index
+    /// (default: that one).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub model: Option<String>,
     /// Inference runtime.
     #[command(flatten)]
     pub backend: model::BackendArgs,
@@ -44,7 +45,7 @@ pub fn run(args: Args) -> Result<()> {
             .context("refusing to start on this configuration")?;
     }
     let index = model::open_index(&args.index.to_string_lossy())?;
-    let model_path = model::choose(args.model.as_deref(), index.model_path().as_deref())?;
+    let model_path = model::choose(args.model.as_deref(), Some(index.as_ref()))?;
     let mut backend = args.backend.clone();
     if backend.backend.is_none() {
         backend.backend = Some(match config.backend.as_str() {

@@ -53,8 +53,8 @@ fn hundred_classes_both_vendors() {
         }
     }
     let idx = tmp.path().join("idx");
-    // The bundled default model (no --model); its bytes are models/default.onnx.
-    let model = root().join("models/default.onnx");
+    // The bundled default model (no --model); its bytes are models/emoji.onnx.
+    let model = root().join("models/emoji.onnx");
     let out = htg_ok(&[
         "index",
         s(&gallery),

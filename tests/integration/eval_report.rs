@@ -3,7 +3,7 @@
 //! 6 classes train, the last 6 are the unseen half, evaluated leave-one-out over 12 images.
 //!
 //! The model is `tests/fixtures/models/emoji_standard.onnx`, the bundled default of
-//! 2026-11-30 (standard F, 64-d), not whatever `models/default.onnx` is now: the premise below
+//! 2026-11-30 (standard F, 64-d), not whatever `models/emoji.onnx` is now: the premise below
 //! holds for a given model, and a new default chosen by validation need not meet it (the
 //! wider default of 2026-11-30 finds 9 of the 12 twins).
 //!

@@ -19,6 +19,8 @@
 //!   `serve` and `migrate` over a Milvus collection.
 //! - `reindex`: model swaps: `htg reindex` killed, resumed and switched; `POST /admin/reindex`
 //!   on a live server under concurrent search and add load.
+//! - `photo`: the bundled photo model: golden outputs and ImageNet classes on tract and ort,
+//!   modified copies of real photos finding their originals, EXIF orientation and formats.
 //! - `ort`: the ONNX Runtime backend: parity with tract (fixture, bundled and external models),
 //!   CLI end to end, library-loading errors, GPU fallback (GPU checks skip without a GPU).
 
@@ -37,5 +39,6 @@ mod golden;
 mod http;
 mod milvus;
 mod ort;
+mod photo;
 mod reindex;
 mod spec;

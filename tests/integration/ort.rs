@@ -39,7 +39,7 @@ fn fetch(script: &str, args: &[&str]) -> Result<String, String> {
 }
 
 /// The ONNX Runtime library path, fetched once per test process.
-fn ort_lib() -> Result<PathBuf, String> {
+pub(crate) fn ort_lib() -> Result<PathBuf, String> {
     static LIB: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     LIB.get_or_init(|| {
         let out = fetch("fetch-data.sh", &["onnxruntime"])?;
@@ -170,11 +170,11 @@ fn tract_and_ort_agree_on_fixture_and_bundled_models() {
     let lib = require!(ort_lib(), "ort parity (fixture models)");
     let imgs = all_fixture_images();
     let mut models = vec![tiny_model(), fixture("models/tiny_nhwc_gap.onnx")];
-    let bundled = root().join("models/default.onnx");
+    let bundled = root().join("models/emoji.onnx");
     if bundled.exists() {
         models.push(bundled);
     } else {
-        eprintln!("note: models/default.onnx not present yet; parity checked on fixtures only");
+        eprintln!("note: models/emoji.onnx not present yet; parity checked on fixtures only");
     }
     for m in &models {
         let d = embed_parity(m, &lib, &imgs);

@@ -38,6 +38,7 @@ pub fn input_spec(cfg: &FeatureConfig) -> ModelSpec {
         layout: Layout::Nchw,
         height: cfg.input_size,
         width: cfg.input_size,
+        resize: Default::default(),
         color,
         scale: 1.0 / 255.0,
         mean: vec![0.5; c],

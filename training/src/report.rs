@@ -499,6 +499,7 @@ mod tests {
             layout,
             height: 2,
             width: 2,
+            resize: Default::default(),
             color,
             scale: 1.0 / 255.0,
             mean: vec![0.5; color.channels()],
