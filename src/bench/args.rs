@@ -257,6 +257,9 @@ pub struct EmbedArgs {
     /// shows as spread between rounds rather than as a bias against one runtime.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// Decode JPEGs at full size (no reduced-scale DCT), to measure what the scaling saves.
+    #[arg(long)]
+    pub full_decode: bool,
 }
 
 /// Arguments of `htg bench writes`.

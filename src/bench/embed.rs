@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use htg_retrieval::preprocess::{batch_shape, decode_for, preprocess_batch, DEFAULT_MAX_PIXELS};
+use htg_retrieval::preprocess::{
+    batch_shape, decode_for, decode_with_limit, preprocess_batch, DEFAULT_MAX_PIXELS,
+};
 use htg_retrieval::Embedder;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -150,7 +152,13 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             let t = Instant::now();
             let imgs = chunk
                 .par_iter()
-                .map(|b| decode_for(b, &spec, DEFAULT_MAX_PIXELS))
+                .map(|b| {
+                    if a.full_decode {
+                        decode_with_limit(b, DEFAULT_MAX_PIXELS)
+                    } else {
+                        decode_for(b, &spec, DEFAULT_MAX_PIXELS)
+                    }
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             dec += t.elapsed().as_secs_f64();
             let t = Instant::now();
