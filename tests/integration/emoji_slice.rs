@@ -53,13 +53,15 @@ fn hundred_classes_both_vendors() {
         }
     }
     let idx = tmp.path().join("idx");
-    // The bundled default model (no --model); its bytes are models/emoji.onnx.
+    // The bundled emoji model, by name; its bytes are models/emoji.onnx.
     let model = root().join("models/emoji.onnx");
     let out = htg_ok(&[
         "index",
         s(&gallery),
         "--index",
         s(&idx),
+        "--model",
+        "emoji",
         "--label-from-parent",
     ]);
     assert!(out.contains("embedded 200 new"), "{out}");

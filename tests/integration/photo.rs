@@ -65,7 +65,10 @@ fn golden() -> (Array4<f32>, Vec<f32>, Vec<f32>, usize) {
         &std::fs::read_to_string(fixture("models/photo_golden.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(g["model_sha256"], PHOTO_SHA256, "golden made from another model");
+    assert_eq!(
+        g["model_sha256"], PHOTO_SHA256,
+        "golden made from another model"
+    );
     let img = image::open(fixture("models/photo_golden_input.png"))
         .unwrap()
         .to_rgb8();
@@ -111,18 +114,22 @@ fn check_golden(embed: &dyn Embedder, classify: &dyn Embedder) {
     assert!(d < RAW_TOL, "{}: embedding differs by {d}", embed.backend());
     let logits: Vec<f32> = classify.run(x.view()).unwrap().iter().copied().collect();
     let d = max_abs(&logits, &want_logits);
-    assert!(d < RAW_TOL * 4.0, "{}: logits differ by {d}", embed.backend());
+    assert!(
+        d < RAW_TOL * 4.0,
+        "{}: logits differ by {d}",
+        embed.backend()
+    );
     assert_eq!(argmax(logits), top1, "{}", embed.backend());
 }
 
 /// ImageNet classes each committed gallery photo must get (several where the photo is
 /// ambiguous between neighbouring classes).
 const CLASSES: &[(&str, &[usize])] = &[
-    ("chelsea", &[281, 282, 285]),     // tabby, tiger cat, Egyptian cat
-    ("coffee", &[967]),                // espresso
-    ("rocket", &[657, 744]),           // missile, projectile
-    ("citrus-fruits", &[950, 951]),    // orange, lemon
-    ("european-honey-bee", &[309]),    // bee
+    ("chelsea", &[281, 282, 285]),      // tabby, tiger cat, Egyptian cat
+    ("coffee", &[967]),                 // espresso
+    ("rocket", &[657, 744]),            // missile, projectile
+    ("citrus-fruits", &[950, 951]),     // orange, lemon
+    ("european-honey-bee", &[309]),     // bee
     ("cincinnati-bridge", &[718, 839]), // pier, suspension bridge
 ];
 
@@ -192,10 +199,7 @@ fn photo_golden_and_classes_on_ort_and_parity_with_tract() {
     let files = photos("gallery");
     let on_ort = embed_files(&embed, &files);
     let on_tract = embed_files(&TractEmbedder::load(&photo_model()).unwrap(), &files);
-    let d = max_abs(
-        on_ort.as_slice().unwrap(),
-        on_tract.as_slice().unwrap(),
-    );
+    let d = max_abs(on_ort.as_slice().unwrap(), on_tract.as_slice().unwrap());
     assert!(d < EMB_TOL, "ort and tract embeddings differ by {d}");
 }
 
@@ -212,7 +216,12 @@ fn every_modified_copy_finds_its_original_first() {
         let d: Vec<f32> = g.rows().into_iter().map(|r| dist(r, q.row(qi))).collect();
         let best = argmax(d.iter().map(|x| -x));
         let want = stem(qp).rsplit_once('-').unwrap().0.to_string();
-        assert_eq!(stem(&gallery[best]), want, "{}: distances {d:?}", qp.display());
+        assert_eq!(
+            stem(&gallery[best]),
+            want,
+            "{}: distances {d:?}",
+            qp.display()
+        );
     }
 }
 
@@ -221,11 +230,26 @@ fn readme_first_command_finds_the_original_photo() {
     let dir = TempDir::new().unwrap();
     let idx = dir.path().join("idx");
     let gallery = fixture("photos/gallery");
-    htg_ok(&["index", s(&gallery), "--index", s(&idx), "--backend", "tract"]);
+    htg_ok(&[
+        "index",
+        s(&gallery),
+        "--index",
+        s(&idx),
+        "--backend",
+        "tract",
+    ]);
     for q in ["chelsea-crop", "rocket-recolour", "citrus-fruits-jpeg"] {
         let query = fixture(&format!("photos/queries/{q}.jpg"));
         let out = htg_ok(&[
-            "search", "--index", s(&idx), s(&query), "-k", "3", "--json", "--backend", "tract",
+            "search",
+            "--index",
+            s(&idx),
+            s(&query),
+            "-k",
+            "3",
+            "--json",
+            "--backend",
+            "tract",
         ]);
         let hits = parse_results(&out);
         assert_eq!(hits.len(), 3);
@@ -260,14 +284,22 @@ fn exif_orientation_cmyk_sixteen_bit_tiff_palette_and_alpha_embed_like_the_uprig
         let d = dist(v.row(0), v.row(i));
         // The RGBA copy has a transparent strip (white once composited), the palette 256
         // colours: both a little further than the lossless and re-encoded copies.
-        let tol = if n.contains("rgba") || n.contains("palette") { 0.15 } else { 0.1 };
+        let tol = if n.contains("rgba") || n.contains("palette") {
+            0.15
+        } else {
+            0.1
+        };
         eprintln!("{n}: {d}");
         assert!(d < tol, "{n}: distance {d} from the upright JPEG");
     }
     // Without its orientation applied, the rotated file is another picture to the model: the
     // check above can fail.
     let stored = decode_with_limit(&std::fs::read(&files[1]).unwrap(), 1 << 26).unwrap();
-    assert_eq!((stored.width(), stored.height()), (240, 160), "decoded upright");
+    assert_eq!(
+        (stored.width(), stored.height()),
+        (240, 160),
+        "decoded upright"
+    );
     let sideways = stored.rotate270();
     let s = e.embed_images(&[sideways]).unwrap();
     let d = dist(v.row(0), s.row(0));
@@ -281,8 +313,11 @@ fn a_large_jpeg_decodes_at_a_reduced_dct_scale_and_embeds_as_at_full_size() {
     let src = image::open(fixture("photos/gallery/coffee.jpg")).unwrap();
     let big = src.resize_exact(4000, 3000, image::imageops::FilterType::Triangle);
     let mut bytes = Vec::new();
-    big.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
-        .unwrap();
+    big.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
     let scaled = decode_for(&bytes, e.spec(), 1 << 26).unwrap();
     // 3000 / 8 = 375 >= 256: the 1/8 scale is enough for a short side of 256.
     assert_eq!((scaled.width(), scaled.height()), (500, 375));
