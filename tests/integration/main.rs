@@ -20,7 +20,11 @@
 //! - `reindex`: model swaps: `htg reindex` killed, resumed and switched; `POST /admin/reindex`
 //!   on a live server under concurrent search and add load.
 //! - `ort`: the ONNX Runtime backend: parity with tract (fixture, bundled and external models),
-//!   CLI end to end, library-loading errors, GPU fallback (GPU checks skip without a GPU).
+//!   CLI end to end, library-loading errors, GPU fallback.
+//!
+//! Tests that need what a fresh machine lacks (ONNX Runtime, Milvus Lite, Chromium, a GPU, the
+//! benchmark peers, root for a tmpfs) are `#[ignore = "needs …"]`: `cargo test` lists them
+//! with the reason, and `cargo test -- --include-ignored` runs them (README.md, "Tests").
 
 mod util;
 

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use htg_retrieval::index::{self, CreateOptions, IndexError, SearchOptions};
+use htg_retrieval::SearchIndex as _;
 use htg_retrieval::{ModelId, Record};
 use tempfile::TempDir;
 
@@ -316,11 +317,13 @@ fn contract_local_directory() {
 }
 
 #[test]
+#[ignore = "needs Milvus Lite (scripts/setup-milvus.sh, or HTG_MILVUS_ADDR=HOST:PORT)"]
 fn contract_milvus_collection() {
     contract(&collection("contract"));
 }
 
 #[test]
+#[ignore = "needs Milvus Lite (scripts/setup-milvus.sh, or HTG_MILVUS_ADDR=HOST:PORT)"]
 fn milvus_errors_name_the_problem() {
     // Missing collection.
     let missing = collection("missing");
@@ -390,6 +393,7 @@ fn top1(srv: &Server, image: &Path) -> (String, f64) {
 }
 
 #[test]
+#[ignore = "needs Milvus Lite (scripts/setup-milvus.sh, or HTG_MILVUS_ADDR=HOST:PORT)"]
 fn cli_index_serve_and_migrate_over_milvus() {
     let tmp = TempDir::new().unwrap();
     let images = tmp.path().join("images");

@@ -38,12 +38,12 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::engine::{Engine, EngineKind};
+use super::error::{io_err, IndexError};
+use super::legacy;
 use super::records::Records;
+use super::seam::{CreateOptions, SearchIndex};
+use super::types::{Hit, HnswParams, IndexStats, Record, SearchOptions};
 use super::wal::{AppendError, Op, Wal};
-use super::{
-    io_err, legacy, CreateOptions, Hit, HnswParams, IndexError, IndexStats, Record, SearchIndex,
-    SearchOptions,
-};
 use crate::embed::ModelId;
 
 /// Current on-disk format version (1: JSON records and an `hnsw_rs` dump, read by
@@ -107,9 +107,30 @@ struct Inner {
     checkpoint_bytes: AtomicU64,
     checkpoints: AtomicU64,
     compactions: AtomicU64,
-    last_checkpoint_error: Mutex<Option<String>>,
+    /// What the background threads last failed at, until they succeed again: nobody waits on
+    /// them, so this is how a full disk under a background checkpoint becomes visible
+    /// (`/stats`, `/readyz`, `/metrics`, `htg index`).
+    background: Mutex<Background>,
+    /// Background failures since open (a counter: each failed attempt).
+    background_errors: AtomicU64,
+    /// Set when the last user handle drops: no new background checkpoint starts after it.
+    closed: AtomicBool,
     notice: Option<String>,
 }
+
+/// The background threads' outstanding failures.
+#[derive(Default)]
+struct Background {
+    /// The last background checkpoint's error; cleared by any checkpoint that succeeds.
+    checkpoint: Option<String>,
+    /// The applier's last error; cleared when it next moves adds into the graph.
+    applier: Option<String>,
+    /// When a failed checkpoint is tried again without waiting for a write.
+    retry_at: Option<Instant>,
+}
+
+/// Pause before a failed background checkpoint is tried again by the applier.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 
 /// An add that is logged but not yet in the graph.
 #[derive(Clone)]
@@ -135,6 +156,9 @@ struct Owner(Arc<Inner>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
+        // Under `ckpt_thread`'s lock (taken below), a background checkpoint either started
+        // before this and is joined, or sees `closed` and does not start.
+        self.0.closed.store(true, Ordering::Release);
         let handle = self
             .0
             .ckpt_thread
@@ -234,7 +258,9 @@ impl LocalIndex {
             checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
             checkpoints: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
-            last_checkpoint_error: Mutex::new(None),
+            background: Mutex::new(Background::default()),
+            background_errors: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             notice,
         });
         let index = LocalIndex {
@@ -609,7 +635,15 @@ impl LocalIndex {
         let threshold = self.inner.checkpoint_bytes.load(Ordering::Relaxed);
         let due = self.inner.wal.segment_bytes() >= threshold
             || read_lock(&self.inner.engine).needs_compaction(COMPACT_RATIO);
-        if !due || self.inner.checkpointing.swap(true, Ordering::AcqRel) {
+        if due {
+            self.start_checkpoint();
+        }
+    }
+
+    /// Runs a checkpoint on a background thread unless one is running or the index is
+    /// closing. Its failure is kept in `background` until a later checkpoint succeeds.
+    fn start_checkpoint(&self) {
+        if self.inner.checkpointing.swap(true, Ordering::AcqRel) {
             return;
         }
         let me = self.background();
@@ -620,16 +654,65 @@ impl LocalIndex {
             .ckpt_thread
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if self.inner.closed.load(Ordering::Acquire) {
+            self.inner.checkpointing.store(false, Ordering::Release);
+            return;
+        }
         let handle = std::thread::spawn(move || {
-            let result = me.checkpoint();
-            *me.inner
-                .last_checkpoint_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = result.err().map(|e| e.to_string());
+            if let Err(e) = me.checkpoint() {
+                me.background_failed(|b| {
+                    b.checkpoint = Some(format!("background checkpoint: {e}"));
+                    b.retry_at = Some(Instant::now() + CHECKPOINT_RETRY);
+                });
+            }
             me.inner.checkpointing.store(false, Ordering::Release);
         });
         // The previous checkpoint's thread has finished (`checkpointing` was false).
         *slot = Some(handle);
+    }
+
+    /// Records a background failure: counted, and kept for [`IndexStats::background_error`].
+    fn background_failed(&self, note: impl FnOnce(&mut Background)) {
+        self.inner.background_errors.fetch_add(1, Ordering::Relaxed);
+        note(
+            &mut self
+                .inner
+                .background
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+    }
+
+    /// The background failure outstanding now, if any: a checkpoint that could not be
+    /// written (the log still holds every acknowledged write, but it cannot be cut), or
+    /// adds the applier could not move into the graph.
+    pub fn background_error(&self) -> Option<String> {
+        let b = self
+            .inner
+            .background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match (&b.checkpoint, &b.applier) {
+            (Some(c), Some(a)) => Some(format!("{c}; {a}")),
+            (Some(e), None) | (None, Some(e)) => Some(e.clone()),
+            (None, None) => None,
+        }
+    }
+
+    /// Tries a failed background checkpoint again once its pause is over (the applier calls
+    /// this as it wakes), so the failure clears when space returns even if no write comes.
+    fn retry_failed_checkpoint(&self) {
+        let due = {
+            let b = self
+                .inner
+                .background
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            b.checkpoint.is_some() && b.retry_at.is_none_or(|t| Instant::now() >= t)
+        };
+        if due {
+            self.start_checkpoint();
+        }
     }
 
     /// A handle for the index's own threads: it does not count as a user's, so it never
@@ -751,6 +834,7 @@ impl LocalIndex {
             .unwrap_or_default();
         let gen = format!("gen-{stamp}-{}", std::process::id());
         let tmp = inner.dir.join(format!(".tmp-{gen}"));
+        let final_dir = inner.dir.join(&gen);
         fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
         let covered = inner.wal.rotate_with(|last| -> Result<u64, IndexError> {
             // No appends now: what is pending is everything logged and not yet in the graph.
@@ -788,13 +872,24 @@ impl LocalIndex {
             let mp = tmp.join("meta.json");
             crate::fsio::write_synced(&mp, &json).map_err(io_err("write", &mp))?;
             Ok(last)
-        })?;
-        crate::fsio::sync_dir(&tmp).map_err(io_err("fsync", &tmp))?;
-        let final_dir = inner.dir.join(&gen);
-        fs::rename(&tmp, &final_dir).map_err(io_err("rename", &tmp))?;
-        crate::fsio::sync_dir(&inner.dir).map_err(io_err("fsync", &inner.dir))?;
-        let current = inner.dir.join("CURRENT");
-        crate::fsio::write_atomic(&current, gen.as_bytes()).map_err(io_err("write", &current))?;
+        });
+        let published = covered.and_then(|covered| {
+            crate::fsio::sync_dir(&tmp).map_err(io_err("fsync", &tmp))?;
+            fs::rename(&tmp, &final_dir).map_err(io_err("rename", &tmp))?;
+            crate::fsio::sync_dir(&inner.dir).map_err(io_err("fsync", &inner.dir))?;
+            let current = inner.dir.join("CURRENT");
+            crate::fsio::write_atomic(&current, gen.as_bytes())
+                .map_err(io_err("write", &current))?;
+            Ok(covered)
+        });
+        let covered = match published {
+            Ok(c) => c,
+            Err(e) => {
+                // A half-written generation (a full disk) holds space the next attempt needs.
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
         inner.wal.truncate_through(covered)?;
         // Old generations and leftovers of interrupted checkpoints are garbage now.
         if let Ok(entries) = fs::read_dir(&inner.dir) {
@@ -806,6 +901,14 @@ impl LocalIndex {
             }
         }
         inner.checkpoints.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut b = inner
+                .background
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            b.checkpoint = None;
+            b.retry_at = None;
+        }
         Ok((final_dir, covered))
     }
 
@@ -922,19 +1025,26 @@ fn applier(weak: Weak<Inner>, wake: Arc<(Mutex<bool>, Condvar)>) {
             };
             loop {
                 match index.drain_once(1024) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        *index
+                    Ok(n) => {
+                        index
                             .inner
-                            .last_checkpoint_error
+                            .background
                             .lock()
-                            .unwrap_or_else(PoisonError::into_inner) =
-                            Some(format!("indexing: {e}"));
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .applier = None;
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        index.background_failed(|b| {
+                            b.applier = Some(format!("indexing: {e}"));
+                        });
                         break;
                     }
                 }
             }
+            index.retry_failed_checkpoint();
         }
         let (flag, cv) = &*wake;
         let mut woken = flag.lock().unwrap_or_else(PoisonError::into_inner);
@@ -949,10 +1059,6 @@ fn applier(weak: Weak<Inner>, wake: Arc<(Mutex<bool>, Condvar)>) {
 }
 
 impl SearchIndex for LocalIndex {
-    fn as_local(&self) -> Option<&LocalIndex> {
-        Some(self)
-    }
-
     fn location(&self) -> String {
         self.inner.dir.display().to_string()
     }
@@ -1094,7 +1200,7 @@ impl SearchIndex for LocalIndex {
         let found = if opts.exact {
             self.exact_locked(&records, &pending, query, k, opts)
         } else {
-            let ef = opts.ef.unwrap_or(64).max(k);
+            let ef = opts.resolve(k, usize::MAX)?.ef;
             let keep = |i: u32| records.accepts(i, opts);
             let filtered = opts.filtered();
             let found = read_lock(&self.inner.engine).search(
@@ -1136,6 +1242,8 @@ impl SearchIndex for LocalIndex {
             log_bytes: self.inner.wal.pending_bytes(),
             checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
             compactions: self.inner.compactions.load(Ordering::Relaxed),
+            background_error: self.background_error(),
+            background_errors: self.inner.background_errors.load(Ordering::Relaxed),
         }
     }
 

@@ -19,32 +19,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use super::Record;
-
-/// Why the log could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum WalError {
-    /// Filesystem failure, with the path involved.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was attempted.
-        op: &'static str,
-        /// Path involved.
-        path: PathBuf,
-        /// Underlying error.
-        source: io::Error,
-    },
-    /// An entry in the middle of the log is damaged: refusing to guess what it held.
-    #[error("write-ahead log {path} is corrupt at byte {offset}: {reason} (entries after it exist, so this is not a torn write; restore from a snapshot)")]
-    Corrupt {
-        /// Segment file.
-        path: PathBuf,
-        /// Byte offset of the bad entry.
-        offset: u64,
-        /// What is wrong.
-        reason: String,
-    },
-}
+pub use super::error::WalError;
+use super::types::Record;
 
 /// One logged change.
 #[derive(Clone, Debug, PartialEq)]
@@ -368,12 +344,7 @@ impl Wal {
                 .map_err(io_err("open", &lock_path))?;
             // A handle of this process that was just dropped may still be finishing a
             // batch: wait briefly before concluding someone else writes.
-            let mut tries = 0;
-            while lock.try_lock().is_err() && tries < 40 {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                tries += 1;
-            }
-            if tries == 40 {
+            if !lock_with_retries(&lock, LOCK_TRIES, LOCK_WAIT) {
                 return Err(WalError::Io {
                     op: "lock",
                     path: lock_path,
@@ -554,6 +525,25 @@ pub enum AppendError<E> {
     Apply(E),
 }
 
+/// Attempts to take the index's lock file before concluding another process writes.
+const LOCK_TRIES: u32 = 41;
+/// Pause between two attempts.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Takes `lock` within `tries` attempts, `wait` apart; whether it is now held. The answer
+/// comes from the attempts themselves, so a lock taken by the last one is kept, not dropped.
+fn lock_with_retries(lock: &File, tries: u32, wait: std::time::Duration) -> bool {
+    for attempt in 0..tries {
+        if lock.try_lock().is_ok() {
+            return true;
+        }
+        if attempt + 1 < tries {
+            std::thread::sleep(wait);
+        }
+    }
+    false
+}
+
 fn create_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), WalError> {
     let path = dir.join(segment_name(first_seq));
     let file = OpenOptions::new()
@@ -675,6 +665,52 @@ mod tests {
         drop(o);
         let o = Wal::open(d.path(), 0).unwrap();
         assert_eq!(o.replay.len(), 200);
+    }
+
+    #[test]
+    fn a_lock_freed_before_the_last_attempt_is_taken_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("LOCK");
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap()
+        };
+        let holder = open();
+        holder.lock().unwrap();
+        let ours = open();
+        assert!(
+            !lock_with_retries(&ours, 3, std::time::Duration::from_millis(1)),
+            "a held lock is refused"
+        );
+        // Released while the attempts go on: a later attempt takes it.
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            drop(holder);
+        });
+        assert!(lock_with_retries(
+            &ours,
+            40,
+            std::time::Duration::from_millis(50)
+        ));
+        releaser.join().unwrap();
+        assert!(open().try_lock().is_err(), "the lock just taken is kept");
+        drop(ours);
+        // The edge the old loop got wrong: the last attempt is the one that succeeds. With a
+        // single attempt, the first is also the last.
+        let last = open();
+        assert!(lock_with_retries(
+            &last,
+            1,
+            std::time::Duration::from_millis(1)
+        ));
+        assert!(
+            open().try_lock().is_err(),
+            "the lock taken by the last attempt was dropped"
+        );
     }
 
     #[test]
