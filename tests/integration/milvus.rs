@@ -416,6 +416,16 @@ fn cli_index_serve_and_migrate_over_milvus() {
     let b = Server::start_with(Path::new(&remote), &["--uploads", s(&uploads)], &[]);
     let stats = b.get("/stats").json();
     assert_eq!(stats["count"], 24, "{stats}");
+    // A snapshot is what only a local index has: the Milvus-backed server says so with 501,
+    // not 400 (the client sent nothing wrong), and names the reason.
+    let r = b.post("/snapshots", "application/json", b"");
+    assert_eq!(r.status, 501, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "not_supported", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("Milvus"),
+        "{v}"
+    );
     for name in ["1f999-google.png", "1f49c-twitter.png", "1f507-google.png"] {
         let img = images.join(name);
         let (pa, da) = top1(&a, &img);
