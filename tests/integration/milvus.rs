@@ -337,7 +337,7 @@ fn milvus_errors_name_the_problem() {
         .unwrap()
         .port();
     let t = Instant::now();
-    let e = index::open(&format!("milvus://127.0.0.1:{port}/x"))
+    let e = index::open(format!("milvus://127.0.0.1:{port}/x"))
         .err()
         .expect("unreachable server refused");
     assert!(matches!(e, IndexError::Unavailable { .. }), "{e}");

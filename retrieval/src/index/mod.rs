@@ -46,9 +46,9 @@ use std::path::Path;
 pub enum Index {
     /// A directory on this machine.
     Local(LocalIndex),
-    /// A Milvus collection.
+    /// A Milvus collection (boxed: its client is many times the size of a local handle).
     #[cfg(feature = "milvus")]
-    Milvus(milvus::MilvusIndex),
+    Milvus(Box<milvus::MilvusIndex>),
 }
 
 impl Index {
@@ -175,7 +175,7 @@ fn no_milvus(location: &str) -> IndexError {
 pub fn open(location: impl Into<Location>) -> Result<Index, IndexError> {
     match location.into() {
         #[cfg(feature = "milvus")]
-        Location::Milvus(url) => Ok(Index::Milvus(milvus::MilvusIndex::open(&url)?)),
+        Location::Milvus(url) => Ok(Index::Milvus(Box::new(milvus::MilvusIndex::open(&url)?))),
         #[cfg(not(feature = "milvus"))]
         Location::Milvus(url) => Err(no_milvus(&url)),
         Location::Dir(dir) => Ok(Index::Local(LocalIndex::open(&dir)?)),
@@ -202,12 +202,12 @@ pub fn create(
 ) -> Result<Index, IndexError> {
     match location.into() {
         #[cfg(feature = "milvus")]
-        Location::Milvus(url) => Ok(Index::Milvus(milvus::MilvusIndex::create(
+        Location::Milvus(url) => Ok(Index::Milvus(Box::new(milvus::MilvusIndex::create(
             &url,
             model,
             model_path,
             opts.params,
-        )?)),
+        )?))),
         #[cfg(not(feature = "milvus"))]
         Location::Milvus(url) => {
             let _ = (model, model_path, opts);
