@@ -248,23 +248,14 @@ pub fn run_embed_data(a: EmbedDataArgs) -> Result<()> {
     Ok(())
 }
 
-/// Removes a temporary directory when dropped.
-struct TempDir(PathBuf);
+use tempfile::TempDir;
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
+/// A directory for one build point, removed when dropped (`tempfile`, the workspace's one).
 fn temp_dir(tag: &str) -> Result<TempDir> {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let p = std::env::temp_dir().join(format!("htg-bench-{tag}-{}-{stamp}", std::process::id()));
-    std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-    Ok(TempDir(p))
+    tempfile::Builder::new()
+        .prefix(&format!("htg-bench-{tag}-"))
+        .tempdir()
+        .context("creating a temporary directory")
 }
 
 fn validate(a: &IndexArgs) -> Result<Vec<Metric>> {
@@ -349,7 +340,7 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
                 Some(d) => d.clone(),
                 None => {
                     let t = temp_dir("data")?;
-                    let p = t.0.clone();
+                    let p = t.path().to_path_buf();
                     _temp = Some(t);
                     p
                 }
@@ -434,7 +425,7 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
         .args(["--ef", &efs, "--threads", &threads.to_string()])
         .args(["--min-seconds", &a.min_seconds.to_string()]);
         if let Some(d) = &dump {
-            cmd.arg("--dump-dir").arg(&d.0);
+            cmd.arg("--dump-dir").arg(d.path());
         }
         if let (Some(addr), "milvus") = (&a.milvus, library.as_str()) {
             cmd.args(["--milvus", addr]);
@@ -531,7 +522,7 @@ fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(Built, f64, u64, Te
     let at = a
         .dump_dir
         .clone()
-        .unwrap_or_else(|| dir.0.clone())
+        .unwrap_or_else(|| dir.path().to_path_buf())
         .join("index");
     let model = htg_retrieval::ModelId::synthetic(base.cols);
     let index = LocalIndex::create(
