@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use htg_retrieval::embed::TractOptions;
+use htg_retrieval::index::{Index, Location};
 use htg_retrieval::loader::{self, BundledModel, Recorded, Runtime};
 use htg_retrieval::ort_backend::{self, ExecutionProvider, OrtOptions};
 use htg_retrieval::{Embedder, SearchIndex};
@@ -150,7 +151,7 @@ pub fn load(path: &Path, backend: &BackendArgs) -> Result<Box<dyn Embedder>> {
 }
 
 /// Opens an index by location, printing the one-line notice an upgraded old format gives.
-pub fn open_index(location: &str) -> Result<Box<dyn SearchIndex>> {
+pub fn open_index(location: &Location) -> Result<Index> {
     let index = htg_retrieval::index::open(location)?;
     if let Some(n) = index.notice() {
         eprintln!("note: {n}");

@@ -1,7 +1,8 @@
 //! Embedders: an ONNX model behind a runtime, turning image batches into unit vectors.
 //!
-//! A backend implements only [`Embedder::run`] (raw output for one batch); pooling, dimension
-//! checks and l2-normalisation are shared, so every runtime yields comparable vectors.
+//! A runtime implements only [`Backend`] (`run_one`: raw output for one batch of the size its
+//! graph accepts); one blanket impl makes every backend an [`Embedder`], so chunking, pooling,
+//! dimension checks and l2-normalisation are shared and every runtime yields comparable vectors.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

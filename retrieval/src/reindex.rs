@@ -49,9 +49,6 @@ pub enum ReindexError {
     /// The new model failed on a batch.
     #[error("the new model failed: {0}")]
     Embed(#[from] EmbedError),
-    /// A remote index: Milvus collections are swapped by copying, not here.
-    #[error("{0} is not a local index directory; a model swap needs one (a Milvus collection can be rebuilt with `htg index` into a new collection)")]
-    NotLocal(String),
     /// The index already holds the new model's embeddings.
     #[error("the index already uses this model ({0})")]
     SameModel(String),
@@ -129,14 +126,12 @@ impl Reindexer {
     /// models) are removed first.
     pub fn start(
         root: &Path,
-        old: &dyn SearchIndex,
+        old: &LocalIndex,
         embedder: Arc<dyn Embedder>,
         model_path: Option<String>,
         uploads: &Path,
     ) -> Result<Reindexer, ReindexError> {
-        let local = old
-            .as_local()
-            .ok_or_else(|| ReindexError::NotLocal(old.location()))?;
+        let local = old;
         let model = embedder.model_id().clone();
         let name = shadow_name(&model.sha256);
         sweep(root, &name);
@@ -303,7 +298,7 @@ impl Reindexer {
     /// removes the old root's files. Returns the new index (the shadow, now live).
     pub fn switch(
         &mut self,
-        old: &dyn SearchIndex,
+        old: &LocalIndex,
         drop_missing: bool,
     ) -> Result<LocalIndex, ReindexError> {
         self.pass(old, |_| {})?;
@@ -312,9 +307,7 @@ impl Reindexer {
                 count: self.missing.len(),
             });
         }
-        if let Some(local) = old.as_local() {
-            self.shadow.raise_next_id(local.next_id());
-        }
+        self.shadow.raise_next_id(old.next_id());
         self.shadow.checkpoint()?;
         let active = self.root.join(ACTIVE);
         crate::fsio::write_atomic(&active, self.name.as_bytes()).map_err(|source| {

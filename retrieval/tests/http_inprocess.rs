@@ -598,24 +598,23 @@ fn fill(path: &Path) {
 }
 
 #[actix_web::test]
+#[ignore = "needs root or CAP_SYS_ADMIN (it mounts a 16 MiB tmpfs to fill)"]
 async fn a_full_disk_answers_507_and_loses_no_acknowledged_write() {
-    let fs = match Tmpfs::mount(16 << 20) {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED: a_full_disk_answers_507: {why}");
-            return;
-        }
-    };
+    let fs = Tmpfs::mount(16 << 20).unwrap_or_else(|why| panic!("{why}"));
     let dir = fs.0.join("idx");
     let (index, embedder) = fixture_index(&dir);
     let before = htg_retrieval::SearchIndex::len(&index);
+    // A second handle on the same index, to make its next write start a checkpoint.
+    let handle = index.clone();
     let state = server::new_state(
         Config::default(),
         Arc::new(index),
         Arc::clone(&embedder),
         dir.join("uploads"),
     );
+    state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     let app = test::init_service(server::app(state.clone())).await;
+    let get = |uri: &str| test::TestRequest::get().uri(uri).to_request();
     let add = |name: &str| {
         let (ct, body) = form(&[&png(name)], &[]);
         test::TestRequest::post()
@@ -678,16 +677,114 @@ async fn a_full_disk_answers_507_and_loses_no_acknowledged_write() {
         ),
     };
     // Reads still work on a full disk.
-    let res = test::call_service(&app, test::TestRequest::get().uri("/stats").to_request()).await;
+    let res = test::call_service(&app, get("/stats")).await;
     assert_eq!(res.status(), StatusCode::OK);
+    let res = test::call_service(&app, get("/readyz")).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "no background task has failed yet"
+    );
+
+    // A background checkpoint on the full disk. One page is freed, enough for one more log
+    // entry but not for a generation (the graph alone takes several pages), and the write
+    // that lands there starts a checkpoint, which fails.
+    handle.set_checkpoint_bytes(1);
+    let filler = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fs.0.join("filler"))
+        .unwrap();
+    let mut freed = filler.metadata().unwrap().len();
+    let mut written = false;
+    for _ in 0..4 {
+        freed = freed.saturating_sub(4096);
+        filler.set_len(freed).unwrap();
+        let res = test::call_service(&app, add("1f49c-google.png")).await;
+        match res.status() {
+            StatusCode::CREATED => {
+                acked.push(id_of(&test::read_body_json(res).await));
+                written = true;
+                break;
+            }
+            StatusCode::INSUFFICIENT_STORAGE => {}
+            other => panic!("add with a page free: {other}"),
+        }
+    }
+    assert!(written, "a freed page takes one log entry");
+    drop(filler);
+    let stats_now = || async {
+        let res = test::call_service(&app, get("/stats")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        test::read_body_json::<Value, _>(res).await
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let failure = loop {
+        let s = stats_now().await;
+        if let Some(e) = s["index"]["background_error"].as_str() {
+            break e.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background failure in /stats: {s}"
+        );
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(failure.contains("checkpoint"), "{failure}");
+    assert!(
+        failure.contains("No space left") || failure.contains("storage full"),
+        "the cause is named: {failure}"
+    );
+    let res = test::call_service(&app, get("/readyz")).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = test::read_body_json(res).await;
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("cannot be made durable"), "{msg}");
+    let counter = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("htg_index_background_errors_total "))
+            .unwrap_or_else(|| panic!("no background error counter in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let metrics = || async {
+        let res = test::call_service(&app, get("/metrics")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        String::from_utf8(test::read_body(res).await.to_vec()).unwrap()
+    };
+    let failures = counter(&metrics().await);
+    assert!(failures >= 1, "{failures}");
 
     // Space comes back: writes work again, after the refused ones.
     std::fs::remove_file(fs.0.join("filler")).unwrap();
     let res = test::call_service(&app, add("1f999-google.png")).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let second = id_of(&test::read_body_json(res).await);
+    // The checkpoint that write starts (or the retry) succeeds: the failure clears, and
+    // the counter keeps what happened.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let res = test::call_service(&app, get("/readyz")).await;
+        if res.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz stays {} after space returned",
+            res.status()
+        );
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let s = stats_now().await;
+    assert!(s["index"]["background_error"].is_null(), "{s}");
+    assert!(
+        s["index"]["background_errors"].as_u64().unwrap() >= failures,
+        "{s}"
+    );
+    assert!(counter(&metrics().await) >= failures);
     drop(app);
     drop(state);
+    drop(handle);
 
     // Reopened: every acknowledged write is there, the refused delete did not happen.
     let reopened = htg_retrieval::LocalIndex::open(&dir).expect("the index reopens");

@@ -84,7 +84,7 @@ fn write_dataset(
 /// Vectors of an htg index (id order) or a .npy file, as a matrix, with a name and a source.
 fn read_vectors(source: &Source) -> Result<(Matrix<f32>, String, String)> {
     if let Some(idx) = &source.index {
-        let index = crate::flags::open_index(&idx.to_string_lossy())?;
+        let index = crate::flags::open_index(&idx.into())?;
         let dim = index.dim();
         let mut data = Vec::with_capacity(index.len() * dim);
         for (id, _) in index.records() {
@@ -248,23 +248,14 @@ pub fn run_embed_data(a: EmbedDataArgs) -> Result<()> {
     Ok(())
 }
 
-/// Removes a temporary directory when dropped.
-struct TempDir(PathBuf);
+use tempfile::TempDir;
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
+/// A directory for one build point, removed when dropped (`tempfile`, the workspace's one).
 fn temp_dir(tag: &str) -> Result<TempDir> {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let p = std::env::temp_dir().join(format!("htg-bench-{tag}-{}-{stamp}", std::process::id()));
-    std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-    Ok(TempDir(p))
+    tempfile::Builder::new()
+        .prefix(&format!("htg-bench-{tag}-"))
+        .tempdir()
+        .context("creating a temporary directory")
 }
 
 fn validate(a: &IndexArgs) -> Result<Vec<Metric>> {
@@ -300,8 +291,19 @@ fn validate(a: &IndexArgs) -> Result<Vec<Metric>> {
     {
         bail!("--m, --ef-construction, --ef and --distance each need at least one value");
     }
-    if let Some(&ef) = a.ef.iter().find(|&&ef| ef == 0 || ef > 100_000) {
-        bail!("ef = {ef} is outside 1..=100000");
+    // The bound every search is held to (`SearchOptions::resolve`), so a sweep measures only
+    // what the CLI and the server can ask for.
+    for &ef in &a.ef {
+        let opts = SearchOptions {
+            ef: Some(ef),
+            ..SearchOptions::default()
+        };
+        if let Err(e) = opts.resolve(1, usize::MAX) {
+            match e {
+                htg_retrieval::IndexError::Param(m) => bail!("{m}"),
+                other => return Err(other.into()),
+            }
+        }
     }
     if a.threads == Some(0) {
         bail!("--threads must be at least 1");
@@ -338,7 +340,7 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
                 Some(d) => d.clone(),
                 None => {
                     let t = temp_dir("data")?;
-                    let p = t.0.clone();
+                    let p = t.path().to_path_buf();
                     _temp = Some(t);
                     p
                 }
@@ -423,7 +425,7 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
         .args(["--ef", &efs, "--threads", &threads.to_string()])
         .args(["--min-seconds", &a.min_seconds.to_string()]);
         if let Some(d) = &dump {
-            cmd.arg("--dump-dir").arg(&d.0);
+            cmd.arg("--dump-dir").arg(d.path());
         }
         if let (Some(addr), "milvus") = (&a.milvus, library.as_str()) {
             cmd.args(["--milvus", addr]);
@@ -520,7 +522,7 @@ fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(Built, f64, u64, Te
     let at = a
         .dump_dir
         .clone()
-        .unwrap_or_else(|| dir.0.clone())
+        .unwrap_or_else(|| dir.path().to_path_buf())
         .join("index");
     let model = htg_retrieval::ModelId::synthetic(base.cols);
     let index = LocalIndex::create(
@@ -544,7 +546,7 @@ fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(Built, f64, u64, Te
     index.flush()?;
     let bytes = dir_size(&at);
     let built = Built {
-        index: Box::new(index),
+        index: index.into(),
         first_id,
         drop_at: None,
     };
@@ -553,7 +555,7 @@ fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(Built, f64, u64, Te
 
 /// An index a build point made through the production seam, and how its ids map to rows.
 struct Built {
-    index: Box<dyn SearchIndex>,
+    index: htg_retrieval::index::Index,
     /// The id of row 0; rows were inserted in order, so row i has id `first_id + i`.
     first_id: u64,
     /// A Milvus collection to drop when the point ends.
@@ -625,7 +627,7 @@ fn build_milvus(a: &PointArgs, base: &Matrix<f32>) -> Result<(Built, f64)> {
         first_id: 0,
         drop_at: Some(loc),
     };
-    built.first_id = insert_rows(built.index.as_ref(), base)?;
+    built.first_id = insert_rows(&built.index, base)?;
     built.index.flush()?;
     Ok((built, t.elapsed().as_secs_f64()))
 }

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use htg_retrieval::index::{self, CreateOptions, EngineKind};
+use htg_retrieval::index::{self, CreateOptions, EngineKind, Location};
 use htg_retrieval::ingest::{index_folder_with_progress, IngestOptions, Progress};
 use htg_retrieval::HnswParams;
+use htg_retrieval::SearchIndex as _;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::flags as model;
@@ -18,7 +19,7 @@ pub struct Args {
     /// Index (created if absent): a directory, or `milvus://HOST:PORT/COLLECTION` for a Milvus
     /// collection (credentials from `HTG_MILVUS_TOKEN` or `HTG_MILVUS_USER`/`_PASSWORD`).
     #[arg(long)]
-    pub index: PathBuf,
+    pub index: Location,
     /// A bundled model's name (`htg models`: photo, emoji) or an ONNX file; defaults to the
     /// model that built the index, else `photo`.
     #[arg(long, value_name = "NAME|PATH")]
@@ -52,13 +53,18 @@ pub fn run(args: Args) -> Result<()> {
             args.dir.display()
         );
     }
-    let location = args.index.to_string_lossy().to_string();
-    let existing = if index::exists(&location) {
-        Some(crate::flags::open_index(&location)?)
+    let location = &args.index;
+    let existing = if index::exists(location) {
+        Some(crate::flags::open_index(location)?)
     } else {
         None
     };
-    let model_path = model::choose(args.model.as_deref(), existing.as_deref())?;
+    let model_path = model::choose(
+        args.model.as_deref(),
+        existing
+            .as_ref()
+            .map(|i| i as &dyn htg_retrieval::SearchIndex),
+    )?;
     let embedder = model::load(&model_path, &args.backend)?;
     let index = match existing {
         Some(i) => {
@@ -70,7 +76,7 @@ pub fn run(args: Args) -> Result<()> {
                 .canonicalize()
                 .unwrap_or_else(|_| model_path.clone());
             index::create(
-                &location,
+                location,
                 embedder.model_id().clone(),
                 Some(abs.to_string_lossy().to_string()),
                 &CreateOptions {
@@ -106,14 +112,8 @@ pub fn run(args: Args) -> Result<()> {
         batch_size: args.batch_size,
         label_from_parent: args.label_from_parent,
     };
-    let report = index_folder_with_progress(
-        index.as_ref(),
-        embedder.as_ref(),
-        &args.dir,
-        &opts,
-        &progress,
-    )
-    .with_context(|| format!("indexing {}", args.dir.display()))?;
+    let report = index_folder_with_progress(&index, embedder.as_ref(), &args.dir, &opts, &progress)
+        .with_context(|| format!("indexing {}", args.dir.display()))?;
     bar.finish_and_clear();
     let p = last.into_inner().unwrap_or_else(|e| e.into_inner());
     if p.done > 0 {
@@ -126,6 +126,15 @@ pub fn run(args: Args) -> Result<()> {
     for (path, why) in &report.failed {
         eprintln!("skipped {}: {why}", path.display());
     }
+    // The writes above are durable, but a background task that failed would otherwise go
+    // unseen: its error is printed where the user looks.
+    let stats = index.stats();
+    if let Some(e) = &stats.background_error {
+        eprintln!(
+            "warning: {e} ({} background failures; the index's log keeps every write, retried at the next write)",
+            stats.background_errors
+        );
+    }
     println!(
         "embedded {} new or changed, reused {}, unchanged {}, removed {}, skipped {} bad, ignored {} non-image; index holds {} images at {}",
         report.embedded,
@@ -135,7 +144,7 @@ pub fn run(args: Args) -> Result<()> {
         report.failed.len(),
         report.ignored,
         index.len(),
-        args.index.display()
+        args.index
     );
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! a million images to Milvus (or back) costs a copy, not an inference run.
 
 use anyhow::{bail, Context, Result};
-use htg_retrieval::index::{self, CreateOptions, EngineKind};
+use htg_retrieval::index::{self, CreateOptions, EngineKind, Location};
+use htg_retrieval::SearchIndex as _;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::flags::open_index;
@@ -13,10 +14,10 @@ use crate::flags::open_index;
 pub struct Args {
     /// Index to copy from: a directory or `milvus://HOST:PORT/COLLECTION`.
     #[arg(long)]
-    pub from: String,
+    pub from: Location,
     /// Where to copy to (must not hold an index yet): a directory or a Milvus URI.
     #[arg(long)]
-    pub to: String,
+    pub to: Location,
     /// Vector engine when the destination is a directory: htg or hnsw_rs.
     #[arg(long, default_value = "htg", value_parser = ["htg", "hnsw_rs"])]
     pub engine: String,

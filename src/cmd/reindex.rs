@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use htg_retrieval::index::describe;
+use htg_retrieval::index::{describe, Index, Location};
 use htg_retrieval::reindex::{Progress, Reindexer};
 
 use crate::flags::{self, BackendArgs};
@@ -15,9 +15,9 @@ use crate::flags::{self, BackendArgs};
 /// Arguments of `htg reindex`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Index directory to swap.
+    /// Index directory to swap (a Milvus collection is refused: a swap needs local files).
     #[arg(long)]
-    pub index: PathBuf,
+    pub index: Location,
     /// The new model.
     #[arg(long)]
     pub model: PathBuf,
@@ -44,14 +44,14 @@ fn line(p: &Progress) -> String {
 
 /// Runs `htg reindex`.
 pub fn run(args: Args) -> Result<()> {
-    let location = args.index.to_string_lossy().to_string();
-    if htg_retrieval::index::is_remote(&location) {
+    let location = &args.index;
+    let Some(dir) = location.dir() else {
         bail!("{location}: a model swap needs a local index directory");
-    }
-    let old = flags::open_index(&location)?;
-    let local = old
-        .as_local()
-        .with_context(|| format!("{location} is not a local index"))?;
+    };
+    let old = flags::open_index(location)?;
+    let Index::Local(local) = &old else {
+        bail!("{location} is not a local index");
+    };
     local.lock_writes().with_context(|| {
         format!(
             "{location} is being written by another process; if it is `htg serve`, ask it to swap instead: POST /admin/reindex"
@@ -59,10 +59,10 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     let embedder: Arc<dyn htg_retrieval::Embedder> =
         Arc::from(flags::load(&args.model, &args.backend)?);
-    let uploads = args.uploads.unwrap_or_else(|| args.index.join("uploads"));
+    let uploads = args.uploads.clone().unwrap_or_else(|| dir.join("uploads"));
     let mut r = Reindexer::start(
-        &args.index,
-        old.as_ref(),
+        dir,
+        local,
         Arc::clone(&embedder),
         Some(args.model.to_string_lossy().to_string()),
         &uploads,
@@ -75,13 +75,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     // The first batch, then twice a second: a progress line shows each step is durable.
     let mut last: Option<std::time::Instant> = None;
-    r.catch_up(old.as_ref(), 1, |p| {
+    r.catch_up(&old, 1, |p| {
         if last.is_none_or(|t| t.elapsed().as_millis() >= 500) {
             println!("{}", line(p));
             last = Some(std::time::Instant::now());
         }
     })?;
-    let result = r.switch(old.as_ref(), args.drop_missing);
+    let result = r.switch(local, args.drop_missing);
     let p = r.progress().clone();
     for m in &p.missing {
         eprintln!("missing: id {} {}: {}", m.id, m.path, m.reason);

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use htg_retrieval::SearchIndex as _;
 use htg_retrieval::SearchOptions;
 use serde::Serialize;
 
@@ -13,7 +14,7 @@ use crate::flags as model;
 pub struct Args {
     /// Index: a directory or `milvus://HOST:PORT/COLLECTION`.
     #[arg(long)]
-    pub index: PathBuf,
+    pub index: htg_retrieval::index::Location,
     /// Query image.
     pub image: PathBuf,
     /// Number of neighbours.
@@ -40,16 +41,19 @@ pub struct Args {
     pub label: Option<String>,
 }
 
-/// The same range the HTTP API enforces, so the CLI cannot ask the index for more.
+/// The range the HTTP API enforces (`SearchOptions::resolve`, the one check), so the CLI
+/// cannot ask the index for more.
 fn parse_ef(s: &str) -> Result<usize, String> {
     let ef: usize = s.parse().map_err(|e| format!("{e}"))?;
-    if ef == 0 || ef > htg_retrieval::index::MAX_EF {
-        return Err(format!(
-            "ef = {ef} is outside 1..={}",
-            htg_retrieval::index::MAX_EF
-        ));
+    let opts = SearchOptions {
+        ef: Some(ef),
+        ..SearchOptions::default()
+    };
+    match opts.resolve(1, usize::MAX) {
+        Ok(_) => Ok(ef),
+        Err(htg_retrieval::IndexError::Param(m)) => Err(m),
+        Err(e) => Err(e.to_string()),
     }
-    Ok(ef)
 }
 
 #[derive(Serialize)]
@@ -63,8 +67,11 @@ struct Row {
 
 /// Embeds the query, searches, prints nearest first.
 pub fn run(args: Args) -> Result<()> {
-    let index = model::open_index(&args.index.to_string_lossy())?;
-    let model_path = model::choose(args.model.as_deref(), Some(index.as_ref()))?;
+    let index = model::open_index(&args.index)?;
+    let model_path = model::choose(
+        args.model.as_deref(),
+        Some(&index as &dyn htg_retrieval::SearchIndex),
+    )?;
     let embedder = model::load(&model_path, &args.backend)?;
     index.check_model(embedder.model_id())?;
     let img = htg_retrieval::preprocess::load_image(&args.image)

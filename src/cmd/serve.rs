@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use htg_retrieval::SearchIndex as _;
 
 use crate::flags as model;
+use htg_retrieval::index::{Index, Location};
 use htg_retrieval::server::{self, Config};
 
 /// Arguments of `htg serve`.
@@ -14,7 +16,7 @@ pub struct Args {
     /// Index to serve: a directory (added images are saved under it), or
     /// `milvus://HOST:PORT/COLLECTION`.
     #[arg(long)]
-    pub index: PathBuf,
+    pub index: Location,
     /// Where images added over HTTP are kept (default: `<index>/uploads`; for a Milvus
     /// collection, `uploads/<host>_<port>_<collection>` under the cache directory).
     #[arg(long)]
@@ -44,8 +46,11 @@ pub fn run(args: Args) -> Result<()> {
             .validate()
             .context("refusing to start on this configuration")?;
     }
-    let index = model::open_index(&args.index.to_string_lossy())?;
-    let model_path = model::choose(args.model.as_deref(), Some(index.as_ref()))?;
+    let index = model::open_index(&args.index)?;
+    let model_path = model::choose(
+        args.model.as_deref(),
+        Some(&index as &dyn htg_retrieval::SearchIndex),
+    )?;
     let mut backend = args.backend.clone();
     if backend.backend.is_none() {
         backend.backend = Some(match config.backend.as_str() {
@@ -56,13 +61,14 @@ pub fn run(args: Args) -> Result<()> {
     }
     let embedder = model::load(&model_path, &backend)?;
     index.check_model(embedder.model_id())?;
-    let location = args.index.to_string_lossy().to_string();
-    let uploads = match args.uploads {
-        Some(dir) => dir,
-        None if htg_retrieval::index::is_remote(&location) => {
-            let name: String = location
+    let location = &args.index;
+    let uploads = match (args.uploads, location) {
+        (Some(dir), _) => dir,
+        (None, Location::Dir(dir)) => dir.join("uploads"),
+        (None, Location::Milvus(url)) => {
+            let name: String = url
                 .split_once("://")
-                .map_or(location.as_str(), |(_, rest)| rest)
+                .map_or(url.as_str(), |(_, rest)| rest)
                 .chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
                 .collect();
@@ -72,10 +78,9 @@ pub fn run(args: Args) -> Result<()> {
             eprintln!("note: images added over HTTP are kept in {}", dir.display());
             dir
         }
-        None => args.index.join("uploads"),
     };
-    let admin = match index.as_local() {
-        Some(local) => {
+    let admin = match (&index, location.dir()) {
+        (Index::Local(local), Some(root)) => {
             // The one writer from the start: `htg index` or `htg reindex` beside this server
             // is refused instead of writing under it.
             local
@@ -86,18 +91,12 @@ pub fn run(args: Args) -> Result<()> {
                 model::load(p, &backend).map_err(|e| format!("{e:#}"))
             });
             Some(server::admin::Admin {
-                root: args.index.clone(),
+                root: root.to_path_buf(),
                 load,
             })
         }
-        None => None,
+        _ => None,
     };
-    server::serve(
-        config,
-        Arc::from(index),
-        Arc::from(embedder),
-        uploads,
-        admin,
-    )?;
+    server::serve(config, index, Arc::from(embedder), uploads, admin)?;
     Ok(())
 }

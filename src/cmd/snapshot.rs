@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use htg_retrieval::index::snapshot;
+use htg_retrieval::index::{snapshot, Location};
+use htg_retrieval::SearchIndex as _;
 
 /// Arguments of `htg snapshot`.
 #[derive(clap::Args, Debug)]
@@ -18,9 +19,9 @@ pub struct Args {
 pub enum Command {
     /// Write a snapshot of an index (a checkpoint plus its log position) to a file.
     Create {
-        /// Index directory.
+        /// Index: a directory (a Milvus collection has no snapshots; use Milvus's backup).
         #[arg(long)]
-        index: PathBuf,
+        index: Location,
         /// Snapshot file to write.
         #[arg(long)]
         out: PathBuf,
@@ -39,7 +40,7 @@ pub enum Command {
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Create { index, out } => {
-            let idx = crate::flags::open_index(&index.to_string_lossy())?;
+            let idx = crate::flags::open_index(&index)?;
             let (bytes, seq) = idx.snapshot(&out)?;
             println!(
                 "wrote {} ({bytes} bytes, {} images, log position {seq})",
@@ -49,7 +50,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         Command::Restore { file, index } => {
             snapshot::restore(&file, &index)?;
-            let idx = crate::flags::open_index(&index.to_string_lossy())?;
+            let idx = crate::flags::open_index(&Location::Dir(index.clone()))?;
             println!(
                 "restored {} into {}: {} images",
                 file.display(),

@@ -22,7 +22,11 @@
 //! - `photo`: the bundled photo model: golden outputs and ImageNet classes on tract and ort,
 //!   modified copies of real photos finding their originals, EXIF orientation and formats.
 //! - `ort`: the ONNX Runtime backend: parity with tract (fixture, bundled and external models),
-//!   CLI end to end, library-loading errors, GPU fallback (GPU checks skip without a GPU).
+//!   CLI end to end, library-loading errors, GPU fallback.
+//!
+//! Tests that need what a fresh machine lacks (ONNX Runtime, Milvus Lite, Chromium, a GPU, the
+//! benchmark peers, root for a tmpfs) are `#[ignore = "needs …"]`: `cargo test` lists them
+//! with the reason, and `cargo test -- --include-ignored` runs them (README.md, "Tests").
 
 mod util;
 

@@ -184,6 +184,7 @@ fn photo_golden_and_classes_on_tract() {
 }
 
 #[test]
+#[ignore = "needs ONNX Runtime (scripts/fetch-data.sh onnxruntime)"]
 fn photo_golden_and_classes_on_ort_and_parity_with_tract() {
     let lib = crate::ort::ort_lib().unwrap_or_else(|why| panic!("ONNX Runtime: {why}"));
     let opts = OrtOptions {

@@ -12,9 +12,10 @@ use std::sync::{PoisonError, RwLock};
 
 use hnsw_rs::hnswio::HnswIo;
 use hnsw_rs::prelude::{AnnT, DistL2, FilterT, Hnsw};
-use htg_ann::graph::{Distance, Filter, Graph, GraphParams};
+use htg_ann::graph::{Filter, Graph, GraphParams};
 
-use super::{HnswParams, IndexError};
+use super::error::IndexError;
+use super::types::HnswParams;
 
 /// Which engine an index runs on, as written in its metadata and on the command line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -57,7 +58,7 @@ impl EngineKind {
 }
 
 fn ann(e: htg_ann::AnnError) -> IndexError {
-    IndexError::Engine(e.to_string())
+    IndexError::Ann(e)
 }
 
 /// `hnsw_rs` with what it lacks for our use: vectors we can read back and tombstones.
@@ -497,10 +498,5 @@ impl Engine {
 
 /// Our graph's parameters for the index's HNSW settings (squared L2, fixed seed).
 pub fn graph_params(p: HnswParams) -> GraphParams {
-    GraphParams {
-        m: p.m,
-        ef_construction: p.ef_construction,
-        distance: Distance::L2Sq,
-        seed: 0x5eed,
-    }
+    p.graph()
 }

@@ -9,7 +9,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{io_err, HnswParams, IndexError, Record};
+use super::error::{io_err, IndexError};
+use super::types::{HnswParams, Record};
 use crate::embed::ModelId;
 
 /// What format 1's `meta.json` held.

@@ -31,11 +31,10 @@ use milvus::v2::prelude::*;
 // The prelude brings the SDK's one-parameter `Result`; ours names its error.
 use std::result::Result;
 
-use super::{Hit, HnswParams, IndexError, IndexStats, Record, SearchIndex, SearchOptions, MAX_EF};
+use super::error::IndexError;
+use super::seam::SearchIndex;
+use super::types::{Hit, HnswParams, IndexStats, Record, SearchOptions, MAX_EF};
 use crate::embed::ModelId;
-
-/// The URI schemes that name a Milvus collection.
-pub const SCHEMES: [&str; 2] = ["milvus://", "milvus+tls://"];
 
 /// Longest path or label a row can hold (Milvus VarChar columns have a fixed maximum).
 pub const MAX_PATH: usize = 4096;
@@ -78,11 +77,6 @@ pub struct Target {
 }
 
 impl Target {
-    /// Whether `location` names a Milvus collection rather than a directory.
-    pub fn is_milvus(location: &str) -> bool {
-        SCHEMES.iter().any(|s| location.starts_with(s))
-    }
-
     /// Parses a `milvus://HOST:PORT/COLLECTION` location, refusing anything Milvus would
     /// refuse later with a less helpful message.
     pub fn parse(location: &str) -> Result<Target, IndexError> {
@@ -983,7 +977,8 @@ impl SearchIndex for MilvusIndex {
         if k == 0 || opts.label.as_deref() == Some("") {
             return Ok(Vec::new());
         }
-        let ef = opts.ef.unwrap_or(k.max(64)).max(k);
+        let ef = opts.resolve(k, usize::MAX)?.ef;
+        // Milvus refuses larger lists; a `k` above it raises `ef` past it too.
         if ef > MAX_EF {
             return Err(IndexError::Param(format!("ef {ef} is above {MAX_EF}")));
         }
@@ -1058,10 +1053,13 @@ impl SearchIndex for MilvusIndex {
 
     fn snapshot(&self, out: &Path) -> Result<(u64, u64), IndexError> {
         let _ = out;
-        Err(IndexError::Param(format!(
-            "snapshots of {} are taken by Milvus itself (its backup tool), not by htg",
-            self.location()
-        )))
+        Err(IndexError::NotSupported {
+            location: self.location(),
+            operation: "snapshots",
+            reason:
+                "a Milvus collection is backed up by Milvus itself (its backup tool), not by htg"
+                    .into(),
+        })
     }
 }
 

@@ -16,7 +16,8 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use super::{IndexError, Record, SearchOptions};
+use super::error::IndexError;
+use super::types::{Record, SearchOptions};
 
 const MAGIC: &[u8; 8] = b"HTGRECS1";
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{io_err, IndexError};
+use super::error::{io_err, IndexError};
 
 const MAGIC: &[u8; 8] = b"HTGSNAP1";
 
@@ -92,7 +92,10 @@ pub fn read(path: &Path) -> Result<Vec<(String, Vec<u8>)>, IndexError> {
 /// naming it, no log. Returns the generation directory.
 pub fn restore(snapshot: &Path, dir: &Path) -> Result<PathBuf, IndexError> {
     let files = read(snapshot)?;
-    if super::LocalIndex::exists(dir) {
+    // An index (or a model-swapped one, whose `ACTIVE` names where it lives) is already
+    // there: the files `local` reads first. Checked by name, so the snapshot format does not
+    // depend on the index that reads it.
+    if dir.join("CURRENT").exists() || dir.join("ACTIVE").exists() {
         return Err(IndexError::Param(format!(
             "{} already holds an index; restore into an empty directory",
             dir.display()

@@ -13,38 +13,19 @@
 //!
 //! Group commit: appends write under a short mutex, and [`Wal::sync_to`] fsyncs once for every
 //! writer whose entry is already in the file, so concurrent writers share fsyncs.
+//!
+//! A plain log: [`Wal::lock`] returns a guard that holds the append order, [`WalGuard::append`]
+//! writes entries and returns the last sequence number, and the caller applies them itself
+//! while it holds the guard. The log knows nothing of the index above it, and the index's
+//! `LOCK` file (one writing process) is the index's to take before it writes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::Record;
-
-/// Why the log could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum WalError {
-    /// Filesystem failure, with the path involved.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was attempted.
-        op: &'static str,
-        /// Path involved.
-        path: PathBuf,
-        /// Underlying error.
-        source: io::Error,
-    },
-    /// An entry in the middle of the log is damaged: refusing to guess what it held.
-    #[error("write-ahead log {path} is corrupt at byte {offset}: {reason} (entries after it exist, so this is not a torn write; restore from a snapshot)")]
-    Corrupt {
-        /// Segment file.
-        path: PathBuf,
-        /// Byte offset of the bad entry.
-        offset: u64,
-        /// What is wrong.
-        reason: String,
-    },
-}
+pub use super::error::WalError;
+use super::types::Record;
 
 /// One logged change.
 #[derive(Clone, Debug, PartialEq)]
@@ -270,8 +251,6 @@ struct Writer {
     first_seq: u64,
     /// Sequence number the next append gets.
     next_seq: u64,
-    /// Holds the index's `LOCK` file: one writing process per index.
-    _lock: File,
 }
 
 /// Where the writer will start: set on open, used when the first append creates a segment.
@@ -282,8 +261,8 @@ struct Pending {
 }
 
 /// An open log: appends, group-committed fsyncs and segment rotation. Opening only reads;
-/// the first append takes the index's lock file and creates a segment, so read-only users
-/// (`htg search` beside a running server) never write.
+/// the first append creates a segment, so read-only users (`htg search` beside a running
+/// server) never write.
 pub struct Wal {
     dir: PathBuf,
     writer: Mutex<Result<Writer, Pending>>,
@@ -353,36 +332,13 @@ impl Wal {
         })
     }
 
-    /// The writer, created on first use: lock the index, cut a torn tail, start a segment.
+    /// The writer, created on first use: cut a torn tail, start a segment. The caller holds
+    /// the index's `LOCK` (the log does not know it exists).
     fn writer<'a>(
         &self,
         slot: &'a mut Result<Writer, Pending>,
     ) -> Result<&'a mut Writer, WalError> {
         if let Err(p) = slot {
-            let lock_path = self.dir.join("LOCK");
-            let lock = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .map_err(io_err("open", &lock_path))?;
-            // A handle of this process that was just dropped may still be finishing a
-            // batch: wait briefly before concluding someone else writes.
-            let mut tries = 0;
-            while lock.try_lock().is_err() && tries < 40 {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                tries += 1;
-            }
-            if tries == 40 {
-                return Err(WalError::Io {
-                    op: "lock",
-                    path: lock_path,
-                    source: io::Error::new(
-                        io::ErrorKind::WouldBlock,
-                        "another process is writing this index",
-                    ),
-                });
-            }
             if let Some((path, valid)) = p.torn.take() {
                 let f = OpenOptions::new()
                     .write(true)
@@ -397,7 +353,6 @@ impl Wal {
                 path,
                 first_seq: p.next_seq,
                 next_seq: p.next_seq,
-                _lock: lock,
             });
         }
         match slot {
@@ -406,53 +361,13 @@ impl Wal {
         }
     }
 
-    /// Appends the ops `build` makes (given the first sequence number they get) without
-    /// syncing, then runs `apply` on them while still holding the append lock, so the caller's
-    /// state changes in log order and ids allocated in `build` follow it. Returns the last
-    /// sequence number; pass it to [`Wal::sync_to`] before acknowledging.
-    pub fn append<E>(
-        &self,
-        build: impl FnOnce(u64) -> Vec<Op>,
-        apply: impl FnOnce(&[Op]) -> Result<(), E>,
-    ) -> Result<u64, AppendError<E>> {
+    /// Takes the append lock (starting a segment on first use): entries appended under the
+    /// guard are in log order, and what the caller does before dropping it (applying them,
+    /// allocating ids) happens in that order too.
+    pub fn lock(&self) -> Result<WalGuard<'_>, WalError> {
         let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let w = self.writer(&mut slot).map_err(AppendError::Wal)?;
-        let first = w.next_seq;
-        let ops = build(first);
-        let mut buf = Vec::new();
-        for (i, op) in ops.iter().enumerate() {
-            buf.extend_from_slice(&encode(first + i as u64, op));
-        }
-        let start = w
-            .file
-            .metadata()
-            .map_err(|e| AppendError::Wal(io_err("stat", &w.path.clone())(e)))?
-            .len();
-        if let Err(e) = w.file.write_all(&buf) {
-            // A partial write (a full disk) leaves a torn entry: cut the file back to where
-            // this append began, so the next append follows a whole entry. Cutting never
-            // needs space; if it fails anyway, the next append cuts it and starts a new
-            // segment, as after a crash.
-            let path = w.path.clone();
-            if w.file.set_len(start).is_err() {
-                *slot = Err(Pending {
-                    next_seq: first,
-                    torn: Some((path.clone(), start)),
-                });
-            }
-            return Err(AppendError::Wal(io_err("append to", &path)(e)));
-        }
-        w.next_seq = first + ops.len() as u64;
-        let last = w.next_seq - 1;
-        apply(&ops).map_err(AppendError::Apply)?;
-        Ok(last)
-    }
-
-    /// Takes the index's lock file (and starts a segment) now rather than at the first
-    /// append: a process that will write learns at once whether another one does.
-    pub fn lock_writes(&self) -> Result<(), WalError> {
-        let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        self.writer(&mut slot).map(|_| ())
+        self.writer(&mut slot)?;
+        Ok(WalGuard { slot })
     }
 
     /// Bytes appended to the current segment so far.
@@ -545,13 +460,54 @@ impl Wal {
     }
 }
 
-/// Why an append failed: the log itself, or applying the change in memory.
-#[derive(Debug)]
-pub enum AppendError<E> {
-    /// Writing the log failed; nothing was applied.
-    Wal(WalError),
-    /// The log holds the entry but applying it failed.
-    Apply(E),
+/// The append lock, from [`Wal::lock`]: appends under it are in log order.
+pub struct WalGuard<'a> {
+    slot: MutexGuard<'a, Result<Writer, Pending>>,
+}
+
+impl WalGuard<'_> {
+    /// The sequence number the next append gets.
+    pub fn next_seq(&self) -> u64 {
+        match &*self.slot {
+            Ok(w) => w.next_seq,
+            Err(p) => p.next_seq,
+        }
+    }
+
+    /// Appends `ops` without syncing; returns the last sequence number. Pass it to
+    /// [`Wal::sync_to`] before acknowledging. On a failed write (a full disk) nothing of
+    /// `ops` stays in the log.
+    pub fn append(&mut self, ops: &[Op]) -> Result<u64, WalError> {
+        let Ok(w) = &mut *self.slot else {
+            unreachable!("Wal::lock created the writer")
+        };
+        let first = w.next_seq;
+        let mut buf = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            buf.extend_from_slice(&encode(first + i as u64, op));
+        }
+        let start = w
+            .file
+            .metadata()
+            .map_err(io_err("stat", &w.path.clone()))?
+            .len();
+        if let Err(e) = w.file.write_all(&buf) {
+            // A partial write (a full disk) leaves a torn entry: cut the file back to where
+            // this append began, so the next append follows a whole entry. Cutting never
+            // needs space; if it fails anyway, the next append cuts it and starts a new
+            // segment, as after a crash.
+            let path = w.path.clone();
+            if w.file.set_len(start).is_err() {
+                *self.slot = Err(Pending {
+                    next_seq: first,
+                    torn: Some((path.clone(), start)),
+                });
+            }
+            return Err(io_err("append to", &path)(e));
+        }
+        w.next_seq = first + ops.len() as u64;
+        Ok(w.next_seq - 1)
+    }
 }
 
 fn create_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), WalError> {
@@ -582,9 +538,7 @@ mod tests {
     }
 
     fn append(w: &Wal, ops: &[Op]) -> u64 {
-        let s = w
-            .append(|_| ops.to_vec(), |_| Ok::<(), ()>(()))
-            .unwrap_or_else(|_| panic!("append"));
+        let s = w.lock().unwrap().append(ops).unwrap();
         w.sync_to(s).unwrap();
         s
     }

@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use super::{Serving, State};
 use crate::reindex::{Progress, ReindexError, Reindexer};
-use crate::{Embedder, SearchIndex};
+use crate::{Embedder, SearchIndex as _};
 
 /// Loads a model for a swap the way the server's command line would (same runtime choice).
 pub type ModelLoader = Arc<dyn Fn(&Path) -> Result<Box<dyn Embedder>, String> + Send + Sync>;
@@ -195,16 +195,19 @@ async fn begin(
                 .map_err(|e| ApiError::BadRequest(format!("cannot load model {model:?}: {e}")))?,
         );
         let serving = st.serving();
+        let old = serving
+            .index
+            .local_only("model swaps")
+            .map_err(ApiError::Index)?;
         let reindexer = Reindexer::start(
             &admin.root,
-            serving.index.as_ref(),
+            old,
             Arc::clone(&embedder),
             Some(model),
             &st.uploads,
         )
         .map_err(|e| match e {
             ReindexError::SameModel(_) => ApiError::Conflict(e.to_string()),
-            ReindexError::NotLocal(_) => ApiError::BadRequest(e.to_string()),
             ReindexError::Index(i) => ApiError::Index(i),
             other => ApiError::Internal(other.to_string()),
         })?;
@@ -250,6 +253,7 @@ fn run(
     let start = Instant::now();
     let old = state.serving();
     let result = (|| -> Result<(), ReindexError> {
+        let old_local = old.index.local_only("model swaps")?;
         reindexer.catch_up(old.index.as_ref(), 8, |p| {
             update(&task, |t| {
                 t.progress = p.clone();
@@ -260,11 +264,11 @@ fn run(
         let gate = Instant::now();
         let _writes = state.writes.blocking_write();
         let model_path = reindexer.shadow().model_path();
-        let switched = reindexer.switch(old.index.as_ref(), drop_missing);
+        let switched = reindexer.switch(old_local, drop_missing);
         update(&task, |t| t.progress = reindexer.progress().clone());
         let index = switched?;
         let serving = Serving::start(
-            Arc::new(index),
+            Arc::new(index.into()),
             embedder,
             model_path,
             &state.config,

@@ -142,6 +142,8 @@ pub enum ErrorCode {
     Conflict,
     /// The disk holding the index or uploads is full.
     InsufficientStorage,
+    /// The index this server holds has no such operation (a snapshot of a Milvus collection).
+    NotSupported,
     /// The inference queue is full.
     Overloaded,
     /// Starting or shutting down.
@@ -172,6 +174,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Conflict => "conflict",
             ErrorCode::InsufficientStorage => "insufficient_storage",
+            ErrorCode::NotSupported => "not_supported",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::IndexError => "index_error",
@@ -215,6 +218,10 @@ impl ApiError {
                 }
                 IndexError::UnknownId(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
                 IndexError::Param(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+                // The request was fine; this kind of index cannot do it.
+                IndexError::NotSupported { .. } => {
+                    (StatusCode::NOT_IMPLEMENTED, ErrorCode::NotSupported)
+                }
                 // A remote engine that does not answer: the client may retry later.
                 IndexError::Unavailable { .. } => {
                     (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
@@ -224,6 +231,7 @@ impl ApiError {
                 | IndexError::NotFound(_)
                 | IndexError::Corrupt { .. }
                 | IndexError::Engine(_)
+                | IndexError::Ann(_)
                 | IndexError::Wal(_)
                 | IndexError::Location { .. } => {
                     (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::IndexError)
@@ -398,6 +406,15 @@ mod tests {
             ),
             (ApiError::Internal("disk".into()), 500, "internal"),
             (ApiError::Conflict("busy".into()), 409, "conflict"),
+            (
+                ApiError::Index(IndexError::NotSupported {
+                    location: "milvus://h:1/c".into(),
+                    operation: "snapshots",
+                    reason: "Milvus backs itself up".into(),
+                }),
+                501,
+                "not_supported",
+            ),
         ];
         for (err, status, code) in cases {
             let res = err.error_response();
@@ -423,6 +440,7 @@ mod tests {
             ErrorCode::Forbidden,
             ErrorCode::Conflict,
             ErrorCode::InsufficientStorage,
+            ErrorCode::NotSupported,
             ErrorCode::Overloaded,
             ErrorCode::Unavailable,
             ErrorCode::IndexError,

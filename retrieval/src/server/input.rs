@@ -1,7 +1,7 @@
 //! Reading requests: bounded bodies, `multipart/form-data` (streamed through `actix-multipart`),
 //! raw image bodies, search parameters. Everything a client can get wrong becomes an [`ApiError`] here, never a panic.
 
-use crate::SearchOptions;
+use crate::{IndexError, SearchOptions};
 use actix_multipart::{Multipart, MultipartError};
 use actix_web::error::PayloadError;
 use actix_web::http::header;
@@ -362,34 +362,25 @@ impl ToSchema for TextField {}
 impl SearchParams {
     /// Checks ranges and returns `k` and the index's options.
     pub fn resolve(&self, config: &Config) -> Result<(usize, SearchOptions), ApiError> {
-        let k = self.k.unwrap_or(config.default_k);
-        if k == 0 || k > config.max_k {
-            return Err(ApiError::BadRequest(format!(
-                "k = {k} is outside 1..={}",
-                config.max_k
-            )));
-        }
-        if let Some(ef) = self.ef {
-            if ef == 0 || ef > MAX_EF {
-                return Err(ApiError::BadRequest(format!(
-                    "ef = {ef} is outside 1..={MAX_EF}"
-                )));
-            }
-        }
+        let opts = SearchOptions {
+            ef: self.ef,
+            exact: self.exact.unwrap_or(false),
+            label: self.label.clone(),
+            path_prefix: self.path_prefix.clone(),
+        };
+        let k = opts
+            .resolve(self.k.unwrap_or(config.default_k), config.max_k)
+            .map_err(|e| match e {
+                IndexError::Param(m) => ApiError::BadRequest(m),
+                other => ApiError::Index(other),
+            })?
+            .k;
         for (name, v) in [("label", &self.label), ("path_prefix", &self.path_prefix)] {
             if let Some(v) = v {
                 check_text(name, v)?;
             }
         }
-        Ok((
-            k,
-            SearchOptions {
-                ef: self.ef,
-                exact: self.exact.unwrap_or(false),
-                label: self.label.clone(),
-                path_prefix: self.path_prefix.clone(),
-            },
-        ))
+        Ok((k, opts))
     }
 }
 

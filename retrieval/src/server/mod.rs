@@ -10,7 +10,7 @@
 //! - [`auth`]: API keys (full and read-only); [`tls`]: HTTPS; CORS is `actix-cors`;
 //! - [`admin`]: background tasks (a live model swap) and their status.
 //!
-//! The index is shared as an `Arc<dyn SearchIndex>` that synchronises inside: searches never
+//! The index is shared as an `Arc<Index>` that synchronises inside: searches never
 //! wait for writes, and a write (add or delete) is durable (logged and fsynced) before it is
 //! acknowledged, so every acknowledged write survives a crash or restart.
 //!
@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::{Embedder, ModelSpec, SearchIndex};
+use crate::index::Index;
+use crate::{Embedder, ModelSpec, SearchIndex as _};
 use actix_cors::Cors;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service as _, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -48,8 +49,9 @@ use error::ApiError;
 
 /// The index with the model whose vectors it holds: what a model swap replaces as a whole.
 pub struct Serving {
-    /// The index; it synchronises inside, and a write returns once it is durable.
-    pub index: Arc<dyn SearchIndex>,
+    /// The index; it synchronises inside, and a write returns once it is durable. A model
+    /// swap matches on its kind (only a local index can be swapped).
+    pub index: Arc<Index>,
     /// How images are fed to the model.
     pub spec: ModelSpec,
     /// The model's inference queue.
@@ -61,7 +63,7 @@ pub struct Serving {
 impl Serving {
     /// The index served with `embedder`'s inference queue (started here).
     pub fn start(
-        index: Arc<dyn SearchIndex>,
+        index: Arc<Index>,
         embedder: Arc<dyn Embedder>,
         model_path: Option<String>,
         config: &Config,
@@ -145,7 +147,7 @@ impl State {
 /// The caller has checked that `embedder` is the model that built `index`.
 pub fn serve(
     config: Config,
-    index: Arc<dyn SearchIndex>,
+    index: Index,
     embedder: Arc<dyn Embedder>,
     uploads: PathBuf,
     admin: Option<admin::Admin>,
@@ -166,7 +168,7 @@ pub fn serve(
 /// [`serve`] runs and what in-process tests hand to [`app`]. Model swaps are off.
 pub fn new_state(
     config: Config,
-    index: Arc<dyn SearchIndex>,
+    index: impl Into<Index>,
     embedder: Arc<dyn Embedder>,
     uploads: PathBuf,
 ) -> web::Data<State> {
@@ -176,12 +178,13 @@ pub fn new_state(
 /// [`new_state`], with model swaps through `admin`.
 pub fn new_state_with(
     config: Config,
-    index: Arc<dyn SearchIndex>,
+    index: impl Into<Index>,
     embedder: Arc<dyn Embedder>,
     uploads: PathBuf,
     admin: Option<admin::Admin>,
 ) -> web::Data<State> {
     let metrics = Arc::new(metrics::Metrics::default());
+    let index = Arc::new(index.into());
     let model_path = index.model_path();
     let serving = Serving::start(index, embedder, model_path, &config, &metrics);
     let turns = match config.max_concurrent_large_decodes {

@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::embed::sha256_hex;
 use crate::ingest::stored_bytes;
 use crate::preprocess::{dimensions, tensor_from_bytes, PreprocessError};
+use crate::SearchIndex as _;
 use crate::{Record, SearchOptions};
 use actix_web::web::{self, Bytes};
 use ndarray::Array3;

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use super::Endpoint;
 use crate::server::error::{ApiError, ErrorBody};
 use crate::server::State;
+use crate::SearchIndex as _;
 
 /// The resources' endpoints.
 pub fn endpoints() -> Vec<Endpoint> {
@@ -40,14 +41,16 @@ pub(super) async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: listening, not shutting down, and every inference thread alive.
+/// Readiness: listening, not shutting down, every inference thread alive, and no background
+/// failure of the index outstanding (a checkpoint that cannot be written means the log only
+/// grows, and a full disk will refuse the next write).
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "health",
     responses(
         (status = 200, description = "Ready to search.", body = Health),
-        (status = 503, description = "Starting, shutting down, or an inference thread stopped.", body = ErrorBody),
+        (status = 503, description = "Starting, shutting down, an inference thread stopped, or a background checkpoint or indexing failed (the message says which).", body = ErrorBody),
     )
 )]
 pub(super) async fn readyz(state: web::Data<State>) -> Result<Json<Health>, ApiError> {
@@ -60,6 +63,11 @@ pub(super) async fn readyz(state: web::Data<State>) -> Result<Json<Health>, ApiE
         return Err(ApiError::Unavailable(
             "not ready: an inference thread stopped".into(),
         ));
+    }
+    if let Some(e) = state.serving().index.stats().background_error {
+        return Err(ApiError::Unavailable(format!(
+            "not ready: writes cannot be made durable: {e}"
+        )));
     }
     Ok(Json(Health { status: "ready" }))
 }

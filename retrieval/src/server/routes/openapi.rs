@@ -8,6 +8,7 @@ use utoipa::OpenApi;
 
 use super::Endpoint;
 use crate::server::{Config, State};
+use crate::SearchIndex as _;
 
 /// The API's document: every handler, and through them every schema.
 #[derive(OpenApi)]

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::Endpoint;
 use crate::server::error::{ApiError, ErrorBody};
 use crate::server::{ms_since, State};
+use crate::SearchIndex as _;
 
 /// The resource's endpoint.
 pub fn endpoints() -> Vec<Endpoint> {

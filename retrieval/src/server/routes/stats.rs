@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 use super::Endpoint;
 use crate::server::State;
 use crate::ModelSpec;
+use crate::SearchIndex as _;
 
 /// The resource's endpoint.
 pub fn endpoints() -> Vec<Endpoint> {
@@ -66,6 +67,11 @@ pub struct IndexInfo {
     /// Compactions since the server started: rebuilds that drop deleted images from the graph
     /// (run when they pass a fifth of it, while searches and writes go on).
     pub compactions: u64,
+    /// What a background checkpoint or the indexing thread last failed at, while it lasts
+    /// (`null` once it succeeds again): `/readyz` answers 503 meanwhile.
+    pub background_error: Option<String>,
+    /// Background failures since the index was opened.
+    pub background_errors: u64,
 }
 
 /// Dynamic batching as configured, and the queue now.
@@ -127,6 +133,8 @@ pub(super) async fn stats(state: web::Data<State>) -> Json<Stats> {
             log_bytes: stats.log_bytes,
             checkpoints: stats.checkpoints,
             compactions: stats.compactions,
+            background_error: stats.background_error,
+            background_errors: stats.background_errors,
         },
         batching: BatchingInfo {
             max_size: config.batch.max_size,
