@@ -329,3 +329,56 @@ fn a_large_jpeg_decodes_at_a_reduced_dct_scale_and_embeds_as_at_full_size() {
     let d = dist(a.row(0), b.row(0));
     assert!(d < 0.02, "DCT-scaled and full decodes embed {d} apart");
 }
+
+#[test]
+fn models_are_named_and_an_index_finds_its_bundled_model_by_hash_when_its_file_is_gone() {
+    let dir = TempDir::new().unwrap();
+    let listing = htg_ok(&["models"]);
+    assert!(listing.starts_with("photo (default)"), "{listing}");
+    assert!(listing.contains("\nemoji\n"), "{listing}");
+
+    let out = crate::util::htg(&[
+        "index",
+        s(&fixture("photos/gallery")),
+        "--index",
+        s(&dir.path().join("x")),
+        "--model",
+        "no-such-model",
+    ]);
+    assert!(!out.status.success());
+    let err = crate::util::stderr(&out);
+    assert!(
+        err.contains("no bundled model of that name (bundled: photo, emoji"),
+        "{err}"
+    );
+
+    // An index built from a file that later disappears (another machine, a cleared cache), of
+    // the bytes of the earlier default: the recorded hash finds the bundled `emoji` model.
+    let model = dir.path().join("old-default.onnx");
+    std::fs::copy(root().join("models/emoji.onnx"), &model).unwrap();
+    let idx = dir.path().join("idx");
+    htg_ok(&[
+        "index",
+        s(&fixture("images")),
+        "--index",
+        s(&idx),
+        "--model",
+        s(&model),
+        "--backend",
+        "tract",
+    ]);
+    std::fs::remove_file(&model).unwrap();
+    let query = fixture("images/1f600-google.png");
+    let hits = parse_results(&htg_ok(&[
+        "search",
+        "--index",
+        s(&idx),
+        s(&query),
+        "-k",
+        "1",
+        "--json",
+        "--backend",
+        "tract",
+    ]));
+    assert!(hits[0].0.ends_with("1f600-google.png"), "{hits:?}");
+}
