@@ -117,7 +117,7 @@ pub const BUNDLED: &[BundledModel] = &[
 
 /// Picks the model: the `--model` flag (a bundled name or a path), else the one recorded in
 /// the index (by path, or by hash when the path is gone), else the bundled default.
-pub fn choose(flag: Option<&str>, index: Option<&dyn SearchIndex>) -> Result<PathBuf> {
+pub fn choose(flag: Option<&str>, index: Option<&Index>) -> Result<PathBuf> {
     let path = index.and_then(|i| i.model_path());
     let sha = index.map(|i| i.model().sha256);
     let recorded = path

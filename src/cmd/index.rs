@@ -59,12 +59,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         None
     };
-    let model_path = model::choose(
-        args.model.as_deref(),
-        existing
-            .as_ref()
-            .map(|i| i as &dyn htg_retrieval::SearchIndex),
-    )?;
+    let model_path = model::choose(args.model.as_deref(), existing.as_ref())?;
     let embedder = model::load(&model_path, &args.backend)?;
     let index = match existing {
         Some(i) => {

@@ -47,10 +47,7 @@ pub fn run(args: Args) -> Result<()> {
             .context("refusing to start on this configuration")?;
     }
     let index = model::open_index(&args.index)?;
-    let model_path = model::choose(
-        args.model.as_deref(),
-        Some(&index as &dyn htg_retrieval::SearchIndex),
-    )?;
+    let model_path = model::choose(args.model.as_deref(), Some(&index))?;
     let mut backend = args.backend.clone();
     if backend.backend.is_none() {
         backend.backend = Some(match config.backend.as_str() {
