@@ -53,6 +53,8 @@ pub enum Index {
 
 impl Index {
     /// The refusal of `operation` by an index that is not local, naming the index.
+    // Without the Milvus feature every index is local and `operation` is never named.
+    #[cfg_attr(not(feature = "milvus"), allow(unused_variables))]
     pub fn local_only(&self, operation: &'static str) -> Result<&LocalIndex, IndexError> {
         match self {
             Index::Local(l) => Ok(l),
