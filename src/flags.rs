@@ -127,6 +127,33 @@ pub fn choose(flag: Option<&str>, index: Option<&Index>) -> Result<PathBuf> {
     Ok(loader::choose(flag, recorded, BUNDLED)?)
 }
 
+/// The backbone `htg train --backbone` names: `efficientnet-lite0` is the bundled `photo`
+/// model (the same bytes), `efficientnet-lite2` the file `scripts/fetch-models.sh` converts,
+/// anything else a path to an ONNX file.
+pub fn backbone(given: &str) -> Result<PathBuf> {
+    match given {
+        "efficientnet-lite0" => choose(Some("photo"), None),
+        "efficientnet-lite2" => {
+            let p = htg_retrieval::ort_backend::cache_dir()
+                .join("models/efficientnet-lite2/efficientnet-lite2.onnx");
+            anyhow::ensure!(
+                p.is_file(),
+                "no efficientnet-lite2 at {}: run `scripts/fetch-models.sh efficientnet-lite2`",
+                p.display()
+            );
+            Ok(p)
+        }
+        path => {
+            let p = PathBuf::from(path);
+            anyhow::ensure!(
+                p.is_file(),
+                "--backbone {path:?}: neither efficientnet-lite0, efficientnet-lite2 nor an ONNX file"
+            );
+            Ok(p)
+        }
+    }
+}
+
 /// Loads `path` on the backend the flags choose, printing the automatic choice and a GPU
 /// fallback once.
 pub fn load(path: &Path, backend: &BackendArgs) -> Result<Box<dyn Embedder>> {

@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use std::sync::Arc;
+
+use htg_training::features::Backbone;
 use htg_training::run::{extend_checkpoint, train_and_export, RunOptions};
 use htg_training::{Method, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -36,6 +39,15 @@ pub struct Args {
     /// Use only the first N classes of the data set (quick runs).
     #[arg(long)]
     pub max_classes: Option<usize>,
+    /// Train a head on a frozen pretrained backbone, as the paper does: `efficientnet-lite0`
+    /// (the bundled photo model), `efficientnet-lite2` (`scripts/fetch-models.sh`) or an
+    /// ONNX file. Its features are computed once per image and cached; the exported
+    /// model.onnx is the backbone and the head in one file.
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// Runtime that computes the backbone's features.
+    #[command(flatten)]
+    pub runtime: crate::flags::BackendArgs,
 }
 
 /// Runs `htg train`.
@@ -73,6 +85,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cfg = c;
         }
     }
+    let backbone = match &args.backbone {
+        Some(given) => {
+            let path = crate::flags::backbone(given)?;
+            let embedder = crate::flags::load(&path, &args.runtime)?;
+            let cache = htg_retrieval::ort_backend::cache_dir();
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "features {bar:30} {pos}/{len} {elapsed_precise} eta {eta}",
+                )
+                .context("progress template")?,
+            );
+            let b = Backbone::open(given, &path, embedder, Some(&cache))?.with_progress(Box::new(
+                move |done, total| {
+                    if bar.length() != Some(total as u64) {
+                        bar.reset();
+                        bar.set_length(total as u64);
+                    }
+                    bar.set_position(done as u64);
+                    if done == total {
+                        bar.finish();
+                    }
+                },
+            ));
+            cfg = cfg.on_backbone(b.config().clone());
+            Some(Arc::new(b))
+        }
+        None => None,
+    };
     cfg.validate()?;
     let bar = ProgressBar::new(cfg.steps as u64);
     bar.set_style(
@@ -84,10 +125,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         out: args.out.clone(),
         resume: args.resume,
         max_classes: args.max_classes,
+        backbone: backbone.clone(),
     };
     eprintln!(
-        "training {} on {} for {} steps (seed {}) into {}",
+        "training {}{} on {} for {} steps (seed {}) into {}",
         cfg.method.name(),
+        cfg.backbone
+            .as_ref()
+            .map(|b| format!(" (a head on {}, sha256 {})", b.name, &b.sha256[..16]))
+            .unwrap_or_default(),
         args.data,
         cfg.steps,
         cfg.seed,
@@ -109,11 +155,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bar.set_message(msg);
     })?;
     bar.finish();
+    for s in &summary.skipped_files {
+        eprintln!("skipped (does not decode): {s}");
+    }
+    if let Some(b) = &backbone {
+        let (held, computed) = b.cache_counts();
+        eprintln!("backbone features: {computed} computed, {held} in the cache");
+    }
     println!(
         "{} on {}: {} steps, {:.1} ms/step, train {:.0} s",
         summary.method, summary.data, summary.steps, summary.ms_per_step, summary.train_wall_s
     );
-    println!("{} (ONNX on tract)", summary.onnx_tract.protocol);
+    let on = if backbone.is_some() {
+        "the head's ONNX on tract, over the cached features"
+    } else {
+        "ONNX on tract"
+    };
+    println!("{} ({on})", summary.onnx_tract.protocol);
     println!("{}", summary.onnx_tract.table());
     println!(
         "ONNX vs burn max |diff| = {:.2e}; wrote {}",

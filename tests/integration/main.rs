@@ -21,6 +21,8 @@
 //!   on a live server under concurrent search and add load.
 //! - `photo`: the bundled photo model: golden outputs and ImageNet classes on tract and ort,
 //!   modified copies of real photos finding their originals, EXIF orientation and formats.
+//! - `own_photos`: `htg train --backbone` on a labelled folder of real photos, then index,
+//!   serve and search with the merged model; the folder's bad input.
 //! - `ort`: the ONNX Runtime backend: parity with tract (fixture, bundled and external models),
 //!   CLI end to end, library-loading errors, GPU fallback.
 //!
@@ -43,6 +45,7 @@ mod golden;
 mod http;
 mod milvus;
 mod ort;
+mod own_photos;
 mod photo;
 mod reindex;
 mod spec;

@@ -36,6 +36,7 @@ struct Args {
     extend: bool,
     read_only: bool,
     methods: Vec<(String, TrainConfig)>,
+    backbone: Option<PathBuf>,
 }
 
 fn parse_seeds(s: &str) -> Result<Vec<u64>, String> {
@@ -70,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
         extend: false,
         read_only: false,
         methods: Vec::new(),
+        backbone: None,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, f: &str| -> Result<usize, String> {
@@ -88,6 +90,7 @@ fn parse_args() -> Result<Args, String> {
             "--val-classes" => a.val_classes = Some(num(it.next(), "--val-classes")?),
             "--extend" => a.extend = true,
             "--read-only" => a.read_only = true,
+            "--backbone" => a.backbone = Some(it.next().ok_or("--backbone needs a value")?.into()),
             spec => {
                 let (name, what) = spec.split_once('=').ok_or(format!(
                     "{spec:?}: expected NAME=CONFIG.toml or NAME=METHOD"
@@ -245,13 +248,51 @@ fn best_on_validation<'a>(
 }
 
 fn main() {
-    let a = match parse_args() {
+    let mut a = match parse_args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("protocol: {e}");
             std::process::exit(2);
         }
     };
+    // A frozen backbone (an ONNX file) under every method's head: opened once, on ONNX
+    // Runtime when its library is installed, and its feature cache shared by all runs.
+    let backbone = a.backbone.as_ref().map(|path| {
+        let ort = htg_retrieval::ort_backend::OrtOptions {
+            library: htg_retrieval::ort_backend::resolve_library(
+                None,
+                htg_retrieval::ort_backend::ExecutionProvider::Cpu,
+            ),
+            ..Default::default()
+        };
+        let loaded = htg_retrieval::loader::load(
+            path,
+            htg_retrieval::loader::Runtime::Auto,
+            &Default::default(),
+            &ort,
+        )
+        .unwrap_or_else(|e| {
+            eprintln!("protocol: --backbone: {e}");
+            std::process::exit(2);
+        });
+        eprintln!("{}", loaded.choice.unwrap_or_default());
+        let name = path
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        let cache = htg_retrieval::ort_backend::cache_dir();
+        std::sync::Arc::new(
+            htg_training::features::Backbone::open(&name, path, loaded.embedder, Some(&cache))
+                .unwrap_or_else(|e| {
+                    eprintln!("protocol: --backbone: {e}");
+                    std::process::exit(2);
+                }),
+        )
+    });
+    if let Some(b) = &backbone {
+        for (_, cfg) in a.methods.iter_mut() {
+            *cfg = cfg.clone().on_backbone(b.config().clone());
+        }
+    }
     let mut runs: Vec<Vec<(u64, RunSummary)>> = vec![Vec::new(); a.methods.len()];
     for &seed in &a.seeds {
         for (m, (name, base)) in a.methods.iter().enumerate() {
@@ -292,6 +333,7 @@ fn main() {
                         out: out.clone(),
                         resume,
                         max_classes: None,
+                        backbone: backbone.clone(),
                     };
                     match train_and_export(cfg, &opts, |_| {}) {
                         Ok(s) => s,

@@ -362,6 +362,27 @@ pub struct TrainConfig {
     /// What the emoji training classes hold (`[emoji]`). The other data sets have no
     /// vendors or categories, so they refuse anything but the default.
     pub emoji: EmojiConfig,
+    /// The frozen pretrained backbone F starts from (`[backbone]`), as in the paper; absent,
+    /// F is the CNN of `[feature]`, trained from scratch on pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backbone: Option<BackboneConfig>,
+}
+
+/// A frozen ONNX backbone under a trained head. It is named by its file's sha256, so a
+/// config reproduces a run only with the very backbone it was trained on, and features cached
+/// for another file are never read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneConfig {
+    /// What the user called it (`efficientnet-lite0`, a file name), for messages.
+    pub name: String,
+    /// sha256 of the ONNX file, hex.
+    pub sha256: String,
+    /// Width of the backbone's feature vector (the head's input).
+    pub features: usize,
+    /// Hidden ReLU units of the head; 0 makes the head one linear layer.
+    #[serde(default)]
+    pub head_hidden: usize,
 }
 
 /// Which emoji images and classes train. The unseen test classes and their protocol
@@ -413,6 +434,7 @@ impl Default for TrainConfig {
             patience: 0,
             cross_vendor: false,
             emoji: EmojiConfig::default(),
+            backbone: None,
         }
     }
 }
@@ -430,6 +452,23 @@ impl TrainConfig {
             c.images_per_class = 12;
         }
         c
+    }
+
+    /// `self` on top of `backbone`: F becomes a head to `embedding_dim` dimensions (its
+    /// hidden width kept from the config's own `[backbone]`, if it has one), and pixel
+    /// augmentation is turned off, because the backbone's features are computed once per
+    /// image and cached rather than drawn anew at every step.
+    pub fn on_backbone(mut self, mut backbone: BackboneConfig) -> TrainConfig {
+        if let Some(old) = &self.backbone {
+            backbone.head_hidden = old.head_hidden;
+        }
+        self.augment = AugmentConfig {
+            crop_pad: 0,
+            hflip: false,
+            jitter: 0.0,
+        };
+        self.backbone = Some(backbone);
+        self
     }
 
     /// F's learning rate at `step` (1-based) under the schedule.
@@ -502,14 +541,29 @@ impl TrainConfig {
         if self.images_per_class < 2 {
             return bad("images_per_class must be at least 2 (triplets need a positive)");
         }
-        if self.feature.widths.is_empty() || self.feature.widths.contains(&0) {
-            return bad("feature.widths must be non-empty and positive");
+        if self.feature.embedding_dim == 0 {
+            return bad("feature.embedding_dim must be positive");
         }
-        if self.feature.embedding_dim == 0 || self.feature.input_size < 8 {
-            return bad("feature.embedding_dim must be positive and feature.input_size >= 8");
+        if let Some(b) = &self.backbone {
+            if b.features == 0 || b.sha256.len() != 64 {
+                return bad("backbone: features must be positive and sha256 64 hex digits");
+            }
+            let a = &self.augment;
+            if a.crop_pad != 0 || a.hflip || a.jitter != 0.0 {
+                return bad(
+                    "[augment] acts on pixels, but with a [backbone] F trains on features \
+                     cached once per image: set crop_pad = 0, hflip = false, jitter = 0.0",
+                );
+            }
+        } else if self.feature.widths.is_empty() || self.feature.widths.contains(&0) {
+            return bad("feature.widths must be non-empty and positive");
+        } else if self.feature.input_size < 8 {
+            return bad("feature.input_size must be at least 8");
         }
         let last = self.feature.final_resolution();
-        if self.feature.pool_grid == 0 || !last.is_multiple_of(self.feature.pool_grid) {
+        if self.backbone.is_none()
+            && (self.feature.pool_grid == 0 || !last.is_multiple_of(self.feature.pool_grid))
+        {
             return Err(TrainError::Config(format!(
                 "feature.pool_grid {} must divide the last feature map size {last}",
                 self.feature.pool_grid

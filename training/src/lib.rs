@@ -14,7 +14,10 @@
 //! - [`config`]: the serde config saved beside every artefact.
 //! - [`data`]: readers for image folders, IDX, emoji vendor sets and the MNIST-5k CSV, the
 //!   zero-shot split, P×K sampling and augmentation.
-//! - [`model`]: F (residual CNN), G (residual MLP) and D (MLP classifier).
+//! - [`model`]: F (a residual CNN on pixels, or a head on a frozen backbone's features), G
+//!   (residual MLP) and D (MLP classifier).
+//! - [`features`]: a frozen pretrained backbone (an ONNX file) and its on-disk cache of
+//!   feature vectors, keyed by the backbone's and each image's sha256.
 //! - [`loss`]: distances, triplet losses, the classification loss and mining.
 //! - [`trainer`]: the training steps, checkpoints and resume.
 //! - [`export`]: ONNX export with the `htg.*` metadata, and the check against tract.
@@ -36,6 +39,7 @@ pub mod conv;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod features;
 pub mod loss;
 pub mod metrics;
 pub mod model;
@@ -45,7 +49,7 @@ pub mod run;
 pub mod stats;
 pub mod trainer;
 
-pub use config::{Method, TrainConfig};
+pub use config::{BackboneConfig, Method, TrainConfig};
 
 /// Everything that can go wrong while loading data, training, exporting or evaluating.
 #[derive(Debug, thiserror::Error)]

@@ -115,11 +115,11 @@ impl Block {
     }
 }
 
-/// F: a small residual CNN for 28–64 px inputs: a 3×3 stem, one stage per width (each
-/// after the first halves the resolution), pooling to a g×g grid (g = 1: global average
-/// pooling), flattening and a linear embedding.
+/// F trained from scratch: a small residual CNN for 28–64 px inputs: a 3×3 stem, one stage
+/// per width (each after the first halves the resolution), pooling to a g×g grid (g = 1:
+/// global average pooling), flattening and a linear embedding.
 #[derive(Module, Debug)]
-pub struct FeatureNet {
+pub struct Cnn {
     stem: Conv2d,
     stem_bn: BatchNorm,
     relu: Relu,
@@ -129,8 +129,8 @@ pub struct FeatureNet {
     head: Linear,
 }
 
-impl FeatureNet {
-    /// Builds F as configured, with Kaiming-normal convolutions.
+impl Cnn {
+    /// Builds the CNN as configured, with Kaiming-normal convolutions.
     pub fn new(cfg: &FeatureConfig, device: &Device) -> Self {
         let cin = match cfg.color {
             InputColor::Rgb => 3,
@@ -174,6 +174,114 @@ impl FeatureNet {
         };
         let x = x.flatten(1, 3);
         self.head.forward(x)
+    }
+}
+
+/// F's trained part on a frozen, pretrained backbone: an MLP (or one linear layer) from the
+/// backbone's features to the embedding. Its input is `[N, D, 1, 1]`, the cached backbone
+/// features in the layout every [`crate::data::ImageSet`] has, so the trainer, the mining and
+/// the evaluation see F through the same `forward` whatever F is.
+#[derive(Module, Debug)]
+pub struct Head {
+    hidden: Option<Linear>,
+    out: Linear,
+    relu: Relu,
+}
+
+/// One linear layer of a [`Head`] as plain numbers, for writing it into an ONNX graph:
+/// `y = x · weight + bias`, `weight` row-major `[inputs, outputs]`.
+#[derive(Clone, Debug)]
+pub struct DenseLayer {
+    /// Row-major `[inputs, outputs]`.
+    pub weight: Vec<f32>,
+    /// `[outputs]`.
+    pub bias: Vec<f32>,
+    /// Input width.
+    pub inputs: usize,
+    /// Output width.
+    pub outputs: usize,
+}
+
+impl Head {
+    /// A head from `features` backbone features to `dim`, with one hidden ReLU layer of
+    /// `hidden` units (0: a single linear layer).
+    pub fn new(features: usize, hidden: usize, dim: usize, device: &Device) -> Self {
+        let (hidden, din) = if hidden > 0 {
+            (
+                Some(LinearConfig::new(features, hidden).init(device)),
+                hidden,
+            )
+        } else {
+            (None, features)
+        };
+        Self {
+            hidden,
+            out: LinearConfig::new(din, dim).init(device),
+            relu: Relu::new(),
+        }
+    }
+
+    /// Raw (un-normalised) embedding of `[N, D, 1, 1]` features: `[N, dim]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = x.flatten(1, 3);
+        let x = match &self.hidden {
+            Some(h) => self.relu.forward(h.forward(x)),
+            None => x,
+        };
+        self.out.forward(x)
+    }
+
+    /// The layers in order; a ReLU follows every layer but the last.
+    pub fn layers(&self) -> Vec<DenseLayer> {
+        let dense = |l: &Linear| {
+            let w = l.weight.val();
+            let [inputs, outputs] = w.dims();
+            let weight = w.into_data().try_to_vec::<f32>().expect("float weights");
+            let bias = l.bias.as_ref().map_or_else(
+                || vec![0.0; outputs],
+                |b| b.val().into_data().try_to_vec::<f32>().expect("float bias"),
+            );
+            DenseLayer {
+                weight,
+                bias,
+                inputs,
+                outputs,
+            }
+        };
+        self.hidden.iter().chain([&self.out]).map(dense).collect()
+    }
+}
+
+/// F, the network whose embeddings are trained: a CNN from pixels, or a head on a frozen
+/// pretrained backbone's cached features (`[backbone]` in the config).
+#[derive(Module, Debug)]
+pub enum FeatureNet {
+    /// From scratch, on pixels.
+    Cnn(Cnn),
+    /// On a frozen backbone's features.
+    Head(Head),
+}
+
+impl FeatureNet {
+    /// F as `cfg` describes it: a head when it names a backbone, else the CNN.
+    pub fn new(cfg: &crate::TrainConfig, device: &Device) -> Self {
+        match &cfg.backbone {
+            Some(b) => FeatureNet::Head(Head::new(
+                b.features,
+                b.head_hidden,
+                cfg.feature.embedding_dim,
+                device,
+            )),
+            None => FeatureNet::Cnn(Cnn::new(&cfg.feature, device)),
+        }
+    }
+
+    /// Raw (un-normalised) embedding of a batch: `[N, embedding_dim]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        match self {
+            FeatureNet::Cnn(c) => c.forward(x),
+            FeatureNet::Head(h) => h.forward(x),
+        }
     }
 }
 

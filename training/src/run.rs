@@ -10,6 +10,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -17,9 +18,13 @@ use htg_retrieval::embed::TractEmbedder;
 use serde::{Deserialize, Serialize};
 
 use crate::config::LrSchedule;
-use crate::data::{DataSource, EvalProtocol, PkSampler, ZeroShotSplit};
+use crate::data::{DataSource, Encoder, EvalProtocol, PkSampler, ZeroShotSplit};
 use crate::eval::{embed_burn, embed_with, evaluate, max_abs_diff, top1_hits, EvalReport};
-use crate::export::{export_feature_net, write_atomic, Provenance};
+use crate::export::{
+    export_feature_net, head_only_onnx, merge_backbone_head, run_matrix_onnx, write_atomic,
+    Provenance,
+};
+use crate::features::Backbone;
 use crate::model::input_spec;
 use crate::trainer::{StepStats, Trainer};
 use crate::{TrainConfig, TrainError};
@@ -40,6 +45,9 @@ pub struct RunOptions {
     pub resume: bool,
     /// Keep only the first classes of the data set (quick runs and tests).
     pub max_classes: Option<usize>,
+    /// The frozen backbone under F's head, for a config with `[backbone]`: its file, runtime
+    /// and feature cache. Shared, so a seed sweep opens it once.
+    pub backbone: Option<Arc<Backbone>>,
 }
 
 /// Everything `metrics.json` records.
@@ -84,6 +92,9 @@ pub struct RunSummary {
     /// query's class: the paired test over queries compares runs on these.
     #[serde(default)]
     pub test_top1_hits: Vec<bool>,
+    /// Files of the data that did not decode and were left out, each with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_files: Vec<String>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -93,15 +104,38 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
-/// Loads the zero-shot split of `data` for `cfg`'s input, with the validation classes
-/// carved out of the training classes when `cfg.val_classes > 0`.
+/// Loads the zero-shot split of `data` for `cfg`'s input (pixels, or the features of the
+/// backbone `cfg` names, which `backbone` must be), with the validation classes carved out of
+/// the training classes when `cfg.val_classes > 0`.
 pub fn load_split(
     data: &str,
     cfg: &TrainConfig,
     max_classes: Option<usize>,
+    backbone: Option<&Backbone>,
 ) -> Result<ZeroShotSplit, TrainError> {
+    let spec = input_spec(&cfg.feature);
+    let enc = match (&cfg.backbone, backbone) {
+        (None, _) => Encoder::Pixels(&spec),
+        (Some(want), Some(b)) if want.sha256 == b.config().sha256 => Encoder::Backbone(b),
+        (Some(want), Some(b)) => {
+            return Err(TrainError::Config(format!(
+                "the config trains on backbone {} (sha256 {}), but the backbone given is {} \
+                 (sha256 {})",
+                want.name,
+                want.sha256,
+                b.config().name,
+                b.config().sha256
+            )))
+        }
+        (Some(want), None) => {
+            return Err(TrainError::Config(format!(
+                "the config trains a head on backbone {} (sha256 {}); pass --backbone",
+                want.name, want.sha256
+            )))
+        }
+    };
     DataSource::resolve(data)?
-        .load_with(&input_spec(&cfg.feature), max_classes, &cfg.emoji)?
+        .load_with(enc, max_classes, &cfg.emoji)?
         .carve_validation(cfg.val_classes, cfg.val_split_seed)
 }
 
@@ -166,7 +200,7 @@ pub fn train_and_export(
         None
     };
     let cfg = resumed.as_ref().map_or(cfg, |t| t.config().clone());
-    let split = load_split(&opts.data, &cfg, opts.max_classes)?;
+    let split = load_split(&opts.data, &cfg, opts.max_classes, opts.backbone.as_deref())?;
     let mut trainer = match resumed {
         Some(t) if t.train_classes() != split.train_classes => {
             return Err(TrainError::Checkpoint(format!(
@@ -240,9 +274,8 @@ pub fn train_and_export(
             val_curve.push((s.step, r.map_at_r));
             let to_beat = best.as_ref().map(|b| b.0).or(earlier_best);
             if to_beat.is_none_or(|b| r.map_at_r > b) {
-                let copy =
-                    crate::model::FeatureNet::new(&cfg.feature, &crate::backend::train_device())
-                        .load_record(f.clone().into_record());
+                let copy = crate::model::FeatureNet::new(&cfg, &crate::backend::train_device())
+                    .load_record(f.clone().into_record());
                 best = Some((r.map_at_r, s.step, copy, r));
                 since_best = 0;
             } else {
@@ -287,37 +320,72 @@ pub fn train_and_export(
         return Ok(summary);
     }
 
-    let spec = input_spec(&cfg.feature);
     let prov = Provenance {
         method: cfg.method.name().into(),
         data: split.name.clone(),
+        backbone: cfg.backbone.as_ref().map(|b| b.sha256.clone()),
     };
     let (selected_step, val, f) = match &best {
         Some((_, step, f, r)) => (*step, Some(r.clone()), f),
         None => (trainer.step(), None, trainer.feature_net()),
     };
-    let (bytes, _spec) = export_feature_net(f, &spec, &prov)?;
     let model_path = opts.out.join("model.onnx");
-    write_atomic(&model_path, &bytes)?;
-
     let burn = evaluate(&split.name, &split.eval, &cfg.recall_ks, cfg.seed, |sets| {
         Ok(sets.iter().map(|s| embed_burn(f, s)).collect())
     })?;
-    let tract = TractEmbedder::load(&model_path).map_err(|e| TrainError::Eval(e.to_string()))?;
     let mut diff = 0f32;
     let mut tract_emb = Vec::new();
-    let onnx_tract = evaluate(&split.name, &split.eval, &cfg.recall_ks, cfg.seed, |sets| {
-        let e: Vec<_> = sets
-            .iter()
-            .map(|s| {
-                let e = embed_with(&tract, s)?;
-                diff = diff.max(max_abs_diff(&e, &embed_burn(f, s)));
+    let onnx_tract = match (f, opts.backbone.as_deref()) {
+        (crate::model::FeatureNet::Head(head), Some(b)) => {
+            // The merged file is what users run; it is checked against the backbone and
+            // head run apart. The head's nodes, written by hand, are checked on tract
+            // against burn over every evaluated feature vector.
+            let (bytes, _spec) = merge_backbone_head(b.bytes(), b.spec(), head, &prov)?;
+            write_atomic(&model_path, &bytes)?;
+            diff = check_merged(&model_path, b, f)?;
+            let head_onnx = head_only_onnx(head);
+            evaluate(&split.name, &split.eval, &cfg.recall_ks, cfg.seed, |sets| {
+                let e: Vec<_> = sets
+                    .iter()
+                    .map(|s| {
+                        let x =
+                            ndarray::Array2::from_shape_vec((s.len(), s.chw[0]), s.data.clone())
+                                .map_err(|e| TrainError::Eval(e.to_string()))?;
+                        let mut e = run_matrix_onnx(&head_onnx, &x)?;
+                        htg_retrieval::embed::l2_normalize_rows(&mut e);
+                        diff = diff.max(max_abs_diff(&e, &embed_burn(f, s)));
+                        Ok(e)
+                    })
+                    .collect::<Result<_, TrainError>>()?;
+                tract_emb = e.clone();
                 Ok(e)
-            })
-            .collect::<Result<_, TrainError>>()?;
-        tract_emb = e.clone();
-        Ok(e)
-    })?;
+            })?
+        }
+        (crate::model::FeatureNet::Head(_), None) => {
+            return Err(TrainError::Config(
+                "a head was trained without its backbone".into(),
+            ))
+        }
+        (crate::model::FeatureNet::Cnn(_), _) => {
+            let spec = input_spec(&cfg.feature);
+            let (bytes, _spec) = export_feature_net(f, &spec, &prov)?;
+            write_atomic(&model_path, &bytes)?;
+            let tract =
+                TractEmbedder::load(&model_path).map_err(|e| TrainError::Eval(e.to_string()))?;
+            evaluate(&split.name, &split.eval, &cfg.recall_ks, cfg.seed, |sets| {
+                let e: Vec<_> = sets
+                    .iter()
+                    .map(|s| {
+                        let e = embed_with(&tract, s)?;
+                        diff = diff.max(max_abs_diff(&e, &embed_burn(f, s)));
+                        Ok(e)
+                    })
+                    .collect::<Result<_, TrainError>>()?;
+                tract_emb = e.clone();
+                Ok(e)
+            })?
+        }
+    };
     let test_top1_hits = top1_hits(&split.eval, &tract_emb);
     let summary = RunSummary {
         method: cfg.method.name().into(),
@@ -336,6 +404,7 @@ pub fn train_and_export(
         val_curve,
         stopped_early,
         test_top1_hits,
+        skipped_files: split.skipped.clone(),
     };
     write_summary(&opts.out, &summary)?;
     if diff > ONNX_TOLERANCE {
@@ -344,6 +413,36 @@ pub fn train_and_export(
         )));
     }
     Ok(summary)
+}
+
+/// Largest |difference| between the merged file at `model` on tract and the backbone, then
+/// `f`'s head in burn, on two fixed pseudo-random images (values in the spec's input range):
+/// the graft is checked on every export without keeping any pixels of the data set.
+pub fn check_merged(
+    model: &Path,
+    backbone: &Backbone,
+    f: &crate::model::FeatureNet,
+) -> Result<f32, TrainError> {
+    let spec = backbone.spec();
+    let shape = htg_retrieval::preprocess::batch_shape(2, spec);
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let input = ndarray::Array4::from_shape_fn((shape[0], shape[1], shape[2], shape[3]), |_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    });
+    let feats = backbone.raw(input.view())?;
+    let set = crate::data::ImageSet {
+        data: feats.iter().copied().collect(),
+        labels: vec![0, 1],
+        chw: [feats.ncols(), 1, 1],
+    };
+    let want = embed_burn(f, &set);
+    let merged = TractEmbedder::load(model).map_err(|e| TrainError::Eval(e.to_string()))?;
+    let got = htg_retrieval::embed::Embedder::embed_tensor(&merged, input.view())
+        .map_err(|e| TrainError::Eval(e.to_string()))?;
+    Ok(max_abs_diff(&got, &want))
 }
 
 /// Writes `metrics.json`, atomically: a continued run reads it back as its starting point.
@@ -380,11 +479,32 @@ pub fn evaluate_embedder(
 
 /// The raw-pixel floor on the unseen classes of `data`, at `cfg`'s input size and colour.
 pub fn evaluate_raw_pixels(data: &str, cfg: &TrainConfig) -> Result<EvalReport, TrainError> {
-    let split = load_split(data, cfg, None)?;
+    let split = load_split(data, cfg, None, None)?;
     let report = evaluate(&split.name, &split.eval, &cfg.recall_ks, cfg.seed, |sets| {
         Ok(crate::eval::embed_raw_pixels(sets))
     })?;
     Ok(report)
+}
+
+/// The raw-backbone floor on the unseen classes of `data`: the backbone's own features,
+/// l2-normalised, with no head: what a trained head must beat.
+pub fn evaluate_backbone(
+    data: &str,
+    cfg: &TrainConfig,
+    backbone: &Backbone,
+) -> Result<EvalReport, TrainError> {
+    let cfg = cfg.clone().on_backbone(backbone.config().clone());
+    let split = load_split(data, &cfg, None, Some(backbone))?;
+    evaluate(&split.name, &split.eval, &cfg.recall_ks, cfg.seed, |sets| {
+        sets.iter()
+            .map(|s| {
+                let mut e = ndarray::Array2::from_shape_vec((s.len(), s.chw[0]), s.data.clone())
+                    .map_err(|e| TrainError::Eval(e.to_string()))?;
+                htg_retrieval::embed::l2_normalize_rows(&mut e);
+                Ok(e)
+            })
+            .collect()
+    })
 }
 
 /// Number of evaluation images, for messages.

@@ -117,7 +117,7 @@ impl Trainer {
         cfg.validate()?;
         let device = train_device();
         device.seed(cfg.seed);
-        let f = FeatureNet::new(&cfg.feature, &device);
+        let f = FeatureNet::new(cfg, &device);
         let adv = (cfg.method == Method::Htg).then(|| Adversary {
             g: Generator::new(
                 cfg.feature.embedding_dim,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use htg_retrieval::embed::TractEmbedder;
 use htg_training::config::{EmojiConfig, FeatureConfig, InputColor, Method, Mining};
-use htg_training::data::{DataSource, EvalProtocol, ImageSet, PkSampler, ZeroShotSplit};
+use htg_training::data::{DataSource, Encoder, EvalProtocol, ImageSet, PkSampler, ZeroShotSplit};
 use htg_training::eval::{embed_burn, embed_raw_pixels, embed_with, evaluate, max_abs_diff};
 use htg_training::export::{export_feature_net, write_atomic, Provenance};
 use htg_training::loss::{distance_matrix, mine};
@@ -135,6 +135,7 @@ fn htg_trains_on_real_emoji_and_exports_faithfully() {
     let prov = Provenance {
         method: "htg".into(),
         data: "emoji".into(),
+        backbone: None,
     };
     let (bytes, spec) =
         export_feature_net(t.feature_net(), &input_spec(&cfg.feature), &prov).unwrap();
@@ -230,7 +231,7 @@ fn extra_vendors_add_training_images_and_leave_evaluation_alone() {
         ..EmojiConfig::default()
     };
     let four = src
-        .load_with(&spec, Some(60), &extra)
+        .load_with(Encoder::Pixels(&spec), Some(60), &extra)
         .expect("emoji slice loads with extra vendors");
     assert_eq!(four.train_classes, two.train_classes);
     assert!(
@@ -288,7 +289,7 @@ fn extra_vendors_add_training_images_and_leave_evaluation_alone() {
     );
     // Vendors are emoji's alone; an unknown name is refused before anything loads.
     assert!(DataSource::FashionMnist(emoji_dir())
-        .load_with(&spec, None, &extra)
+        .load_with(Encoder::Pixels(&spec), None, &extra)
         .unwrap_err()
         .to_string()
         .contains("only the emoji data set"));
@@ -304,7 +305,7 @@ fn extra_vendors_add_training_images_and_leave_evaluation_alone() {
 fn refused(emoji: &EmojiConfig, classes: usize) -> String {
     let spec = input_spec(&small_config(Method::TripletBatchhard).feature);
     DataSource::Emoji(emoji_dir())
-        .load_with(&spec, Some(classes), emoji)
+        .load_with(Encoder::Pixels(&spec), Some(classes), emoji)
         .unwrap_err()
         .to_string()
 }
@@ -323,7 +324,9 @@ fn excluded_categories_leave_training_and_nothing_else() {
         exclude_categories: vec!["Flags".into()],
         ..EmojiConfig::default()
     };
-    let kept = src.load_with(&spec, Some(100), &no_flags).unwrap();
+    let kept = src
+        .load_with(Encoder::Pixels(&spec), Some(100), &no_flags)
+        .unwrap();
     assert!(
         kept.train_classes < all.train_classes && kept.train_classes >= 2,
         "{} of {} training classes kept",
@@ -399,6 +402,7 @@ fn continuing_a_finished_run_keeps_its_selection_until_a_later_validation_beats_
             out: dir.path().to_path_buf(),
             resume: false,
             max_classes: Some(40),
+            backbone: None,
         };
         let first = train_and_export(cfg.clone(), &opts, |_| {}).unwrap();
         assert_eq!((first.steps, first.val_curve.len()), (4, 2));

@@ -24,6 +24,7 @@ use htg_retrieval::spec::ModelSpec;
 use image::DynamicImage;
 
 use crate::config::EmojiConfig;
+use crate::features::Backbone;
 use crate::TrainError;
 
 pub use augment::make_batch;
@@ -86,6 +87,30 @@ impl ImageSet {
         Ok(ImageSet { data, labels, chw })
     }
 
+    /// Encodes `images` as `enc` says: preprocessed pixels, or a backbone's features
+    /// (`chw = [D, 1, 1]`, so F's input keeps one shape whatever F is).
+    pub fn encode(
+        images: &[DynamicImage],
+        labels: Vec<usize>,
+        enc: Encoder<'_>,
+    ) -> Result<ImageSet, TrainError> {
+        match enc {
+            Encoder::Pixels(spec) => ImageSet::from_images(images, labels, spec),
+            Encoder::Backbone(b) => {
+                if images.len() != labels.len() {
+                    return Err(TrainError::Data(
+                        "images and labels differ in length".into(),
+                    ));
+                }
+                Ok(ImageSet {
+                    data: b.features(images)?,
+                    labels,
+                    chw: [b.config().features, 1, 1],
+                })
+            }
+        }
+    }
+
     /// The images at `idx` as an `ndarray` batch (for the tract embedder).
     pub fn to_array4(&self, idx: std::ops::Range<usize>) -> ndarray::Array4<f32> {
         let n = self.chw.iter().product::<usize>();
@@ -93,6 +118,26 @@ impl ImageSet {
         let v = self.data[idx.start * n..idx.end * n].to_vec();
         ndarray::Array4::from_shape_vec((idx.len(), c, h, w), v)
             .expect("slice length matches the shape")
+    }
+}
+
+/// What F is fed: the same loaders serve a CNN trained on pixels and a head trained on a
+/// frozen backbone's cached features.
+#[derive(Clone, Copy, Debug)]
+pub enum Encoder<'a> {
+    /// Pixels preprocessed as `spec` says.
+    Pixels(&'a ModelSpec),
+    /// The backbone's raw feature vector of each image.
+    Backbone(&'a Backbone),
+}
+
+impl Encoder<'_> {
+    /// The preprocessing images get: the spec itself, or the backbone's.
+    pub fn spec(&self) -> &ModelSpec {
+        match self {
+            Encoder::Pixels(s) => s,
+            Encoder::Backbone(b) => b.spec(),
+        }
     }
 }
 
@@ -162,6 +207,8 @@ pub struct ZeroShotSplit {
     /// The class-disjoint validation split carved from the training classes
     /// ([`ZeroShotSplit::carve_validation`]); `None` until carved.
     pub val: Option<EvalProtocol>,
+    /// Files left out because they did not decode, each with the reason (folders only).
+    pub skipped: Vec<String>,
 }
 
 impl ZeroShotSplit {
@@ -322,7 +369,7 @@ impl DataSource {
         spec: &ModelSpec,
         max_classes: Option<usize>,
     ) -> Result<ZeroShotSplit, TrainError> {
-        self.load_with(spec, max_classes, &EmojiConfig::default())
+        self.load_with(Encoder::Pixels(spec), max_classes, &EmojiConfig::default())
     }
 
     /// [`DataSource::load`], with emoji's training classes shaped by `emoji`: other vendors'
@@ -331,7 +378,7 @@ impl DataSource {
     /// anything but the default is refused for them.
     pub fn load_with(
         &self,
-        spec: &ModelSpec,
+        spec: Encoder<'_>,
         max_classes: Option<usize>,
         emoji: &EmojiConfig,
     ) -> Result<ZeroShotSplit, TrainError> {
@@ -412,13 +459,13 @@ mod tests {
         std::fs::create_dir(dir.path().join("a")).unwrap();
         write_png(&dir.path().join("a/1.png"), 10, 10, 1);
         write_png(&dir.path().join("a/2.png"), 10, 10, 2);
-        let e = load_folder(dir.path(), &spec, None)
+        let e = load_folder(dir.path(), Encoder::Pixels(&spec), None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("1 class folder"), "{e}");
         // An empty class: clear error naming it.
         std::fs::create_dir(dir.path().join("empty")).unwrap();
-        let e = load_folder(dir.path(), &spec, None)
+        let e = load_folder(dir.path(), Encoder::Pixels(&spec), None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"empty\"") && e.contains("no images"), "{e}");
@@ -429,7 +476,7 @@ mod tests {
             write_png(&dir.path().join(format!("{c}/1.png")), 7 + i as u32, 30, 10);
             write_png(&dir.path().join(format!("{c}/2.jpg")), 64, 9, 200);
         }
-        let s = load_folder(dir.path(), &spec, None).unwrap();
+        let s = load_folder(dir.path(), Encoder::Pixels(&spec), None).unwrap();
         assert_eq!(s.train_classes, 2);
         assert_eq!(s.train.len(), 4);
         assert_eq!(s.train.chw, [1, 16, 16]);
@@ -466,6 +513,7 @@ mod tests {
             eval_names: vec!["x".into()],
             train_vendor: Some((0..n).map(|i| [0u8, 1, 4, 5][i % 4]).collect()),
             val: None,
+            skipped: Vec::new(),
         };
         let s = split.clone().carve_validation(2, 7).unwrap();
         assert_eq!(s.train_classes, 4);

@@ -5,12 +5,11 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use htg_retrieval::spec::ModelSpec;
 use image::DynamicImage;
 use rayon::prelude::*;
 
 use super::split::numeric_split;
-use super::{EvalProtocol, ImageSet, ZeroShotSplit};
+use super::{Encoder, EvalProtocol, ImageSet, ZeroShotSplit};
 use crate::config::EmojiConfig;
 use crate::TrainError;
 
@@ -121,7 +120,7 @@ pub(super) fn idx_labels(path: &Path) -> Result<Vec<usize>, TrainError> {
 /// evaluated (leave-one-out).
 pub(super) fn load_fashion(
     dir: &Path,
-    spec: &ModelSpec,
+    spec: Encoder<'_>,
     max_classes: Option<usize>,
 ) -> Result<ZeroShotSplit, TrainError> {
     let (ti, _, _) = idx_images(&find_file(dir, "train-images-idx3-ubyte")?)?;
@@ -186,7 +185,7 @@ pub fn parse_mnist_csv(text: &str) -> Result<(Vec<DynamicImage>, Vec<usize>), Tr
 /// MNIST-5k: digits 0–4 train, digits 5–9 are evaluated (leave-one-out).
 pub(super) fn load_mnist5k(
     dir: &Path,
-    spec: &ModelSpec,
+    spec: Encoder<'_>,
     max_classes: Option<usize>,
 ) -> Result<ZeroShotSplit, TrainError> {
     let path = find_file(dir, "mnist_5k.csv")?;
@@ -214,13 +213,13 @@ fn load_all(paths: &[PathBuf]) -> Result<Vec<DynamicImage>, TrainError> {
         .collect()
 }
 
-const IMAGE_EXTS: &[&str] = &["png", "jpg", "jpeg", "gif", "bmp", "webp"];
+const IMAGE_EXTS: &[&str] = &["png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff"];
 
 /// A folder with one subfolder per class (sorted by name): the first half of the classes
 /// trains, the second half is evaluated leave-one-out. Images may have any size.
 pub(super) fn load_folder(
     dir: &Path,
-    spec: &ModelSpec,
+    spec: Encoder<'_>,
     max_classes: Option<usize>,
 ) -> Result<ZeroShotSplit, TrainError> {
     let mut classes: Vec<(String, Vec<PathBuf>)> = Vec::new();
@@ -241,7 +240,15 @@ pub(super) fn load_folder(
             })
             .collect();
         files.sort();
-        classes.push((entry.file_name().to_string_lossy().into_owned(), files));
+        let name = entry.file_name().into_string().map_err(|raw| {
+            TrainError::Data(format!(
+                "class folder {:?} in {}: its name is not valid UTF-8 (class names go into \
+                 reports and metadata as text); rename it",
+                raw.to_string_lossy(),
+                dir.display()
+            ))
+        })?;
+        classes.push((name, files));
     }
     classes.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some((name, _)) = classes.iter().find(|(_, f)| f.is_empty()) {
@@ -260,34 +267,74 @@ pub(super) fn load_folder(
             classes.len()
         )));
     }
-    if let Some((name, _)) = classes.iter().find(|(_, f)| f.len() < 2) {
+    // A file that does not decode is left out and named, not fatal: one bad photo in a
+    // collection must not stop a run. JPEGs decode at the reduced DCT scale the input allows,
+    // so a folder of camera photos does not hold full-size pixels in memory.
+    let input = spec.spec();
+    let mut skipped = Vec::new();
+    let mut decoded: Vec<(String, Vec<DynamicImage>)> = Vec::new();
+    for (name, files) in classes {
+        let imgs: Vec<Result<DynamicImage, String>> = files
+            .par_iter()
+            .map(|p| {
+                std::fs::read(p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| {
+                        htg_retrieval::preprocess::decode_for(&b, input, MAX_PIXELS)
+                            .map_err(|e| e.to_string())
+                    })
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            })
+            .collect();
+        let mut good = Vec::new();
+        for r in imgs {
+            match r {
+                Ok(i) => good.push(i),
+                Err(m) => skipped.push(m),
+            }
+        }
+        decoded.push((name, good));
+    }
+    if let Some((name, f)) = decoded.iter().find(|(_, f)| f.len() < 2) {
         return Err(TrainError::Data(format!(
-            "class folder {name:?} has a single image; every class needs at least 2"
+            "class folder {name:?} has {} image(s) that decode; every class needs at least 2{}",
+            f.len(),
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" (skipped: {})", skipped.join("; "))
+            }
         )));
     }
-    let half = classes.len() / 2;
-    let gather =
-        |cs: &[(String, Vec<PathBuf>)]| -> Result<(Vec<DynamicImage>, Vec<usize>), TrainError> {
-            let mut paths = Vec::new();
-            let mut labels = Vec::new();
-            for (i, (_, files)) in cs.iter().enumerate() {
-                paths.extend(files.iter().cloned());
-                labels.extend(std::iter::repeat_n(i, files.len()));
-            }
-            Ok((load_all(&paths)?, labels))
-        };
-    let (ti, tl) = gather(&classes[..half])?;
-    let (ei, el) = gather(&classes[half..])?;
+    let half = decoded.len() / 2;
+    let gather = |cs: Vec<(String, Vec<DynamicImage>)>| {
+        let mut imgs = Vec::new();
+        let mut labels = Vec::new();
+        for (i, (_, files)) in cs.into_iter().enumerate() {
+            labels.extend(std::iter::repeat_n(i, files.len()));
+            imgs.extend(files);
+        }
+        (imgs, labels)
+    };
+    let eval_names = decoded[half..].iter().map(|(n, _)| n.clone()).collect();
+    let rest = decoded.split_off(half);
+    let (ti, tl) = gather(decoded);
+    let (ei, el) = gather(rest);
     Ok(ZeroShotSplit {
         name: String::new(),
-        train: ImageSet::from_images(&ti, tl, spec)?,
+        train: ImageSet::encode(&ti, tl, spec)?,
         train_classes: half,
-        eval: EvalProtocol::LeaveOneOut(ImageSet::from_images(&ei, el, spec)?),
-        eval_names: classes[half..].iter().map(|(n, _)| n.clone()).collect(),
+        eval: EvalProtocol::LeaveOneOut(ImageSet::encode(&ei, el, spec)?),
+        eval_names,
         train_vendor: None,
         val: None,
+        skipped,
     })
 }
+
+/// Pixels above which a folder image is refused (and skipped): a decompression bomb must
+/// not take the machine's memory. 100 MP covers any camera.
+const MAX_PIXELS: u64 = 100_000_000;
 
 #[derive(serde::Deserialize)]
 struct EmojiEntry {
@@ -348,7 +395,7 @@ impl HasImg {
 /// images only), whatever `emoji` holds.
 pub(super) fn load_emoji(
     dir: &Path,
-    spec: &ModelSpec,
+    spec: Encoder<'_>,
     max_classes: Option<usize>,
     emoji: &EmojiConfig,
 ) -> Result<ZeroShotSplit, TrainError> {
@@ -461,11 +508,11 @@ pub(super) fn load_emoji(
     let labels: Vec<usize> = (0..eval.len()).collect();
     Ok(ZeroShotSplit {
         name: String::new(),
-        train: ImageSet::from_images(&load_all(&train_paths)?, train_labels, spec)?,
+        train: ImageSet::encode(&load_all(&train_paths)?, train_labels, spec)?,
         train_classes: train.len(),
         eval: EvalProtocol::QueryGallery {
-            query: ImageSet::from_images(&load_all(&q_paths)?, labels.clone(), spec)?,
-            gallery: ImageSet::from_images(&load_all(&g_paths)?, labels, spec)?,
+            query: ImageSet::encode(&load_all(&q_paths)?, labels.clone(), spec)?,
+            gallery: ImageSet::encode(&load_all(&g_paths)?, labels, spec)?,
         },
         eval_names: eval
             .iter()
@@ -473,5 +520,6 @@ pub(super) fn load_emoji(
             .collect(),
         train_vendor: Some(train_vendor),
         val: None,
+        skipped: Vec::new(),
     })
 }

@@ -3,9 +3,8 @@
 
 use image::DynamicImage;
 
-use super::{EvalProtocol, ImageSet, ZeroShotSplit};
+use super::{Encoder, EvalProtocol, ImageSet, ZeroShotSplit};
 use crate::TrainError;
-use htg_retrieval::spec::ModelSpec;
 
 /// Splits labelled images whose labels are `0..classes` into train (`< classes/2`) and eval;
 /// `class_name` names an original label for reports.
@@ -14,7 +13,7 @@ pub(super) fn numeric_split(
     train_labels: Vec<usize>,
     eval_imgs: Vec<DynamicImage>,
     eval_labels: Vec<usize>,
-    spec: &ModelSpec,
+    spec: Encoder<'_>,
     max_classes: Option<usize>,
     class_name: &dyn Fn(usize) -> String,
 ) -> Result<ZeroShotSplit, TrainError> {
@@ -45,12 +44,13 @@ pub(super) fn numeric_split(
     check_classes(&el, classes - half, "evaluation")?;
     Ok(ZeroShotSplit {
         name: String::new(),
-        train: ImageSet::from_images(&ti, tl, spec)?,
+        train: ImageSet::encode(&ti, tl, spec)?,
         train_classes: half,
-        eval: EvalProtocol::LeaveOneOut(ImageSet::from_images(&ei, el, spec)?),
+        eval: EvalProtocol::LeaveOneOut(ImageSet::encode(&ei, el, spec)?),
         eval_names: (half..classes).map(class_name).collect(),
         train_vendor: None,
         val: None,
+        skipped: Vec::new(),
     })
 }
 
