@@ -45,6 +45,11 @@ pub struct Args {
     /// model.onnx is the backbone and the head in one file.
     #[arg(long)]
     pub backbone: Option<String>,
+    /// Pool the backbone's last feature map to a G×G grid instead of one vector (G > 1):
+    /// keeps coarse layout, which drawings such as emoji need [default: the config's
+    /// `[backbone] grid`, else 1]
+    #[arg(long, value_name = "G", requires = "backbone")]
+    pub backbone_grid: Option<usize>,
     /// Runtime that computes the backbone's features.
     #[command(flatten)]
     pub runtime: crate::flags::BackendArgs,
@@ -88,8 +93,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let backbone = match &args.backbone {
         Some(given) => {
             let path = crate::flags::backbone(given)?;
-            let embedder = crate::flags::load(&path, &args.runtime)?;
+            let grid = args
+                .backbone_grid
+                .or(cfg.backbone.as_ref().map(|b| b.grid))
+                .unwrap_or(1);
             let cache = htg_retrieval::ort_backend::cache_dir();
+            let load = |p: &std::path::Path| {
+                crate::flags::load(p, &args.runtime).map_err(|e| format!("{e:#}"))
+            };
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -97,8 +108,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 )
                 .context("progress template")?,
             );
-            let b = Backbone::open(given, &path, embedder, Some(&cache))?.with_progress(Box::new(
-                move |done, total| {
+            let b = Backbone::open(given, &path, grid, Some(&cache), &load)?.with_progress(
+                Box::new(move |done, total| {
                     if bar.length() != Some(total as u64) {
                         bar.reset();
                         bar.set_length(total as u64);
@@ -107,8 +118,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     if done == total {
                         bar.finish();
                     }
-                },
-            ));
+                }),
+            );
             cfg = cfg.on_backbone(b.config().clone());
             Some(Arc::new(b))
         }

@@ -37,6 +37,7 @@ struct Args {
     read_only: bool,
     methods: Vec<(String, TrainConfig)>,
     backbone: Option<PathBuf>,
+    backbone_grid: usize,
 }
 
 fn parse_seeds(s: &str) -> Result<Vec<u64>, String> {
@@ -72,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
         read_only: false,
         methods: Vec::new(),
         backbone: None,
+        backbone_grid: 1,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, f: &str| -> Result<usize, String> {
@@ -90,6 +92,7 @@ fn parse_args() -> Result<Args, String> {
             "--val-classes" => a.val_classes = Some(num(it.next(), "--val-classes")?),
             "--extend" => a.extend = true,
             "--read-only" => a.read_only = true,
+            "--backbone-grid" => a.backbone_grid = num(it.next(), "--backbone-grid")?,
             "--backbone" => a.backbone = Some(it.next().ok_or("--backbone needs a value")?.into()),
             spec => {
                 let (name, what) = spec.split_once('=').ok_or(format!(
@@ -265,27 +268,33 @@ fn main() {
             ),
             ..Default::default()
         };
-        let loaded = htg_retrieval::loader::load(
-            path,
-            htg_retrieval::loader::Runtime::Auto,
-            &Default::default(),
-            &ort,
-        )
-        .unwrap_or_else(|e| {
-            eprintln!("protocol: --backbone: {e}");
-            std::process::exit(2);
-        });
-        eprintln!("{}", loaded.choice.unwrap_or_default());
+        let load = |p: &Path| {
+            let l = htg_retrieval::loader::load(
+                p,
+                htg_retrieval::loader::Runtime::Auto,
+                &Default::default(),
+                &ort,
+            )
+            .map_err(|e| e.to_string())?;
+            eprintln!("{}", l.choice.unwrap_or_default());
+            Ok(l.embedder)
+        };
         let name = path
             .file_stem()
             .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
         let cache = htg_retrieval::ort_backend::cache_dir();
         std::sync::Arc::new(
-            htg_training::features::Backbone::open(&name, path, loaded.embedder, Some(&cache))
-                .unwrap_or_else(|e| {
-                    eprintln!("protocol: --backbone: {e}");
-                    std::process::exit(2);
-                }),
+            htg_training::features::Backbone::open(
+                &name,
+                path,
+                a.backbone_grid,
+                Some(&cache),
+                &load,
+            )
+            .unwrap_or_else(|e| {
+                eprintln!("protocol: --backbone: {e}");
+                std::process::exit(2);
+            }),
         )
     });
     if let Some(b) = &backbone {

@@ -378,6 +378,14 @@ pub struct BackboneConfig {
     pub name: String,
     /// sha256 of the ONNX file, hex.
     pub sha256: String,
+    /// 0 or 1: the backbone's own (globally pooled) features; g > 1: its last feature map
+    /// pooled to a g×g grid (`htg_training::features::grid_features`).
+    #[serde(default)]
+    pub grid: usize,
+    /// sha256 of the file that computes the features (the ONNX file itself, or its grid
+    /// version): what the feature cache is keyed by.
+    #[serde(default)]
+    pub features_sha256: String,
     /// Width of the backbone's feature vector (the head's input).
     pub features: usize,
     /// Hidden ReLU units of the head; 0 makes the head one linear layer.

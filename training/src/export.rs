@@ -180,7 +180,8 @@ fn head_nodes(
     (nodes, inits)
 }
 
-fn matrix_value(name: &str, cols: usize) -> pb::ValueInfoProto {
+/// A float `[batch, cols]` graph input or output.
+pub(crate) fn matrix_value(name: &str, cols: usize) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension, Dimension};
     let dim = |v| Dimension {
         value: Some(v),
@@ -266,8 +267,18 @@ pub fn merge_backbone_head(
     let dim = head.layers().last().map_or(0, |l| l.outputs);
     graph.output = vec![matrix_value(&out, dim)];
     graph.value_info.clear();
-    // Keep what the new output needs, walking back from it.
-    let mut needed: std::collections::HashSet<String> = [out.clone()].into();
+    prune(graph);
+    let mut spec = backbone_spec.clone();
+    spec.embedding_dim = dim;
+    spec.pooling = htg_retrieval::spec::Pooling::None;
+    add_metadata(&proto.encode_to_vec(), &spec, prov)
+}
+
+/// Drops every node and initializer the graph's outputs do not need (nodes are in
+/// topological order, so one walk back from the outputs finds them).
+pub(crate) fn prune(graph: &mut pb::GraphProto) {
+    let mut needed: std::collections::HashSet<String> =
+        graph.output.iter().map(|o| o.name.clone()).collect();
     let mut keep = vec![false; graph.node.len()];
     for (i, n) in graph.node.iter().enumerate().rev() {
         if n.output.iter().any(|o| needed.contains(o)) {
@@ -278,10 +289,6 @@ pub fn merge_backbone_head(
     let mut k = keep.iter();
     graph.node.retain(|_| *k.next().expect("one flag per node"));
     graph.initializer.retain(|t| needed.contains(&t.name));
-    let mut spec = backbone_spec.clone();
-    spec.embedding_dim = dim;
-    spec.pooling = htg_retrieval::spec::Pooling::None;
-    add_metadata(&proto.encode_to_vec(), &spec, prov)
 }
 
 /// Runs a plain-input ONNX file (the head alone) on tract: `[N, D]` in, its first output out.

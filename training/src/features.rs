@@ -52,18 +52,41 @@ impl std::fmt::Debug for Backbone {
 }
 
 impl Backbone {
-    /// The backbone in `path`, run by `embedder` (loaded from the same file), with its cache
-    /// under `cache_dir/features` (`None`: nothing is kept between runs).
+    /// The backbone in `path`, with its cache under `cache_dir/features` (`None`: nothing is
+    /// kept between runs), run by what `load` makes of a file. With `grid` > 1 the features
+    /// are the last feature map average-pooled to a `grid`×`grid` grid ([`grid_features`]):
+    /// the file that computes them is written beside the cache (or into a temporary
+    /// directory) and loaded instead.
     pub fn open(
         name: &str,
         path: &Path,
-        embedder: Box<dyn Embedder>,
+        grid: usize,
         cache_dir: Option<&Path>,
+        load: &dyn Fn(&Path) -> Result<Box<dyn Embedder>, String>,
     ) -> Result<Backbone, TrainError> {
-        let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TrainError::Io { path, source }
+        };
+        let source = std::fs::read(path).map_err(io(path))?;
+        let source_sha = hex::encode(Sha256::digest(&source));
+        let (bytes, file) = if grid > 1 {
+            let spec = htg_retrieval::embed::ModelFile::read(path)
+                .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?
+                .id
+                .spec;
+            let bytes = grid_features(&source, &spec, grid)?;
+            let dir = cache_dir
+                .map(|d| d.join("features"))
+                .unwrap_or_else(std::env::temp_dir);
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            let file = dir.join(format!("{}-grid{grid}.onnx", &source_sha[..16]));
+            crate::export::write_atomic(&file, &bytes)?;
+            (bytes, file)
+        } else {
+            (source, path.to_path_buf())
+        };
+        let embedder = load(&file).map_err(|e| TrainError::Data(format!("backbone: {e}")))?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let sha256 = hex::encode(digest);
         if embedder.model_id().sha256 != sha256 {
@@ -78,7 +101,9 @@ impl Backbone {
         Ok(Backbone {
             config: BackboneConfig {
                 name: name.to_string(),
-                sha256,
+                sha256: source_sha,
+                grid,
+                features_sha256: sha256,
                 features,
                 head_hidden: 0,
             },
@@ -155,6 +180,105 @@ impl Backbone {
         }
         Ok(out)
     }
+}
+
+/// `backbone` with its feature output replaced: the map under its global average pool, pooled
+/// instead to a `grid`×`grid` grid (windows of side `H − s·(grid − 1)` at stride `s =
+/// ⌊H / grid⌋`, so they cover the map exactly) and flattened, channel-major: `C·grid²`
+/// features. An ImageNet network's pooled vector says what is in a picture, not where; for
+/// drawings such as emoji, where two vendors' renderings of one symbol share their layout,
+/// the coarse layout is what tells near-identical classes apart.
+///
+/// The spec's output must be `Flatten(GlobalAveragePool(x))`, as in the converted
+/// EfficientNet-Lite files; other outputs (a classifier's logits) are dropped.
+pub fn grid_features(
+    backbone: &[u8],
+    spec: &ModelSpec,
+    grid: usize,
+) -> Result<Vec<u8>, TrainError> {
+    use prost::Message;
+    use tract_onnx::pb;
+    let err = |m: String| TrainError::Data(format!("backbone grid: {m}"));
+    let mut proto = pb::ModelProto::decode(backbone).map_err(|e| err(e.to_string()))?;
+    let g = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| err("the backbone has no graph".into()))?;
+    let out = spec.output_name.clone();
+    let flatten = g
+        .node
+        .iter()
+        .find(|n| n.output.first() == Some(&out))
+        .filter(|n| n.op_type == "Flatten")
+        .ok_or_else(|| err(format!("{out:?} is not made by a Flatten")))?;
+    let pool = g
+        .node
+        .iter()
+        .find(|n| n.output.first() == flatten.input.first())
+        .filter(|n| n.op_type == "GlobalAveragePool")
+        .ok_or_else(|| err(format!("{out:?} is not a flattened global average pool")))?;
+    let map = pool.input[0].clone();
+    let channels = spec.embedding_dim;
+    // The map's side: every stride-2 stage of a 32× network halves it, rounding up.
+    let h = (spec.height as usize).div_ceil(32);
+    if grid > h {
+        return Err(err(format!(
+            "grid {grid} is finer than the {h}×{h} feature map"
+        )));
+    }
+    let stride = h / grid;
+    let kernel = h - stride * (grid - 1);
+    let ints = |name: &str, v: Vec<i64>| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: v,
+        ..Default::default()
+    };
+    for n in &mut g.node {
+        for name in n.input.iter_mut().chain(n.output.iter_mut()) {
+            if *name == out {
+                *name = format!("backbone/{out}");
+            }
+        }
+    }
+    let pooled = format!("backbone/grid{grid}");
+    g.node.push(pb::NodeProto {
+        name: pooled.clone(),
+        op_type: "AveragePool".into(),
+        input: vec![map],
+        output: vec![pooled.clone()],
+        attribute: vec![
+            ints("kernel_shape", vec![kernel as i64; 2]),
+            ints("strides", vec![stride as i64; 2]),
+        ],
+        ..Default::default()
+    });
+    g.node.push(pb::NodeProto {
+        name: format!("{pooled}/flatten"),
+        op_type: "Flatten".into(),
+        input: vec![pooled],
+        output: vec![out.clone()],
+        attribute: vec![pb::AttributeProto {
+            name: "axis".into(),
+            r#type: pb::attribute_proto::AttributeType::Int as i32,
+            i: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let features = channels * grid * grid;
+    g.output = vec![crate::export::matrix_value(&out, features)];
+    g.value_info.clear();
+    crate::export::prune(g);
+    let mut spec = spec.clone();
+    spec.embedding_dim = features;
+    proto.metadata_props.retain(|e| !e.key.starts_with("htg."));
+    proto.metadata_props.extend(
+        spec.metadata_props()
+            .into_iter()
+            .map(|(key, value)| pb::StringStringEntryProto { key, value }),
+    );
+    Ok(proto.encode_to_vec())
 }
 
 /// sha256 of a decoded image: its size, colour type and pixel bytes.

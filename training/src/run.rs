@@ -116,15 +116,21 @@ pub fn load_split(
     let spec = input_spec(&cfg.feature);
     let enc = match (&cfg.backbone, backbone) {
         (None, _) => Encoder::Pixels(&spec),
-        (Some(want), Some(b)) if want.sha256 == b.config().sha256 => Encoder::Backbone(b),
+        (Some(want), Some(b))
+            if want.sha256 == b.config().sha256 && want.grid == b.config().grid =>
+        {
+            Encoder::Backbone(b)
+        }
         (Some(want), Some(b)) => {
             return Err(TrainError::Config(format!(
-                "the config trains on backbone {} (sha256 {}), but the backbone given is {} \
-                 (sha256 {})",
+                "the config trains on backbone {} (sha256 {}, grid {}), but the backbone given \
+                 is {} (sha256 {}, grid {})",
                 want.name,
                 want.sha256,
+                want.grid,
                 b.config().name,
-                b.config().sha256
+                b.config().sha256,
+                b.config().grid
             )))
         }
         (Some(want), None) => {
