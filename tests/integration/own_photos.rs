@@ -282,7 +282,8 @@ fn head_layers(model: &Path) -> Vec<(ndarray::Array2<f32>, ndarray::Array1<f32>)
 }
 
 /// The merged file on tract and on ONNX Runtime against the backbone (the bundled photo model
-/// on tract) and the head computed apart, here, from the merged file's own weights.
+/// with its 2×2 grid output, on tract) and the head computed apart, here, from the merged
+/// file's own weights.
 #[test]
 #[ignore = "needs ONNX Runtime (scripts/fetch-data.sh onnxruntime)"]
 fn the_merged_model_on_tract_and_ort_equals_the_backbone_then_the_head() {
@@ -293,18 +294,20 @@ fn the_merged_model_on_tract_and_ort_equals_the_backbone_then_the_head() {
     let data = tmp.path().join("data");
     let names = labelled_folder(&data, 4);
     let config = tmp.path().join("head.toml");
-    // A hidden layer, so the graft's ReLU between the two Gemms is covered too.
+    // A hidden layer, so the graft's ReLU between the two Gemms is covered too, and the grid
+    // tap, so the grafted pooling is.
     std::fs::write(
         &config,
         CONFIG.replace("steps = 60", "steps = 10")
             + "\n[backbone]\nname = \"efficientnet-lite0\"\n\
                sha256 = \"bcfaefeb64b6a451a31068074271534525ce4c3b239c6797832db338331aca20\"\n\
-               features = 1280\nhead_hidden = 64\n",
+               grid = 2\nfeatures = 5120\nhead_hidden = 64\n",
     )
     .unwrap();
     let out = tmp.path().join("run");
+    let cache = tmp.path().join("cache");
     ok(htg_in(
-        &tmp.path().join("cache"),
+        &cache,
         &[
             "train",
             "--data",
@@ -324,7 +327,9 @@ fn the_merged_model_on_tract_and_ort_equals_the_backbone_then_the_head() {
         .iter()
         .map(|n| image::open(data.join(n).join("0.jpg")).unwrap())
         .collect();
-    let backbone = TractEmbedder::load(&crate::util::root().join("models/photo.onnx")).unwrap();
+    let grid_file = cache.join("features/bcfaefeb64b6a451-grid2.onnx");
+    let backbone = TractEmbedder::load(&grid_file).unwrap();
+    assert_eq!(backbone.spec().embedding_dim, 5120);
     let input = htg_retrieval::preprocess::preprocess_batch(&images, backbone.spec());
     let mut x = to_vectors(backbone.run(input.view()).unwrap(), backbone.spec()).unwrap();
     for (i, (w, b)) in layers.iter().enumerate() {

@@ -656,7 +656,12 @@ mod tests {
         // The protocol's grids (margin, learning rate) live one folder down.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/configs");
         let mut n = 0;
-        for d in [dir.clone(), dir.join("grid")] {
+        for d in [
+            dir.clone(),
+            dir.join("grid"),
+            dir.join("backbone"),
+            dir.join("backbone/grid"),
+        ] {
             for e in std::fs::read_dir(&d).unwrap() {
                 let p = e.unwrap().path();
                 if p.extension().is_some_and(|x| x == "toml") {

@@ -68,6 +68,7 @@ impl Backbone {
             let path = path.to_path_buf();
             move |source| TrainError::Io { path, source }
         };
+        let grid = grid.max(1);
         let source = std::fs::read(path).map_err(io(path))?;
         let source_sha = hex::encode(Sha256::digest(&source));
         let (bytes, file) = if grid > 1 {
@@ -461,5 +462,37 @@ mod tests {
         // Another backbone's digest: nothing is read from this file.
         let other = FeatureCache::open(Some(path), [2u8; 32], 3).unwrap();
         assert!(other.index.is_empty());
+    }
+
+    #[test]
+    fn the_grid_tap_needs_a_flattened_global_pool_and_a_map_as_coarse_as_the_grid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let photo = root.join("models/photo.onnx");
+        let spec = htg_retrieval::embed::ModelFile::read(&photo)
+            .unwrap()
+            .id
+            .spec;
+        let bytes = std::fs::read(&photo).unwrap();
+        let g2 = grid_features(&bytes, &spec, 2).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("g2.onnx"), &g2).unwrap();
+        let tapped = htg_retrieval::embed::ModelFile::read(&dir.path().join("g2.onnx"))
+            .unwrap()
+            .id
+            .spec;
+        assert_eq!(tapped.embedding_dim, 1280 * 4);
+        // The 224 px input leaves a 7×7 map: an 8×8 grid cannot be pooled from it.
+        let e = grid_features(&bytes, &spec, 8).unwrap_err().to_string();
+        assert!(e.contains("finer than the 7×7"), "{e}");
+        // A model whose output is not a flattened global pool is refused, by name.
+        let tiny = root.join("tests/fixtures/models/tiny.onnx");
+        let tspec = htg_retrieval::embed::ModelFile::read(&tiny)
+            .unwrap()
+            .id
+            .spec;
+        let e = grid_features(&std::fs::read(&tiny).unwrap(), &tspec, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&tspec.output_name), "{e}");
     }
 }
