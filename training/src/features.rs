@@ -33,6 +33,10 @@ const CHUNK: usize = 32;
 /// Reports `(done, total)` images of one set while its features are computed or read.
 pub type Progress = Box<dyn Fn(usize, usize) + Send + Sync>;
 
+/// Loads an ONNX file on the runtime the caller chose (the CLI's flags, the protocol's
+/// automatic choice): the backbone is opened here but run where the user said.
+pub type LoadBackbone<'a> = dyn Fn(&Path) -> Result<Box<dyn Embedder>, String> + 'a;
+
 /// A frozen ONNX backbone, its file and its feature cache.
 pub struct Backbone {
     config: BackboneConfig,
@@ -62,7 +66,7 @@ impl Backbone {
         path: &Path,
         grid: usize,
         cache_dir: Option<&Path>,
-        load: &dyn Fn(&Path) -> Result<Box<dyn Embedder>, String>,
+        load: &LoadBackbone<'_>,
     ) -> Result<Backbone, TrainError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();

@@ -254,6 +254,9 @@ impl Head {
 
 /// F, the network whose embeddings are trained: a CNN from pixels, or a head on a frozen
 /// pretrained backbone's cached features (`[backbone]` in the config).
+// One F per trainer (and one copy of the best): the variants' size difference costs nothing,
+// and burn's Module derive does not see through a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum FeatureNet {
     /// From scratch, on pixels.
