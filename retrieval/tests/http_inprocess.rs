@@ -1008,6 +1008,60 @@ async fn max_distance_cuts_every_search_and_bad_bounds_are_400() {
         }
     }
 
+    // `k: 3.0` is an integer as JSON Schema counts (the document says `integer`): accepted;
+    // `2.5` is not. A value above the per-value bound the document states is a 422.
+    for (k, want) in [
+        (serde_json::json!(3.0), StatusCode::OK),
+        (serde_json::json!(2.5), StatusCode::BAD_REQUEST),
+    ] {
+        let (st, r) = call!(
+            &app,
+            test::TestRequest::post()
+                .uri("/search/vector")
+                .insert_header(("content-type", "application/json"))
+                .set_payload(serde_json::json!({ "vector": vector, "k": k }).to_string())
+                .to_request(),
+        );
+        assert_eq!(st, want, "k {k}: {r}");
+        if want == StatusCode::OK {
+            assert_eq!(distances(&r["results"]).len(), 3, "{r}");
+        }
+    }
+    let max = server::service::max_component(dim);
+    let (_, api) = call!(
+        &app,
+        test::TestRequest::get().uri("/openapi.json").to_request()
+    );
+    let items = &api["components"]["schemas"]["VectorRequest"]["properties"]["vector"]["items"];
+    assert_eq!(items["maximum"].as_f64().unwrap() as f32, max, "{items}");
+    assert_eq!(items["minimum"].as_f64().unwrap() as f32, -max, "{items}");
+    let mut big = vector.clone();
+    big[0] = max * 1.01;
+    let (st, r) = call!(
+        &app,
+        test::TestRequest::post()
+            .uri("/search/vector")
+            .insert_header(("content-type", "application/json"))
+            .set_payload(serde_json::json!({ "vector": big }).to_string())
+            .to_request(),
+    );
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{r}");
+    let mut edge = vec![max; dim];
+    edge[1] = -max;
+    let (st, r) = call!(
+        &app,
+        test::TestRequest::post()
+            .uri("/search/vector?k=1")
+            .insert_header(("content-type", "application/json"))
+            .set_payload(serde_json::json!({ "vector": edge }).to_string())
+            .to_request(),
+    );
+    assert_eq!(
+        st,
+        StatusCode::OK,
+        "every value at the bound is still searchable: {r}"
+    );
+
     // The OpenAPI document states the range on each search.
     let (_, api) = call!(
         &app,

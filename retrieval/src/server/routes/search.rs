@@ -142,9 +142,11 @@ pub struct VectorRequest {
     pub vector: Vec<f32>,
     /// Neighbours wanted (1..=`max_k`).
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "integer")]
     pub k: Option<usize>,
     /// HNSW candidate list size.
     #[schema(minimum = 1, maximum = 10_000)]
+    #[serde(default, deserialize_with = "integer")]
     pub ef: Option<usize>,
     /// Brute force instead of HNSW.
     pub exact: Option<bool>,
@@ -176,9 +178,11 @@ pub struct BatchRequest {
     pub vectors: Vec<QueryVector>,
     /// Neighbours wanted (1..=`max_k`).
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "integer")]
     pub k: Option<usize>,
     /// HNSW candidate list size.
     #[schema(minimum = 1, maximum = 10_000)]
+    #[serde(default, deserialize_with = "integer")]
     pub ef: Option<usize>,
     /// Brute force instead of HNSW.
     pub exact: Option<bool>,
@@ -199,6 +203,25 @@ pub struct BatchRequest {
     /// Only images at most this far from the query (squared L2 between unit vectors).
     #[schema(minimum = 0.0, maximum = 4.0)]
     pub max_distance: Option<f32>,
+}
+
+/// An optional non-negative integer from JSON, where `543.0` is an integer as JSON Schema
+/// counts (and so as the OpenAPI document's `integer` promises), which serde's `usize` refuses.
+fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=9.0e15).contains(f))
+                .map(|f| f as u64)
+        })
+        .and_then(|u| usize::try_from(u).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("expected a non-negative integer, got {n}"))
+        })
 }
 
 /// One query vector of a batch, of the index's dimension.
