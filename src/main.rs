@@ -28,6 +28,9 @@ enum Command {
     Index(cmd::index::Args),
     /// Find the indexed images nearest to an image.
     Search(cmd::search::Args),
+    /// List groups of near-duplicate images and exact copies in an index, the largest
+    /// image of each first.
+    Duplicates(cmd::duplicates::Args),
     /// Show how a model will be fed (resolved spec), or why it can't be.
     InspectModel(cmd::inspect::Args),
     /// List the bundled models (`--model NAME`), the default first.
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Index(a) => cmd::index::run(a),
         Command::Search(a) => cmd::search::run(a),
+        Command::Duplicates(a) => cmd::duplicates::run(a),
         Command::InspectModel(a) => cmd::inspect::run(a),
         Command::Models(a) => cmd::models::run(a),
         Command::Train(a) => cmd::train::run(a),

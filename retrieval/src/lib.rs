@@ -5,6 +5,7 @@
 //! The pieces are separate so that training (which needs the same preprocessing), the CLI and
 //! the HTTP server share one implementation of each.
 
+pub mod duplicates;
 pub mod embed;
 /// Durable writes, from the vector engine's crate: one helper for every layer.
 pub use htg_ann::fsio;
@@ -21,7 +22,7 @@ pub mod spec;
 pub use embed::{Backend, EmbedError, Embedder, ModelFile, ModelId, TractEmbedder, TractOptions};
 pub use index::{
     EngineKind, Hit, HnswParams, IndexError, IndexStats, LocalIndex, Record, SearchIndex,
-    SearchOptions,
+    SearchOptions, MAX_DISTANCE,
 };
 pub use preprocess::PreprocessError;
 pub use spec::{ModelSpec, SpecError};

@@ -169,6 +169,19 @@ pub struct BundledModel {
     pub bytes: &'static [u8],
     /// One line of its model card: what it is, where it comes from, what it is good at.
     pub summary: &'static str,
+    /// The `max_distance` below which two of its embeddings are near-duplicates (`htg
+    /// duplicates`, `GET /duplicates`): measured on modified copies against different images,
+    /// as models/README.md says for each model; `None` where nothing was measured.
+    pub duplicate_distance: Option<f32>,
+}
+
+/// The calibrated duplicate distance of the bundled model whose bytes hash to `sha256`:
+/// what `htg duplicates` and `GET /duplicates` use when no `max_distance` is given.
+pub fn duplicate_distance(bundled: &[BundledModel], sha256: &str) -> Option<f32> {
+    bundled
+        .iter()
+        .find(|b| crate::embed::sha256_hex(b.bytes) == sha256)
+        .and_then(|b| b.duplicate_distance)
 }
 
 /// The model an index recorded when it was built.

@@ -803,3 +803,284 @@ async fn a_full_disk_answers_507_and_loses_no_acknowledged_write() {
         "exactly the acknowledged writes"
     );
 }
+
+/// `(status, body as JSON)` of one request to the in-process app (a macro: the app's type
+/// cannot be named).
+macro_rules! call {
+    ($app:expr, $req:expr $(,)?) => {{
+        let res = test::call_service($app, $req).await;
+        let status = res.status();
+        let body = test::read_body(res).await;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        (status, v)
+    }};
+}
+
+fn distances(results: &Value) -> Vec<f64> {
+    results
+        .as_array()
+        .expect("a results array")
+        .iter()
+        .map(|h| h["distance"].as_f64().unwrap())
+        .collect()
+}
+
+#[actix_web::test]
+async fn max_distance_cuts_every_search_and_bad_bounds_are_400() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (index, embedder) = fixture_index(tmp.path());
+    let uploads = tmp.path().join("uploads");
+    let state = server::new_state(Config::default(), Arc::new(index), embedder, uploads);
+    let app = test::init_service(server::app(state)).await;
+    let image = |uri: &str| {
+        test::TestRequest::post()
+            .uri(uri)
+            .insert_header(("content-type", "image/png"))
+            .set_payload(png("1f49c-google.png"))
+            .to_request()
+    };
+
+    // Unbounded, for reference: exact, so the cut is compared on the same list.
+    let (st, all) = call!(&app, image("/search?k=8&exact=true"));
+    assert_eq!(st, StatusCode::OK, "{all}");
+    let all_d = distances(&all["results"]);
+    assert_eq!(all_d.len(), 8);
+    assert!(all_d[3] < all_d[4], "distinct distances: {all_d:?}");
+    let bound = (all_d[3] + all_d[4]) / 2.0;
+
+    // Image search: exactly the first four survive, in order.
+    let (st, cut) = call!(
+        &app,
+        image(&format!("/search?k=8&exact=true&max_distance={bound}")),
+    );
+    assert_eq!(st, StatusCode::OK, "{cut}");
+    assert_eq!(
+        cut["results"],
+        Value::Array(all["results"].as_array().unwrap()[..4].to_vec())
+    );
+
+    // More like this, by id.
+    let id = all["results"][0]["id"].as_u64().unwrap();
+    let (_, v) = call!(
+        &app,
+        test::TestRequest::get()
+            .uri(&format!("/images/{id}/similar?k=8&exact=true"))
+            .to_request(),
+    );
+    let similar_d = distances(&v["results"]);
+    assert_eq!(similar_d.len(), 8, "{v}");
+    // `similar` leaves the image out, so the bound between its own 3rd and 4th keeps three.
+    let sim_bound = (similar_d[2] + similar_d[3]) / 2.0;
+    let (st, sim) = call!(
+        &app,
+        test::TestRequest::get()
+            .uri(&format!(
+                "/images/{id}/similar?k=8&exact=true&max_distance={sim_bound}"
+            ))
+            .to_request(),
+    );
+    assert_eq!(st, StatusCode::OK, "{sim}");
+    assert_eq!(distances(&sim["results"]).len(), 3, "{sim}");
+    assert!(sim["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["id"] != id));
+    // Nothing within 0 of it but itself, and itself is left out: a 200 with [].
+    let (st, none) = call!(
+        &app,
+        test::TestRequest::get()
+            .uri(&format!("/images/{id}/similar?max_distance=0"))
+            .to_request(),
+    );
+    assert_eq!(st, StatusCode::OK, "{none}");
+    assert!(similar_d[0] > 0.0, "no exact copy among the fixtures");
+    assert_eq!(none["results"], serde_json::json!([]), "{none}");
+
+    // A form batch of the same image: the same four.
+    let (boundary_ct, body) = form(&[&png("1f49c-google.png")], &[]);
+    let (st, b) = call!(
+        &app,
+        test::TestRequest::post()
+            .uri(&format!(
+                "/search/batch?k=8&exact=true&max_distance={bound}"
+            ))
+            .insert_header(("content-type", boundary_ct))
+            .set_payload(body)
+            .to_request(),
+    );
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(distances(&b["queries"][0]["results"]).len(), 4, "{b}");
+    let (_, stats) = call!(&app, test::TestRequest::get().uri("/stats").to_request());
+    let dim = stats["dimension"]
+        .as_u64()
+        .expect("stats has the dimension") as usize;
+    let vector: Vec<f32> = (0..dim).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+    // A JSON batch and a vector search with the bound in the body (it wins over the query
+    // string's 4, which keeps everything): every hit within it.
+    let tight = 0.5 * all_d[0] + 0.5 * all_d[7];
+    for (uri, body) in [
+        (
+            "/search/vector?k=8&exact=true&max_distance=4",
+            serde_json::json!({ "vector": vector, "max_distance": tight }),
+        ),
+        (
+            "/search/batch?k=8&exact=true&max_distance=4",
+            serde_json::json!({ "vectors": [vector], "max_distance": tight }),
+        ),
+    ] {
+        let (st, r) = call!(
+            &app,
+            test::TestRequest::post()
+                .uri(uri)
+                .insert_header(("content-type", "application/json"))
+                .set_payload(body.to_string())
+                .to_request(),
+        );
+        assert_eq!(st, StatusCode::OK, "{uri}: {r}");
+        let results = if r["results"].is_array() {
+            &r["results"]
+        } else {
+            &r["queries"][0]["results"]
+        };
+        assert!(
+            distances(results).iter().all(|&d| d <= tight + 1e-6),
+            "{uri}: {r}"
+        );
+    }
+    // The same without the body's bound: more hits (the query string's 4 keeps all 8).
+    let (_, r) = call!(
+        &app,
+        test::TestRequest::post()
+            .uri("/search/vector?k=8&exact=true&max_distance=4")
+            .insert_header(("content-type", "application/json"))
+            .set_payload(serde_json::json!({ "vector": vector }).to_string())
+            .to_request(),
+    );
+    assert_eq!(distances(&r["results"]).len(), 8, "{r}");
+
+    // Bad bounds: 400 in the API's error shape, naming the parameter, on every search.
+    for bad in ["-1", "NaN", "inf", "4.5", "near", ""] {
+        for req in [
+            image(&format!("/search?max_distance={bad}")),
+            test::TestRequest::get()
+                .uri(&format!("/images/{id}/similar?max_distance={bad}"))
+                .to_request(),
+        ] {
+            let (st, e) = call!(&app, req);
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {e}");
+            // Numbers out of range name the parameter and the range (text that is no number
+            // gets the query-string parser's message).
+            if bad.parse::<f32>().is_ok() {
+                let m = e["error"]["message"].as_str().unwrap();
+                assert!(
+                    m.contains("max_distance") && m.contains("0..=4"),
+                    "{bad}: {e}"
+                );
+            }
+        }
+    }
+    for bad in [
+        serde_json::json!(-0.1),
+        serde_json::json!(4.01),
+        serde_json::json!(1e39),
+        serde_json::json!("1"),
+    ] {
+        for (uri, body) in [
+            (
+                "/search/vector",
+                serde_json::json!({ "vector": vector, "max_distance": bad }),
+            ),
+            (
+                "/search/batch",
+                serde_json::json!({ "vectors": [vector], "max_distance": bad }),
+            ),
+        ] {
+            let (st, e) = call!(
+                &app,
+                test::TestRequest::post()
+                    .uri(uri)
+                    .insert_header(("content-type", "application/json"))
+                    .set_payload(body.to_string())
+                    .to_request(),
+            );
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{uri} {bad}: {e}");
+        }
+    }
+
+    // `k: 3.0` is an integer as JSON Schema counts (the document says `integer`): accepted;
+    // `2.5` is not. A value above the per-value bound the document states is a 422.
+    for (k, want) in [
+        (serde_json::json!(3.0), StatusCode::OK),
+        (serde_json::json!(2.5), StatusCode::BAD_REQUEST),
+    ] {
+        let (st, r) = call!(
+            &app,
+            test::TestRequest::post()
+                .uri("/search/vector")
+                .insert_header(("content-type", "application/json"))
+                .set_payload(serde_json::json!({ "vector": vector, "k": k }).to_string())
+                .to_request(),
+        );
+        assert_eq!(st, want, "k {k}: {r}");
+        if want == StatusCode::OK {
+            assert_eq!(distances(&r["results"]).len(), 3, "{r}");
+        }
+    }
+    let max = server::service::max_component(dim);
+    let (_, api) = call!(
+        &app,
+        test::TestRequest::get().uri("/openapi.json").to_request()
+    );
+    let items = &api["components"]["schemas"]["VectorRequest"]["properties"]["vector"]["items"];
+    assert_eq!(items["maximum"].as_f64().unwrap() as f32, max, "{items}");
+    assert_eq!(items["minimum"].as_f64().unwrap() as f32, -max, "{items}");
+    let mut big = vector.clone();
+    big[0] = max * 1.01;
+    let (st, r) = call!(
+        &app,
+        test::TestRequest::post()
+            .uri("/search/vector")
+            .insert_header(("content-type", "application/json"))
+            .set_payload(serde_json::json!({ "vector": big }).to_string())
+            .to_request(),
+    );
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{r}");
+    let mut edge = vec![max; dim];
+    edge[1] = -max;
+    let (st, r) = call!(
+        &app,
+        test::TestRequest::post()
+            .uri("/search/vector?k=1")
+            .insert_header(("content-type", "application/json"))
+            .set_payload(serde_json::json!({ "vector": edge }).to_string())
+            .to_request(),
+    );
+    assert_eq!(
+        st,
+        StatusCode::OK,
+        "every value at the bound is still searchable: {r}"
+    );
+
+    // The OpenAPI document states the range on each search.
+    let (_, api) = call!(
+        &app,
+        test::TestRequest::get().uri("/openapi.json").to_request()
+    );
+    for (path, method) in [
+        ("/search", "post"),
+        ("/search/vector", "post"),
+        ("/search/batch", "post"),
+        ("/images/{id}/similar", "get"),
+    ] {
+        let p = api["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "max_distance")
+            .unwrap_or_else(|| panic!("{method} {path} documents max_distance"))
+            .clone();
+        assert_eq!(p["schema"]["minimum"], 0.0, "{p}");
+        assert_eq!(p["schema"]["maximum"], 4.0, "{p}");
+    }
+}

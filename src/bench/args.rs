@@ -296,3 +296,32 @@ pub struct WritesArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
+
+/// Arguments of `htg bench duplicates`.
+#[derive(clap::Args, Debug)]
+pub struct DuplicatesArgs {
+    /// Random unit vectors.
+    #[arg(long, default_value_t = 100_000)]
+    pub n: usize,
+    /// Of those, how many get a near copy (added on top of `n`).
+    #[arg(long, default_value_t = 5_000)]
+    pub planted: usize,
+    /// Vector dimension.
+    #[arg(long, default_value_t = 128)]
+    pub dim: usize,
+    /// Standard deviation of the noise added per component to make a copy.
+    #[arg(long, default_value_t = 0.02)]
+    pub noise: f64,
+    /// The distance `duplicates` links within.
+    #[arg(long, default_value_t = 0.2)]
+    pub max_distance: f32,
+    /// Neighbours searched per vector.
+    #[arg(long, default_value_t = htg_retrieval::duplicates::DEFAULT_NEIGHBOURS)]
+    pub neighbours: usize,
+    /// Seed of the vectors.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}

@@ -7,9 +7,11 @@
 //! - [`sweep`]: `bench index` (parent) and `bench point` (one build in a child process);
 //! - [`plot`]: recall/QPS and latency SVGs over any number of reports;
 //! - [`embed`]: images/s split into decode, preprocess and inference;
-//! - [`writes`]: acknowledged adds/s and latency as the index grows, and searches during writes.
+//! - [`writes`]: acknowledged adds/s and latency as the index grows, and searches during writes;
+//! - [`duplicates`]: `htg duplicates` over a synthetic index with planted copies: time, peak memory.
 
 pub mod args;
+pub mod duplicates;
 pub mod embed;
 pub mod machine;
 pub mod plot;

@@ -12,7 +12,9 @@
 use anyhow::Result;
 
 use crate::bench;
-use crate::bench::args::{DatasetCommand, EmbedArgs, IndexArgs, PlotArgs, PointArgs, WritesArgs};
+use crate::bench::args::{
+    DatasetCommand, DuplicatesArgs, EmbedArgs, IndexArgs, PlotArgs, PointArgs, WritesArgs,
+};
 
 /// Arguments of `htg bench`.
 #[derive(clap::Args, Debug)]
@@ -37,6 +39,9 @@ pub enum Command {
     /// Acknowledged adds/s and per-add latency at growing index sizes and writer counts, and
     /// search latency during writes (the production index path, in-process).
     Writes(WritesArgs),
+    /// `htg duplicates` over a synthetic index with planted near copies: time, peak memory,
+    /// recall of the planted pairs.
+    Duplicates(DuplicatesArgs),
     /// Retrieval metrics (Recall@K, NMI, MAP@R) of a model on a data set, as `htg eval`.
     Quality(super::eval::Args),
     /// One build point of `bench index` (internal: run in a child process for clean memory).
@@ -55,6 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         Command::Plot(a) => bench::plot::run(a),
         Command::Embed(a) => bench::embed::run(a),
         Command::Writes(a) => bench::writes::run(a),
+        Command::Duplicates(a) => bench::duplicates::run(a),
         Command::Quality(a) => super::eval::run(a),
     }
 }

@@ -33,6 +33,7 @@ pub fn run(args: Args) -> Result<()> {
                     "input": input,
                     "dim": spec.embedding_dim,
                     "summary": m.summary,
+                    "duplicate_distance": m.duplicate_distance,
                 })
             );
         } else {
@@ -45,6 +46,9 @@ pub fn run(args: Args) -> Result<()> {
                 &sha[..16]
             );
             println!("    {}", m.summary);
+            if let Some(d) = m.duplicate_distance {
+                println!("    near-duplicates within {d} (htg duplicates' default)");
+            }
         }
     }
     Ok(())

@@ -39,6 +39,18 @@ pub struct Args {
     /// Only images with this label.
     #[arg(long)]
     pub label: Option<String>,
+    /// Only images at most this far from the query (squared L2 between unit vectors,
+    /// 0..=4, as over HTTP); none that close prints no rows (`{"results":[]}`).
+    #[arg(long, value_name = "D", value_parser = parse_max_distance)]
+    pub max_distance: Option<f32>,
+}
+
+/// The range `SearchOptions::resolve` holds every search to, checked while parsing flags.
+fn parse_max_distance(s: &str) -> Result<f32, String> {
+    let d: f32 = s.parse().map_err(|e| format!("{e}"))?;
+    htg_retrieval::index::check_max_distance(d)
+        .map(|()| d)
+        .map_err(|e| e.to_string())
 }
 
 /// The range the HTTP API enforces (`SearchOptions::resolve`, the one check), so the CLI
@@ -79,6 +91,7 @@ pub fn run(args: Args) -> Result<()> {
         exact: args.exact,
         label: args.label,
         path_prefix: None,
+        max_distance: args.max_distance,
     };
     let hits = index.search(
         q.row(0).as_slice().expect("row is contiguous"),

@@ -94,6 +94,13 @@ pub fn run(args: Args) -> Result<()> {
         }
         _ => None,
     };
-    server::serve(config, index, Arc::from(embedder), uploads, admin)?;
+    server::serve(
+        config,
+        index,
+        Arc::from(embedder),
+        uploads,
+        admin,
+        model::duplicate_distance_of,
+    )?;
     Ok(())
 }

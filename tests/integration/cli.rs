@@ -109,3 +109,91 @@ fn index_reloads_in_a_new_process_and_text_output_ranks() {
         "{near:?}"
     );
 }
+
+#[test]
+fn search_max_distance_drops_farther_hits_and_refuses_a_bad_bound() {
+    use crate::util::{htg, stderr};
+    let tmp = TempDir::new().unwrap();
+    let images = tmp.path().join("images");
+    copy_files(&fixture("images"), &images);
+    let idx = tmp.path().join("idx");
+    htg_ok(&[
+        "index",
+        s(&images),
+        "--index",
+        s(&idx),
+        "--model",
+        s(&tiny_model()),
+    ]);
+    let query = images.join("1f999-google.png");
+    let all = parse_results(&htg_ok(&[
+        "search",
+        "--index",
+        s(&idx),
+        s(&query),
+        "-k",
+        "8",
+        "--json",
+        "--exact",
+    ]));
+    assert_eq!(all.len(), 8);
+    // A bound between the 3rd and 4th distances keeps exactly the first three.
+    assert!(all[2].1 < all[3].1, "distinct distances: {all:?}");
+    let bound = (all[2].1 + all[3].1) / 2.0;
+    let bound = bound.to_string();
+    let cut = parse_results(&htg_ok(&[
+        "search",
+        "--index",
+        s(&idx),
+        s(&query),
+        "-k",
+        "8",
+        "--json",
+        "--exact",
+        "--max-distance",
+        &bound,
+    ]));
+    let ids: Vec<u64> = cut.iter().map(|h| h.2).collect();
+    let want: Vec<u64> = all[..3].iter().map(|h| h.2).collect();
+    assert_eq!(ids, want, "{cut:?} vs {all:?}");
+
+    // Below the nearest other image and the query itself at ~0: one row; HNSW agrees.
+    let nearest = parse_results(&htg_ok(&[
+        "search",
+        "--index",
+        s(&idx),
+        s(&query),
+        "--json",
+        "--max-distance",
+        &(all[1].1 / 2.0).to_string(),
+    ]));
+    assert_eq!(nearest.len(), 1, "{nearest:?}");
+    assert_eq!(nearest[0].2, all[0].2);
+
+    // A query nothing is that close to (a photo among emoji): an empty list, not an error.
+    let photo = fixture("photos/gallery/chelsea.jpg");
+    let none = htg_ok(&[
+        "search",
+        "--index",
+        s(&idx),
+        s(&photo),
+        "--json",
+        "--max-distance",
+        "0",
+    ]);
+    let none: serde_json::Value = serde_json::from_str(&none).unwrap();
+    assert_eq!(none, serde_json::json!({ "results": [] }));
+
+    for bad in ["-1", "NaN", "inf", "4.5", "near"] {
+        let out = htg(&[
+            "search",
+            "--index",
+            s(&idx),
+            s(&query),
+            &format!("--max-distance={bad}"),
+        ]);
+        assert!(!out.status.success(), "--max-distance {bad} accepted");
+        let err = stderr(&out);
+        assert!(err.contains("max-distance"), "{bad}: {err}");
+    }
+}

@@ -19,6 +19,8 @@
 //!   `serve` and `migrate` over a Milvus collection.
 //! - `reindex`: model swaps: `htg reindex` killed, resumed and switched; `POST /admin/reindex`
 //!   on a live server under concurrent search and add load.
+//! - `duplicates`: `htg duplicates` and `GET /duplicates` on the photo fixtures and their
+//!   modified copies (pair precision and recall), and each bundled model's calibrated default.
 //! - `photo`: the bundled photo model: golden outputs and ImageNet classes on tract and ort,
 //!   modified copies of real photos finding their originals, EXIF orientation and formats.
 //! - `own_photos`: `htg train --backbone` on a labelled folder of real photos, then index,
@@ -38,6 +40,7 @@ mod bench;
 mod browser;
 mod cli;
 mod crash;
+mod duplicates;
 mod emoji_slice;
 mod eval_report;
 mod formats;

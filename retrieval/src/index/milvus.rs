@@ -1030,7 +1030,7 @@ impl SearchIndex for MilvusIndex {
         // expression language differs.
         hits.retain(|h| opts.accepts(&h.record));
         hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
-        Ok(hits)
+        Ok(opts.within(hits, |h| h.distance))
     }
 
     fn flush(&self) -> Result<(), IndexError> {

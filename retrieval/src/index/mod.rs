@@ -33,7 +33,8 @@ pub use local::LocalIndex;
 pub use location::{is_remote, Location};
 pub use seam::{describe, CreateOptions, SearchIndex};
 pub use types::{
-    squared_l2, Hit, HnswParams, IndexStats, Record, Resolved, SearchOptions, DEFAULT_EF, MAX_EF,
+    check_max_distance, squared_l2, Hit, HnswParams, IndexStats, Record, Resolved, SearchOptions,
+    DEFAULT_EF, MAX_DISTANCE, MAX_EF,
 };
 pub use wal::WalError;
 

@@ -14,6 +14,10 @@ pub const MAX_EF: usize = 10_000;
 /// cost of larger lists.
 pub const DEFAULT_EF: usize = 64;
 
+/// Largest squared L2 distance two l2-normalised vectors can be apart: a `max_distance` at
+/// or above it keeps everything.
+pub const MAX_DISTANCE: f32 = 4.0;
+
 /// A search's `k` and candidate list, checked once by [`SearchOptions::resolve`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resolved {
@@ -86,6 +90,9 @@ pub struct SearchOptions {
     pub label: Option<String>,
     /// Keep only records whose path starts with this.
     pub path_prefix: Option<String>,
+    /// Drop hits farther than this (squared L2 between unit vectors, 0..=4): a search for
+    /// near-duplicates or "only close matches" may then answer fewer than `k`, or none.
+    pub max_distance: Option<f32>,
 }
 
 impl SearchOptions {
@@ -102,6 +109,9 @@ impl SearchOptions {
                     "ef = {ef} is outside 1..={MAX_EF}"
                 )));
             }
+        }
+        if let Some(d) = self.max_distance {
+            check_max_distance(d)?;
         }
         Ok(Resolved {
             k,
@@ -123,6 +133,29 @@ impl SearchOptions {
     /// Whether any filter is set.
     pub fn filtered(&self) -> bool {
         self.label.is_some() || self.path_prefix.is_some()
+    }
+
+    /// `hits` (nearest first) without those past `max_distance`: the one cut every index's
+    /// search applies, so the CLI, every HTTP search and `duplicates` drop the same hits.
+    pub fn within<T>(&self, mut hits: Vec<T>, distance: impl Fn(&T) -> f32) -> Vec<T> {
+        if let Some(max) = self.max_distance {
+            hits.retain(|h| distance(h) <= max);
+        }
+        hits
+    }
+}
+
+/// Refuses a `max_distance` outside `0..=4`: NaN would keep nothing and say nothing about
+/// why, and no two unit vectors are farther apart than [`MAX_DISTANCE`], so a larger bound is
+/// a mistake (a distance of another metric, or a percentage) rather than a wish to keep all.
+/// One closed range is also what the OpenAPI document can state exactly.
+pub fn check_max_distance(d: f32) -> Result<(), IndexError> {
+    if (0.0..=MAX_DISTANCE).contains(&d) {
+        Ok(())
+    } else {
+        Err(IndexError::Param(format!(
+            "max_distance = {d} is outside 0..={MAX_DISTANCE} (squared L2 between unit vectors)"
+        )))
     }
 }
 

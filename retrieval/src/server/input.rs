@@ -295,6 +295,10 @@ pub struct SearchParams {
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
     )]
     pub path_prefix: Option<String>,
+    /// Only images at most this far from the query (squared L2 between unit vectors,
+    /// 0..=4): fewer than `k` results, or none (`[]`, still a 200), when few are that close.
+    #[param(minimum = 0.0, maximum = 4.0)]
+    pub max_distance: Option<f32>,
 }
 
 /// An encoded image (PNG, JPEG, GIF, BMP, WebP), as a raw body or a form field: the
@@ -367,6 +371,7 @@ impl SearchParams {
             exact: self.exact.unwrap_or(false),
             label: self.label.clone(),
             path_prefix: self.path_prefix.clone(),
+            max_distance: self.max_distance,
         };
         let k = opts
             .resolve(self.k.unwrap_or(config.default_k), config.max_k)
@@ -565,6 +570,13 @@ mod tests {
         let (k, o) = SearchParams::default().resolve(&c).unwrap();
         assert_eq!(k, c.default_k);
         assert!(!o.exact);
+        for d in [0.0, 1.0, 4.0] {
+            let p = SearchParams {
+                max_distance: Some(d),
+                ..Default::default()
+            };
+            assert_eq!(p.resolve(&c).unwrap().1.max_distance, Some(d));
+        }
         for p in [
             SearchParams {
                 k: Some(0),
@@ -580,6 +592,22 @@ mod tests {
             },
             SearchParams {
                 label: Some("a\nb".into()),
+                ..Default::default()
+            },
+            SearchParams {
+                max_distance: Some(f32::NAN),
+                ..Default::default()
+            },
+            SearchParams {
+                max_distance: Some(-0.5),
+                ..Default::default()
+            },
+            SearchParams {
+                max_distance: Some(f32::INFINITY),
+                ..Default::default()
+            },
+            SearchParams {
+                max_distance: Some(4.5),
                 ..Default::default()
             },
         ] {

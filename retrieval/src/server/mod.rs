@@ -109,6 +109,18 @@ pub struct State {
     pub keys: auth::Keys,
     /// Turns for decoding large images (`max_concurrent_large_decodes`).
     pub large_decodes: Arc<tokio::sync::Semaphore>,
+    /// The calibrated near-duplicate distance of a model, by its sha256 (`GET /duplicates`
+    /// without `max_distance`): looked up per request, so it follows a model swap.
+    pub duplicate_distance: DuplicateDistance,
+}
+
+/// How the server learns a model's calibrated duplicate distance from its sha256 (the
+/// binary knows its bundled models; see `loader::duplicate_distance`).
+pub type DuplicateDistance = fn(&str) -> Option<f32>;
+
+/// No model has a calibrated distance: `GET /duplicates` then needs `max_distance`.
+pub fn no_duplicate_distance(_sha256: &str) -> Option<f32> {
+    None
 }
 
 /// Why the server could not start or stopped with an error.
@@ -151,9 +163,17 @@ pub fn serve(
     embedder: Arc<dyn Embedder>,
     uploads: PathBuf,
     admin: Option<admin::Admin>,
+    duplicate_distance: DuplicateDistance,
 ) -> Result<(), ServeError> {
     let tls = tls::server_config(&config.tls)?;
-    let state = new_state_with(config.clone(), index, embedder, uploads, admin);
+    let state = new_state_with(
+        config.clone(),
+        index,
+        embedder,
+        uploads,
+        admin,
+        duplicate_distance,
+    );
     let io = |source| ServeError::Io {
         addr: config.addr.clone(),
         source,
@@ -172,16 +192,24 @@ pub fn new_state(
     embedder: Arc<dyn Embedder>,
     uploads: PathBuf,
 ) -> web::Data<State> {
-    new_state_with(config, index, embedder, uploads, None)
+    new_state_with(
+        config,
+        index,
+        embedder,
+        uploads,
+        None,
+        no_duplicate_distance,
+    )
 }
 
-/// [`new_state`], with model swaps through `admin`.
+/// [`new_state`], with model swaps through `admin` and calibrated duplicate distances.
 pub fn new_state_with(
     config: Config,
     index: impl Into<Index>,
     embedder: Arc<dyn Embedder>,
     uploads: PathBuf,
     admin: Option<admin::Admin>,
+    duplicate_distance: DuplicateDistance,
 ) -> web::Data<State> {
     let metrics = Arc::new(metrics::Metrics::default());
     let index = Arc::new(index.into());
@@ -194,6 +222,7 @@ pub fn new_state_with(
     web::Data::new(State {
         keys: auth::Keys::from_config(&config),
         large_decodes: Arc::new(tokio::sync::Semaphore::new(turns)),
+        duplicate_distance,
         serving: RwLock::new(Arc::new(serving)),
         writes: tokio::sync::RwLock::new(()),
         admin,

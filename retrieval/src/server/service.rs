@@ -115,16 +115,29 @@ pub async fn embed(
     serving.batcher.embed(tensors, Some(announced)).await
 }
 
+/// The largest |value| a query vector of `dim` values may hold: `dim` squares of it still
+/// sum to a finite f32, so distances stay finite. A per-value bound, unlike "the squared sum
+/// fits", is one the OpenAPI document can state (`minimum`/`maximum` on the items), rounded
+/// down to three significant digits so that rounding in the sum cannot cross `f32::MAX`.
+pub fn max_component(dim: usize) -> f32 {
+    let b = (f64::from(f32::MAX) / dim.max(1) as f64).sqrt();
+    let scale = 10f64.powi(b.log10().floor() as i32 - 2);
+    ((b / scale).floor() * scale) as f32
+}
+
 /// Refuses vectors that would poison distance computations: non-finite values (JSON numbers
-/// beyond f32 become infinite) and values whose squares overflow (distances would be NaN).
+/// beyond f32 become infinite) and values above [`max_component`] (their squares' sum would
+/// overflow, and distances would be NaN).
 pub fn check_finite(v: &[f32]) -> Result<(), ApiError> {
+    let max = max_component(v.len());
     let norm2: f32 = v.iter().map(|x| x * x).sum();
-    if v.iter().all(|x| x.is_finite()) && norm2.is_finite() {
+    if v.iter().all(|x| x.is_finite() && x.abs() <= max) && norm2.is_finite() {
         Ok(())
     } else {
-        Err(ApiError::Unprocessable(
-            "vector values must be finite and their squared sum must fit in f32".into(),
-        ))
+        Err(ApiError::Unprocessable(format!(
+            "vector values must be finite and within ±{max:e} (for {} values, so that their squared sum fits in f32)",
+            v.len()
+        )))
     }
 }
 
@@ -302,4 +315,24 @@ pub async fn file(state: &web::Data<State>, id: u64) -> Result<(Vec<u8>, &'stati
         )))
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_per_value_bound_keeps_the_squared_sum_finite() {
+        for dim in [1, 3, 64, 128, 1280, 4096, 65_536] {
+            let max = max_component(dim);
+            assert!(max > 0.0 && max.is_finite(), "{dim}");
+            let at = vec![max; dim];
+            assert!(check_finite(&at).is_ok(), "{dim}: {max}");
+            let mut over = at.clone();
+            over[0] = max * 1.001;
+            assert!(check_finite(&over).is_err(), "{dim}");
+        }
+        assert!(check_finite(&[f32::NAN]).is_err());
+        assert!(check_finite(&[f32::INFINITY, 0.0]).is_err());
+    }
 }

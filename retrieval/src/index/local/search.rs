@@ -147,13 +147,13 @@ impl SearchIndex for LocalIndex {
         if k == 0 {
             return Ok(Vec::new());
         }
+        let ef = opts.resolve(k, usize::MAX)?.ef;
         // One consistent view for the search and the records it returns.
         let records = read_lock(&self.inner.records);
         let pending = read_lock(&self.inner.pending);
         let found = if opts.exact {
             self.exact_locked(&records, &pending, query, k, opts)
         } else {
-            let ef = opts.resolve(k, usize::MAX)?.ef;
             let keep = |i: u32| records.accepts(i, opts);
             let filtered = opts.filtered();
             let found = read_lock(&self.inner.engine).search(
@@ -170,7 +170,8 @@ impl SearchIndex for LocalIndex {
                 .collect();
             merge_pending(found, &pending, query, k, opts)
         };
-        Ok(found
+        Ok(opts
+            .within(found, |h| h.1)
             .into_iter()
             .filter_map(|(id, distance)| {
                 lookup(&records, &pending, id).map(|record| Hit {

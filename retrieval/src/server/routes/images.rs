@@ -154,7 +154,7 @@ pub(super) async fn delete(
     tag = "images",
     params(("id" = u64, Path, description = "Image id."), SearchParams),
     responses(
-        (status = 200, description = "Nearest images first, the image itself left out.", body = SearchAnswer),
+        (status = 200, description = "Nearest images first, the image itself left out, none past `max_distance`.", body = SearchAnswer),
         (status = 400, description = "Bad parameters.", body = ErrorBody),
         (status = 404, description = "No such image.", body = ErrorBody),
     )

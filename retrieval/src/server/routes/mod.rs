@@ -8,6 +8,7 @@
 //! describes, and a test checks that every endpoint is in the document.
 
 pub mod admin;
+pub mod duplicates;
 pub mod health;
 pub mod images;
 pub mod metrics;
@@ -66,6 +67,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     [
         search::endpoints(),
         images::endpoints(),
+        duplicates::endpoints(),
         stats::endpoints(),
         health::endpoints(),
         metrics::endpoints(),

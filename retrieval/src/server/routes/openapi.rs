@@ -25,6 +25,7 @@ use crate::SearchIndex as _;
         super::images::delete,
         super::images::similar,
         super::images::file,
+        super::duplicates::list,
         super::stats::stats,
         super::health::healthz,
         super::health::readyz,
@@ -80,10 +81,13 @@ pub fn document(config: &Config, dim: usize) -> Value {
     for name in ["VectorRequest", "BatchRequest"] {
         schemas[name]["properties"]["k"]["maximum"] = config.max_k.into();
     }
+    let max = f64::from(crate::server::service::max_component(dim));
     for vector in ["/VectorRequest/properties/vector", "/QueryVector"] {
         if let Some(vector) = schemas.pointer_mut(vector) {
             vector["minItems"] = dim.into();
             vector["maxItems"] = dim.into();
+            vector["items"]["minimum"] = (-max).into();
+            vector["items"]["maximum"] = max.into();
         }
     }
     for (name, field) in [

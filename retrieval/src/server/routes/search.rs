@@ -93,7 +93,7 @@ pub fn images_of(parts: Vec<Part>, allowed_text: &[&str]) -> Result<Vec<Bytes>, 
         )
     ),
     responses(
-        (status = 200, description = "Nearest images first.", body = SearchAnswer),
+        (status = 200, description = "Nearest images first, none past `max_distance` (an empty list when none is that close).", body = SearchAnswer),
         (status = 400, description = "Undecodable image (`bad_image`), above the pixel limit (`image_too_large`), bad parameters or form (`bad_request`).", body = ErrorBody),
         (status = 413, description = "Body above `max_upload_bytes`.", body = ErrorBody),
         (status = 415, description = "Not an image or a form.", body = ErrorBody),
@@ -142,9 +142,11 @@ pub struct VectorRequest {
     pub vector: Vec<f32>,
     /// Neighbours wanted (1..=`max_k`).
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "integer")]
     pub k: Option<usize>,
     /// HNSW candidate list size.
     #[schema(minimum = 1, maximum = 10_000)]
+    #[serde(default, deserialize_with = "integer")]
     pub ef: Option<usize>,
     /// Brute force instead of HNSW.
     pub exact: Option<bool>,
@@ -162,6 +164,9 @@ pub struct VectorRequest {
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
     )]
     pub path_prefix: Option<String>,
+    /// Only images at most this far from the query (squared L2 between unit vectors).
+    #[schema(minimum = 0.0, maximum = 4.0)]
+    pub max_distance: Option<f32>,
 }
 
 /// Body of `POST /search/batch` as JSON; its fields win over the query string's.
@@ -173,9 +178,11 @@ pub struct BatchRequest {
     pub vectors: Vec<QueryVector>,
     /// Neighbours wanted (1..=`max_k`).
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "integer")]
     pub k: Option<usize>,
     /// HNSW candidate list size.
     #[schema(minimum = 1, maximum = 10_000)]
+    #[serde(default, deserialize_with = "integer")]
     pub ef: Option<usize>,
     /// Brute force instead of HNSW.
     pub exact: Option<bool>,
@@ -193,6 +200,28 @@ pub struct BatchRequest {
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
     )]
     pub path_prefix: Option<String>,
+    /// Only images at most this far from the query (squared L2 between unit vectors).
+    #[schema(minimum = 0.0, maximum = 4.0)]
+    pub max_distance: Option<f32>,
+}
+
+/// An optional non-negative integer from JSON, where `543.0` is an integer as JSON Schema
+/// counts (and so as the OpenAPI document's `integer` promises), which serde's `usize` refuses.
+fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=9.0e15).contains(f))
+                .map(|f| f as u64)
+        })
+        .and_then(|u| usize::try_from(u).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("expected a non-negative integer, got {n}"))
+        })
 }
 
 /// One query vector of a batch, of the index's dimension.
@@ -215,25 +244,22 @@ impl utoipa::PartialSchema for QueryVector {
 
 impl ToSchema for QueryVector {}
 
-/// Fields given in a JSON body win over the query string.
+/// Fields given in a JSON body (`body`) win over the query string.
 /// The query string is checked on its own first: a bad value there is refused even when the
 /// body gives the same parameter (which wins).
 fn merge(
     query: &SearchParams,
-    k: Option<usize>,
-    ef: Option<usize>,
-    exact: Option<bool>,
-    label: Option<String>,
-    path_prefix: Option<String>,
+    body: SearchParams,
     config: &Config,
 ) -> Result<SearchParams, ApiError> {
     query.resolve(config)?;
     Ok(SearchParams {
-        k: k.or(query.k),
-        ef: ef.or(query.ef),
-        exact: exact.or(query.exact),
-        label: label.or_else(|| query.label.clone()),
-        path_prefix: path_prefix.or_else(|| query.path_prefix.clone()),
+        k: body.k.or(query.k),
+        ef: body.ef.or(query.ef),
+        exact: body.exact.or(query.exact),
+        label: body.label.or_else(|| query.label.clone()),
+        path_prefix: body.path_prefix.or_else(|| query.path_prefix.clone()),
+        max_distance: body.max_distance.or(query.max_distance),
     })
 }
 
@@ -261,7 +287,7 @@ pub(super) fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     params(SearchParams),
     request_body(content = VectorRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Nearest images first.", body = SearchAnswer),
+        (status = 200, description = "Nearest images first, none past `max_distance` (an empty list when none is that close).", body = SearchAnswer),
         (status = 400, description = "Malformed JSON, unknown fields or bad parameters.", body = ErrorBody),
         (status = 413, description = "Body above `max_upload_bytes`.", body = ErrorBody),
         (status = 415, description = "Not JSON.", body = ErrorBody),
@@ -278,16 +304,15 @@ pub(super) async fn search_vector(
     require_json(&req)?;
     let body = read_body(&req, payload, state.config.max_upload_bytes).await?;
     let r: VectorRequest = parse_json(&body)?;
-    let (k, opts) = merge(
-        &query,
-        r.k,
-        r.ef,
-        r.exact,
-        r.label,
-        r.path_prefix,
-        &state.config,
-    )?
-    .resolve(&state.config)?;
+    let body = SearchParams {
+        k: r.k,
+        ef: r.ef,
+        exact: r.exact,
+        label: r.label,
+        path_prefix: r.path_prefix,
+        max_distance: r.max_distance,
+    };
+    let (k, opts) = merge(&query, body, &state.config)?.resolve(&state.config)?;
     check_finite(&r.vector)?;
     let serving = state.serving();
     let model = serving.model_sha256();
@@ -313,7 +338,7 @@ pub(super) async fn search_vector(
         )
     ),
     responses(
-        (status = 200, description = "One result list per query, in order.", body = BatchAnswer),
+        (status = 200, description = "One result list per query, in order, each without hits past `max_distance`.", body = BatchAnswer),
         (status = 400, description = "Malformed body or parameters, too many queries, or an undecodable image (`bad_image`, prefixed `image N: `).", body = ErrorBody),
         (status = 413, description = "Body above `max_upload_bytes`.", body = ErrorBody),
         (status = 415, description = "Neither JSON nor a form.", body = ErrorBody),
@@ -336,15 +361,15 @@ pub(super) async fn search_batch(
             for v in &vectors {
                 check_finite(v)?;
             }
-            let params = merge(
-                &query,
-                r.k,
-                r.ef,
-                r.exact,
-                r.label,
-                r.path_prefix,
-                &state.config,
-            )?;
+            let body = SearchParams {
+                k: r.k,
+                ef: r.ef,
+                exact: r.exact,
+                label: r.label,
+                path_prefix: r.path_prefix,
+                max_distance: r.max_distance,
+            };
+            let params = merge(&query, body, &state.config)?;
             (vectors, params)
         }
         Body::Form(parts) => {
