@@ -1,8 +1,10 @@
 //! One-thread search speed of [`htg_ann::graph::Graph`] on a data set directory, for profiling
 //! and for trying engine changes without rebuilding the crates above this one.
 //!
-//! `cargo run -p htg-ann --example graph_qps -- DATASET_DIR [EF,EF..] [SECONDS] [GRAPH_FILE]`
+//! `cargo run -p htg-ann --example graph_qps -- DATASET_DIR [EF,EF..] [SECONDS] [GRAPH_FILE] [int8]`
 //!
+//! With `int8` the graph is quantised after loading (traversal on 8-bit codes, `f32` rescoring),
+//! and the heap bytes it holds are printed.
 //! With `GRAPH_FILE` the graph is built once, saved there, and opened from it on later runs
 //! (copied into memory), so repeated runs measure the same graph. Speed claims come from
 //! `htg bench index` beside the peers, not from this.
@@ -27,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = Dataset::load(dir)?;
     let file = args.get(4).map(Path::new);
     let t = Instant::now();
-    let graph = match file {
+    let mut graph = match file {
         Some(f) if f.exists() => {
             let mut g = Graph::open(f)?;
             g.reserve(0)?;
@@ -43,6 +45,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             g
         }
     };
+    if args.get(5).is_some_and(|a| a == "int8") {
+        graph.quantize()?;
+    }
+    eprintln!("graph heap {:.1} MiB", graph.heap_bytes() as f64 / (1 << 20) as f64);
     for &ef in &efs {
         for i in 0..data.queries.rows.min(100) {
             std::hint::black_box(graph.search(data.queries.row(i), 10, ef, None)?);
