@@ -18,7 +18,10 @@ use htg_ann::stats;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let dir = Path::new(args.get(1).ok_or("usage: graph_qps DATASET_DIR [EFS] [SECONDS] [FILE]")?);
+    let dir = Path::new(
+        args.get(1)
+            .ok_or("usage: graph_qps DATASET_DIR [EFS] [SECONDS] [FILE]")?,
+    );
     let efs: Vec<usize> = args
         .get(2)
         .map_or("16,32,48,64", String::as_str)
@@ -33,7 +36,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(f) if f.exists() => {
             let mut g = Graph::open(f)?;
             g.reserve(0)?;
-            eprintln!("opened {} in {:.2} s", f.display(), t.elapsed().as_secs_f64());
+            eprintln!(
+                "opened {} in {:.2} s",
+                f.display(),
+                t.elapsed().as_secs_f64()
+            );
             g
         }
         _ => {
@@ -48,7 +55,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.get(5).is_some_and(|a| a == "int8") {
         graph.quantize()?;
     }
-    eprintln!("graph heap {:.1} MiB", graph.heap_bytes() as f64 / (1 << 20) as f64);
+    eprintln!(
+        "graph heap {:.1} MiB",
+        graph.heap_bytes() as f64 / (1 << 20) as f64
+    );
     for &ef in &efs {
         for i in 0..data.queries.rows.min(100) {
             std::hint::black_box(graph.search(data.queries.row(i), 10, ef, None)?);

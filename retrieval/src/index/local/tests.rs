@@ -128,14 +128,20 @@ fn every_hit_carries_its_own_record_from_the_graph_and_from_the_pending_buffer()
         at.map(|i| format!("/p/{i}.png"))
     };
     for q in [0u64, 3, 51, 120, 210, 255] {
-        let hits = idx.search(&unit(q, dim), 10, &SearchOptions::default()).unwrap();
+        let hits = idx
+            .search(&unit(q, dim), 10, &SearchOptions::default())
+            .unwrap();
         assert_eq!(hits.len(), 10);
         for h in &hits {
             assert_eq!(Some(h.record.path.clone()), path_of(h.id), "hit {}", h.id);
             assert!(![3usize, 50, 51, 150].iter().any(|&i| ids[i] == h.id));
         }
         if q != 3 && q != 51 {
-            let own = if q < 200 { ids[q as usize] } else { more_ids[q as usize - 200] };
+            let own = if q < 200 {
+                ids[q as usize]
+            } else {
+                more_ids[q as usize - 200]
+            };
             assert_eq!(hits[0].id, own, "query {q} finds itself first");
         }
     }
