@@ -148,6 +148,45 @@ fn every_hit_carries_its_own_record_from_the_graph_and_from_the_pending_buffer()
 }
 
 #[test]
+fn a_quantised_index_finds_its_rows_keeps_adding_and_reopens_quantised() {
+    let dim = 16;
+    let (d, idx) = fresh(dim);
+    let ids = idx
+        .insert_many((0..400u64).map(|i| (rec(i, "a"), unit(i, dim))).collect())
+        .unwrap();
+    idx.wait_indexed().unwrap();
+    idx.quantize().unwrap();
+    let quantised = |idx: &LocalIndex| match &*read_lock(&idx.inner.engine) {
+        Engine::Htg(g) => g.is_quantized(),
+        Engine::HnswRs(_) => false,
+    };
+    assert!(quantised(&idx));
+    // Adds after quantising are encoded with the trained ranges and found like the others.
+    let late = idx
+        .insert_many((400..420u64).map(|i| (rec(i, "b"), unit(i, dim))).collect())
+        .unwrap();
+    idx.wait_indexed().unwrap();
+    let finds_itself = |idx: &LocalIndex, i: u64, id: u64| {
+        let hits = idx
+            .search(&unit(i, dim), 10, &SearchOptions::default())
+            .unwrap();
+        assert_eq!(hits[0].id, id, "row {i}");
+        // Rescored in f32: the distance to itself is exact, not a code distance.
+        assert!(hits[0].distance < 1e-5, "row {i}: {}", hits[0].distance);
+    };
+    for i in [0u64, 77, 399] {
+        finds_itself(&idx, i, ids[i as usize]);
+    }
+    finds_itself(&idx, 410, late[10]);
+    idx.checkpoint().unwrap();
+    drop(idx);
+    let idx = LocalIndex::open(d.path()).unwrap();
+    assert!(quantised(&idx), "the checkpoint keeps the codes");
+    finds_itself(&idx, 77, ids[77]);
+    finds_itself(&idx, 410, late[10]);
+}
+
+#[test]
 fn dropping_an_index_mid_checkpoint_leaves_a_directory_that_reopens_whole() {
     // Every write starts a background checkpoint; the handle is dropped while it is still
     // writing its generation, and the directory is reopened at once. Before the drop
