@@ -78,6 +78,10 @@ pub struct IndexArgs {
     /// Also persist each index to measure its size on disk (slower at large N).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub disk_size: bool,
+    /// `int8`: the htg engine traverses 8-bit codes after its build (f32 rescoring), reported
+    /// as distance `int8`; `none`: f32 throughout.
+    #[arg(long, default_value = "none", value_parser = ["none", "int8"])]
+    pub quantize: String,
 }
 
 /// Arguments of the hidden `htg bench point`.
@@ -113,6 +117,9 @@ pub struct PointArgs {
     /// Milvus server (HOST:PORT) for --library milvus.
     #[arg(long)]
     pub milvus: Option<String>,
+    /// `int8`: quantise the htg index after its build (see `htg bench index --quantize`).
+    #[arg(long, default_value = "none", value_parser = ["none", "int8"])]
+    pub quantize: String,
 }
 
 /// `htg bench dataset` subcommands.

@@ -427,6 +427,9 @@ pub fn run_index(a: IndexArgs) -> Result<()> {
         if let Some(d) = &dump {
             cmd.arg("--dump-dir").arg(d.path());
         }
+        if library == "htg" {
+            cmd.args(["--quantize", &a.quantize]);
+        }
         if let (Some(addr), "milvus") = (&a.milvus, library.as_str()) {
             cmd.args(["--milvus", addr]);
         }
@@ -542,6 +545,10 @@ fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(Built, f64, u64, Te
     let first_id = insert_rows(&index, base)?;
     // Acknowledged is not yet indexed: the build ends when the graph holds every vector.
     index.wait_indexed()?;
+    // Codes are trained on the whole base, so quantising is part of the build's time.
+    if a.quantize == "int8" {
+        index.quantize()?;
+    }
     let build_s = t.elapsed().as_secs_f64();
     index.flush()?;
     let bytes = dir_size(&at);
@@ -741,7 +748,11 @@ pub fn run_point(a: PointArgs) -> Result<()> {
         } else {
             format!("htg {}", env!("CARGO_PKG_VERSION"))
         },
-        distance: a.distance.clone(),
+        distance: if a.quantize == "int8" && a.library == "htg" {
+            "int8".into()
+        } else {
+            a.distance.clone()
+        },
         m: if built { a.m } else { 0 },
         ef_construction: if built { a.ef_construction } else { 0 },
         build_s,

@@ -549,6 +549,43 @@ fn peers_script_writes_the_same_schema_when_installed() {
 }
 
 #[test]
+fn index_sweep_quantises_the_htg_index_to_int8_and_keeps_recall() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 1500);
+    let json = tmp.path().join("int8.json");
+    let table = htg_ok(&[
+        "bench",
+        "index",
+        "--dataset",
+        s(&data),
+        "--engine",
+        "htg",
+        "--quantize",
+        "int8",
+        "--m",
+        "12",
+        "--ef-construction",
+        "60",
+        "--ef",
+        "64",
+        "--no-exact",
+        "--min-seconds",
+        "0",
+        "--json",
+        s(&json),
+        "--plots",
+        "-",
+    ]);
+    assert!(table.contains("| htg | int8 | 12 | 60 | 64 |"), "{table}");
+    let r = report(&json);
+    let b = &r["builds"][0];
+    assert_eq!(b["distance"], "int8", "{b}");
+    let recall = b["searches"][0]["recall_at_10"].as_f64().unwrap();
+    assert!(recall > 0.9, "int8 at ef=64 on 1500 points: {recall}");
+}
+
+#[test]
 fn index_sweep_measures_the_production_index_on_both_engines() {
     let tmp = TempDir::new().unwrap();
     let data = tmp.path().join("data");

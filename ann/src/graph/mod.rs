@@ -638,6 +638,24 @@ impl Graph {
         }
     }
 
+    /// Starts loading the layer-0 list of `id` (count and ids, `4 + 4 * M0` bytes over up to
+    /// three cache lines). Upper layers are few nodes and stay cached; they are not prefetched.
+    #[inline(always)]
+    fn prefetch_links(&self, id: u32, level: usize) {
+        if level != 0 {
+            return;
+        }
+        let words = 1 + self.m0;
+        let p = self.links0.as_ptr().wrapping_add(id as usize * words) as *const u8;
+        let bytes = words * 4;
+        let mut off = 0;
+        while off < bytes {
+            kernels::prefetch(p.wrapping_add(off));
+            off += 64;
+        }
+        kernels::prefetch(p.wrapping_add(bytes - 1));
+    }
+
     fn ready(&self, id: u32) -> bool {
         self.levels
             .get(id as usize)
@@ -836,6 +854,12 @@ impl Graph {
             }
             let list = self.links(c.id, level);
             let n = Self::read_count(list);
+            // The next candidate's list is in another row of `links0`: load it while this
+            // one's neighbours are scored (the profile had a third of the walk's time waiting
+            // on that count word). A nearer neighbour pushed below prefetches its own.
+            if let Some(Reverse(next)) = s.cand.peek() {
+                self.prefetch_links(next.id, level);
+            }
             s.fresh.clear();
             for w in &list[1..1 + n] {
                 let id = w.load(Ordering::Relaxed);
@@ -848,6 +872,9 @@ impl Graph {
                 let id = s.fresh[i];
                 let d = dist(id);
                 if s.top.len() < ef || d < bound {
+                    if s.cand.peek().is_none_or(|Reverse(t)| d < t.d) {
+                        self.prefetch_links(id, level);
+                    }
                     s.cand.push(Reverse(Cand { d, id }));
                     if ok(id) {
                         s.top.push(Cand { d, id });

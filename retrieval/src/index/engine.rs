@@ -204,6 +204,17 @@ impl Engine {
         }
     }
 
+    /// Switches traversal to 8-bit codes trained on the vectors present (f32 rescoring; see
+    /// `htg_ann::graph::Graph::quantize`). Our engine only: `hnsw_rs` has no codes.
+    pub fn quantize(&mut self) -> Result<(), IndexError> {
+        match self {
+            Engine::Htg(g) => g.quantize().map_err(ann),
+            Engine::HnswRs(_) => Err(IndexError::Param(
+                "int8 quantisation needs the htg engine".into(),
+            )),
+        }
+    }
+
     /// Tombstones internal id `id`.
     pub fn delete(&self, id: u32) -> Result<(), IndexError> {
         match self {

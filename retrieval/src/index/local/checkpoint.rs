@@ -101,6 +101,19 @@ impl LocalIndex {
     /// (milliseconds); the writes that land meanwhile (adds past the copy, deletes of copied
     /// ids) are replayed onto the new engine at the swap, under the applier's lock and the
     /// records' write lock, which is the only pause searches see.
+    /// Makes the graph traverse 8-bit codes from now on (trained on the vectors it holds; later
+    /// adds are encoded with the same ranges, and a compaction quantises its rebuild again).
+    /// Taken under the applier's lock and the engine's write lock, so no insert is half-encoded;
+    /// the next checkpoint writes the codes.
+    pub fn quantize(&self) -> Result<(), IndexError> {
+        let _one = self
+            .inner
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        write_lock(&self.inner.engine).quantize()
+    }
+
     fn compact_online(&self) -> Result<(), IndexError> {
         let inner = &self.inner;
         let (kind, live, data, n0) = {

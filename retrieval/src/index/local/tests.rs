@@ -103,6 +103,90 @@ fn writes_are_visible_at_once_survive_reopen_and_deletes_stick() {
 }
 
 #[test]
+fn every_hit_carries_its_own_record_from_the_graph_and_from_the_pending_buffer() {
+    // Hits from the graph read their record by slot and pending ones by id: a slot taken for
+    // the wrong record would show here as a path that names another id.
+    let dim = 8;
+    let (_d, idx) = fresh(dim);
+    let first: Vec<_> = (0..200u64).map(|i| (rec(i, "a"), unit(i, dim))).collect();
+    let ids = idx.insert_many(first).unwrap();
+    idx.wait_indexed().unwrap();
+    for &i in &[3usize, 50, 51, 150] {
+        assert!(idx.remove(ids[i]).unwrap());
+    }
+    // A second batch, searched while some of it may still be pending.
+    let more: Vec<_> = (200..260u64).map(|i| (rec(i, "b"), unit(i, dim))).collect();
+    let more_ids = idx.insert_many(more).unwrap();
+    let path_of = |id: u64| -> Option<String> {
+        let at = ids.iter().position(|&x| x == id).map(|i| i as u64);
+        let at = at.or_else(|| {
+            more_ids
+                .iter()
+                .position(|&x| x == id)
+                .map(|i| 200 + i as u64)
+        });
+        at.map(|i| format!("/p/{i}.png"))
+    };
+    for q in [0u64, 3, 51, 120, 210, 255] {
+        let hits = idx
+            .search(&unit(q, dim), 10, &SearchOptions::default())
+            .unwrap();
+        assert_eq!(hits.len(), 10);
+        for h in &hits {
+            assert_eq!(Some(h.record.path.clone()), path_of(h.id), "hit {}", h.id);
+            assert!(![3usize, 50, 51, 150].iter().any(|&i| ids[i] == h.id));
+        }
+        if q != 3 && q != 51 {
+            let own = if q < 200 {
+                ids[q as usize]
+            } else {
+                more_ids[q as usize - 200]
+            };
+            assert_eq!(hits[0].id, own, "query {q} finds itself first");
+        }
+    }
+}
+
+#[test]
+fn a_quantised_index_finds_its_rows_keeps_adding_and_reopens_quantised() {
+    let dim = 16;
+    let (d, idx) = fresh(dim);
+    let ids = idx
+        .insert_many((0..400u64).map(|i| (rec(i, "a"), unit(i, dim))).collect())
+        .unwrap();
+    idx.wait_indexed().unwrap();
+    idx.quantize().unwrap();
+    let quantised = |idx: &LocalIndex| match &*read_lock(&idx.inner.engine) {
+        Engine::Htg(g) => g.is_quantized(),
+        Engine::HnswRs(_) => false,
+    };
+    assert!(quantised(&idx));
+    // Adds after quantising are encoded with the trained ranges and found like the others.
+    let late = idx
+        .insert_many((400..420u64).map(|i| (rec(i, "b"), unit(i, dim))).collect())
+        .unwrap();
+    idx.wait_indexed().unwrap();
+    let finds_itself = |idx: &LocalIndex, i: u64, id: u64| {
+        let hits = idx
+            .search(&unit(i, dim), 10, &SearchOptions::default())
+            .unwrap();
+        assert_eq!(hits[0].id, id, "row {i}");
+        // Rescored in f32: the distance to itself is exact, not a code distance.
+        assert!(hits[0].distance < 1e-5, "row {i}: {}", hits[0].distance);
+    };
+    for i in [0u64, 77, 399] {
+        finds_itself(&idx, i, ids[i as usize]);
+    }
+    finds_itself(&idx, 410, late[10]);
+    idx.checkpoint().unwrap();
+    drop(idx);
+    let idx = LocalIndex::open(d.path()).unwrap();
+    assert!(quantised(&idx), "the checkpoint keeps the codes");
+    finds_itself(&idx, 77, ids[77]);
+    finds_itself(&idx, 410, late[10]);
+}
+
+#[test]
 fn dropping_an_index_mid_checkpoint_leaves_a_directory_that_reopens_whole() {
     // Every write starts a background checkpoint; the handle is dropped while it is still
     // writing its generation, and the directory is reopened at once. Before the drop
