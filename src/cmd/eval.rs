@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use htg_training::features::Backbone;
 use htg_training::report;
-use htg_training::run::{evaluate_embedder, evaluate_raw_pixels};
+use htg_training::run::{evaluate_backbone, evaluate_embedder, evaluate_raw_pixels};
 
 use crate::flags::{self, BackendArgs};
 use htg_training::TrainConfig;
@@ -15,7 +16,7 @@ use htg_training::TrainConfig;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// ONNX model (its spec comes from metadata or a `<model>.json` manifest).
-    #[arg(long, required_unless_present = "raw_pixels")]
+    #[arg(long, required_unless_present_any = ["raw_pixels", "backbone"])]
     pub model: Option<PathBuf>,
     /// Data set: `emoji`, `fashion-mnist`, `mnist5k` or a class-per-subfolder folder.
     #[arg(long)]
@@ -24,6 +25,12 @@ pub struct Args {
     /// MNIST-like sets; mean-centred, l2-normalised).
     #[arg(long, conflicts_with = "model")]
     pub raw_pixels: bool,
+    /// Evaluate the raw-backbone floor instead: a backbone's own l2-normalised features, no
+    /// head (`efficientnet-lite0`, `efficientnet-lite2` or an ONNX file), read from or added
+    /// to the feature cache that `htg train --backbone` uses, so the images are never held
+    /// as full-size tensors.
+    #[arg(long, conflicts_with_all = ["model", "raw_pixels"])]
+    pub backbone: Option<String>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "eval.json")]
     pub json: PathBuf,
@@ -52,6 +59,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return hard_pairs(&args, m, n, &ks);
     }
     let report = match (&args.model, args.raw_pixels) {
+        _ if args.backbone.is_some() => {
+            let given = args.backbone.as_deref().unwrap_or_default();
+            let path = flags::backbone(given)?;
+            let load = |p: &Path| flags::load(p, &args.backend).map_err(|e| format!("{e:#}"));
+            let cache = htg_retrieval::ort_backend::cache_dir();
+            let b = Backbone::open(given, &path, 1, Some(&cache), &load)?;
+            let mut cfg = TrainConfig::default_for(&args.data);
+            cfg.seed = args.seed;
+            evaluate_backbone(&args.data, &cfg, &b)?
+        }
         (_, true) => {
             let mut cfg = TrainConfig::default_for(&args.data);
             cfg.seed = args.seed;

@@ -124,6 +124,23 @@ fn a_head_trained_on_a_labelled_photo_folder_indexes_serves_and_finds_its_class(
     // A rerun (another seed) reads every feature from the cache.
     let (_, stderr) = train("2");
     assert!(stderr.contains("0 computed, 40 in the cache"), "{stderr}");
+    // The raw-backbone floor of the same folder, from the same cache.
+    let json = tmp.path().join("floor.json");
+    let (stdout, _) = ok(htg_in(
+        &cache,
+        &[
+            "eval",
+            "--backbone",
+            "efficientnet-lite0",
+            "--data",
+            s(&data),
+            "--json",
+            s(&json),
+        ],
+    ));
+    assert!(stdout.contains("R@1"), "{stdout}");
+    let floor: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(floor["queries"].as_u64(), Some(20), "{floor}");
 
     // The merged model indexes the unseen classes' photos like any model.
     let model = out.join("model.onnx");
