@@ -167,7 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     bar.finish();
     for s in &summary.skipped_files {
-        eprintln!("skipped (does not decode): {s}");
+        eprintln!("left out, does not decode: {s}");
     }
     if let Some(b) = &backbone {
         let (held, computed) = b.cache_counts();
