@@ -18,6 +18,7 @@ pub mod reindex;
 #[cfg(feature = "http")]
 pub mod server;
 pub mod spec;
+pub mod watch;
 
 pub use embed::{Backend, EmbedError, Embedder, ModelFile, ModelId, TractEmbedder, TractOptions};
 pub use index::{

@@ -42,6 +42,13 @@ pub struct Args {
     /// Label each image with its parent folder's name.
     #[arg(long)]
     pub label_from_parent: bool,
+    /// After indexing, keep watching the folder: new, changed and deleted files are picked
+    /// up within seconds, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// Pacing of `--watch`.
+    #[command(flatten)]
+    pub watch_args: super::watch::WatchArgs,
 }
 
 /// Indexes the folder and prints a summary; bad files are reported, not fatal.
@@ -141,5 +148,15 @@ pub fn run(args: Args) -> Result<()> {
         index.len(),
         args.index
     );
+    if args.watch {
+        // The pass above read every file, so the watcher starts from what is indexed.
+        let opts = args.watch_args.options(args.label_from_parent, false);
+        super::watch::follow(
+            std::sync::Arc::new(index),
+            std::sync::Arc::from(embedder),
+            &args.dir,
+            opts,
+        )?;
+    }
     Ok(())
 }

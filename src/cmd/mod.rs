@@ -12,3 +12,4 @@ pub mod search;
 pub mod serve;
 pub mod snapshot;
 pub mod train;
+pub mod watch;

@@ -34,6 +34,16 @@ pub struct Args {
     /// Inference runtime.
     #[command(flatten)]
     pub backend: model::BackendArgs,
+    /// Keep this folder indexed while serving (repeatable): new, changed and deleted files
+    /// are picked up within seconds, durable like any add; `/stats` shows the queue.
+    #[arg(long, value_name = "DIR")]
+    pub watch: Vec<PathBuf>,
+    /// Label watched images with their parent folder's name.
+    #[arg(long, requires = "watch")]
+    pub label_from_parent: bool,
+    /// Pacing of `--watch`.
+    #[command(flatten)]
+    pub watch_args: super::watch::WatchArgs,
 }
 
 /// Loads and validates everything, then serves until SIGTERM or SIGINT.
@@ -94,6 +104,20 @@ pub fn run(args: Args) -> Result<()> {
         }
         _ => None,
     };
+    for dir in &args.watch {
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "--watch {0}: cannot read folder {0}: not a directory or not found",
+                dir.display()
+            );
+        }
+    }
+    let watch = (!args.watch.is_empty()).then(|| server::Watch {
+        folders: args.watch.clone(),
+        // The server may have been down while files changed: each file's sha256 is read
+        // again at start, and only what changed is embedded.
+        options: args.watch_args.options(args.label_from_parent, true),
+    });
     server::serve(
         config,
         index,
@@ -101,6 +125,7 @@ pub fn run(args: Args) -> Result<()> {
         uploads,
         admin,
         model::duplicate_distance_of,
+        watch,
     )?;
     Ok(())
 }

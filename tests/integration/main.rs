@@ -25,6 +25,8 @@
 //!   modified copies of real photos finding their originals, EXIF orientation and formats.
 //! - `own_photos`: `htg train --backbone` on a labelled folder of real photos, then index,
 //!   serve and search with the merged model; the folder's bad input.
+//! - `watch`: `htg serve --watch` and `htg index --watch`: copies, deletes and slow writes
+//!   picked up within seconds, nothing re-embedded after a restart, nothing lost to a kill.
 //! - `ort`: the ONNX Runtime backend: parity with tract (fixture, bundled and external models),
 //!   CLI end to end, library-loading errors, GPU fallback.
 //!
@@ -52,3 +54,4 @@ mod own_photos;
 mod photo;
 mod reindex;
 mod spec;
+mod watch;

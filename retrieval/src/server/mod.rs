@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod routes;
 pub mod service;
 pub mod tls;
+pub mod watching;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -112,6 +113,8 @@ pub struct State {
     /// The calibrated near-duplicate distance of a model, by its sha256 (`GET /duplicates`
     /// without `max_distance`): looked up per request, so it follows a model swap.
     pub duplicate_distance: DuplicateDistance,
+    /// The folder watcher's status (`htg serve --watch`), set once it has started.
+    pub watch: std::sync::OnceLock<crate::watch::StatusHandle>,
 }
 
 /// How the server learns a model's calibrated duplicate distance from its sha256 (the
@@ -137,6 +140,9 @@ pub enum ServeError {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// A folder to watch cannot be watched.
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
 }
 
 impl State {
@@ -152,6 +158,14 @@ impl State {
     }
 }
 
+/// Folders the server keeps indexed (`htg serve --watch`).
+pub struct Watch {
+    /// The folders, watched recursively.
+    pub folders: Vec<PathBuf>,
+    /// How the watcher paces itself.
+    pub options: crate::watch::WatchOptions,
+}
+
 /// Serves `index` with `embedder` until SIGTERM or SIGINT, then drains in-flight requests (up
 /// to `shutdown_timeout_s`) and stops the inference threads. With `admin`, the model can be
 /// swapped while serving (`POST /admin/reindex`).
@@ -164,6 +178,7 @@ pub fn serve(
     uploads: PathBuf,
     admin: Option<admin::Admin>,
     duplicate_distance: DuplicateDistance,
+    watch: Option<Watch>,
 ) -> Result<(), ServeError> {
     let tls = tls::server_config(&config.tls)?;
     let state = new_state_with(
@@ -174,11 +189,23 @@ pub fn serve(
         admin,
         duplicate_distance,
     );
+    let watcher = match watch {
+        Some(w) => {
+            let sink = watching::ServerSink::new(state.clone())
+                .map_err(crate::watch::WatchError::Thread)?;
+            let watcher = crate::watch::Watcher::start(&w.folders, Arc::new(sink), w.options)?;
+            let _ = state.watch.set(watcher.handle());
+            Some(watcher)
+        }
+        None => None,
+    };
     let io = |source| ServeError::Io {
         addr: config.addr.clone(),
         source,
     };
     let result = actix_web::rt::System::new().block_on(run(state.clone(), config.clone(), tls));
+    // The watcher finishes the file it is on and lets go of the state.
+    drop(watcher);
     // Dropping the last reference stops the inference threads after their queued batches.
     drop(state);
     result.map_err(io)
@@ -223,6 +250,7 @@ pub fn new_state_with(
         keys: auth::Keys::from_config(&config),
         large_decodes: Arc::new(tokio::sync::Semaphore::new(turns)),
         duplicate_distance,
+        watch: std::sync::OnceLock::new(),
         serving: RwLock::new(Arc::new(serving)),
         writes: tokio::sync::RwLock::new(()),
         admin,

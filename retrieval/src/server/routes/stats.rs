@@ -29,6 +29,10 @@ pub struct Stats {
     pub batching: BatchingInfo,
     /// Request limits.
     pub limits: Limits,
+    /// The folder watcher (`htg serve --watch`): its queue, counts and last error; absent
+    /// when no folder is watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<crate::watch::WatchStatus>,
 }
 
 /// The model that built the index (the one serving now, after a model swap).
@@ -148,5 +152,6 @@ pub(super) async fn stats(state: web::Data<State>) -> Json<Stats> {
             max_k: config.max_k,
             max_batch_queries: config.max_batch_queries,
         },
+        watch: state.watch.get().map(|w| w.get()),
     })
 }
