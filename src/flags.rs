@@ -1,5 +1,9 @@
 //! Flags shared by several commands and the bench engine: which model, on which runtime,
 //! mapped onto `htg_retrieval::loader`.
+//!
+//! As ripgrep does with its low-level arguments, the runtime flags are resolved once into a
+//! [`Runtimes`] (the ONNX Runtime library looked up then), and a model flag with them into a
+//! [`ModelPlan`]; only those build embedders, so no command reads a flag after planning.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +21,7 @@ pub struct BackendArgs {
     /// or ort (ONNX Runtime, loaded from --ort-lib).
     /// [default: auto; for `htg serve`, the config's `backend` key]
     #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+    pub backend: Option<Runtime>,
     /// ONNX Runtime library for --backend ort [default: $ORT_DYLIB_PATH, else the library
     /// that scripts/fetch-data.sh onnxruntime (or scripts/setup-gpu.sh for a GPU) installs]
     #[arg(long, value_name = "PATH")]
@@ -43,19 +47,6 @@ pub struct BackendArgs {
     pub threads: Option<u32>,
 }
 
-/// Inference runtimes.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Backend {
-    /// ONNX Runtime when its library is found (--ort-lib, $ORT_DYLIB_PATH, the fetch scripts'
-    /// cache), else tract.
-    #[default]
-    Auto,
-    /// Pure-Rust CPU runtime; needs nothing installed.
-    Tract,
-    /// ONNX Runtime through the `ort` crate; needs its shared library.
-    Ort,
-}
-
 /// ONNX Runtime execution providers, as flags.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Ep {
@@ -68,9 +59,80 @@ pub enum Ep {
     Tensorrt,
 }
 
+/// The runtime flags, resolved: which runtime, and each runtime's options.
+#[derive(Clone, Debug)]
+pub struct Runtimes {
+    /// The runtime asked for (`auto` picks at load time, by whether the library loads).
+    pub runtime: Runtime,
+    /// tract's options.
+    pub tract: TractOptions,
+    /// ONNX Runtime's options, its library path found.
+    pub ort: OrtOptions,
+}
+
+impl Runtimes {
+    /// The same options on another runtime (`htg bench embed` runs each in turn).
+    pub fn on(&self, runtime: Runtime) -> Runtimes {
+        Runtimes {
+            runtime,
+            ..self.clone()
+        }
+    }
+
+    /// Loads `path`, printing the automatic choice and a GPU fallback once.
+    pub fn load(&self, path: &Path) -> Result<Box<dyn Embedder>> {
+        let loaded = loader::load(path, self.runtime, &self.tract, &self.ort)?;
+        if let Some(choice) = loaded.choice {
+            eprintln!("{choice}");
+        }
+        if let Some(reason) = loaded.warning {
+            eprintln!("warning: {reason}");
+        }
+        Ok(loaded.embedder)
+    }
+}
+
+/// A model file and the runtimes to run it on: what `--model` and the runtime flags say.
+#[derive(Clone, Debug)]
+pub struct ModelPlan {
+    /// The model file (a bundled model is written to the cache first).
+    pub path: PathBuf,
+    /// How to run it.
+    pub runtimes: Runtimes,
+}
+
+impl ModelPlan {
+    /// The `--model` flag (a bundled name or a path), else the model `index` records, else
+    /// the bundled default, on the runtime `backend` names.
+    pub fn resolve(
+        model: Option<&str>,
+        index: Option<&Index>,
+        backend: &BackendArgs,
+    ) -> Result<ModelPlan> {
+        Ok(ModelPlan {
+            path: choose(model, index)?,
+            runtimes: backend.resolve(),
+        })
+    }
+
+    /// Builds the embedder.
+    pub fn load(&self) -> Result<Box<dyn Embedder>> {
+        self.runtimes.load(&self.path)
+    }
+}
+
 impl BackendArgs {
+    /// The flags resolved once: the runtime, and both runtimes' options.
+    pub fn resolve(&self) -> Runtimes {
+        Runtimes {
+            runtime: self.backend.unwrap_or_default(),
+            tract: self.tract_options(),
+            ort: self.ort_options(),
+        }
+    }
+
     /// The ort options these flags describe, with the library path resolved.
-    pub fn ort_options(&self) -> OrtOptions {
+    fn ort_options(&self) -> OrtOptions {
         let provider = match self.ep {
             Ep::Cpu => ExecutionProvider::Cpu,
             Ep::Cuda => ExecutionProvider::Cuda,
@@ -88,7 +150,7 @@ impl BackendArgs {
     }
 
     /// The tract options these flags describe.
-    pub fn tract_options(&self) -> TractOptions {
+    fn tract_options(&self) -> TractOptions {
         TractOptions {
             threads: self.threads.map(|n| n as usize),
         }
@@ -170,27 +232,9 @@ pub fn backbone(given: &str) -> Result<PathBuf> {
     }
 }
 
-/// Loads `path` on the backend the flags choose, printing the automatic choice and a GPU
-/// fallback once.
+/// Loads `path` on the runtime the flags name (a command with a model path already chosen).
 pub fn load(path: &Path, backend: &BackendArgs) -> Result<Box<dyn Embedder>> {
-    let runtime = match backend.backend.unwrap_or_default() {
-        Backend::Auto => Runtime::Auto,
-        Backend::Tract => Runtime::Tract,
-        Backend::Ort => Runtime::Ort,
-    };
-    let loaded = loader::load(
-        path,
-        runtime,
-        &backend.tract_options(),
-        &backend.ort_options(),
-    )?;
-    if let Some(choice) = loaded.choice {
-        eprintln!("{choice}");
-    }
-    if let Some(reason) = loaded.warning {
-        eprintln!("warning: {reason}");
-    }
-    Ok(loaded.embedder)
+    backend.resolve().load(path)
 }
 
 /// Opens an index by location, printing the one-line notice an upgraded old format gives.

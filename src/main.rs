@@ -36,9 +36,17 @@ enum Command {
     /// List the bundled models (`--model NAME`), the default first.
     Models(cmd::models::Args),
     /// Train the feature network (HTG or a triplet-mining baseline) and export it to ONNX.
+    #[cfg(feature = "train")]
     Train(cmd::train::Args),
+    /// Train the feature network (not in this build: needs `--features train`).
+    #[cfg(not(feature = "train"))]
+    Train(cmd::unbuilt::Args),
     /// Evaluate a model's retrieval quality on unseen classes.
+    #[cfg(feature = "train")]
     Eval(cmd::eval::Args),
+    /// Evaluate a model's retrieval quality (not in this build: needs `--features train`).
+    #[cfg(not(feature = "train"))]
+    Eval(cmd::unbuilt::Args),
     /// Serve similar-image search over HTTP (JSON API, web page, metrics).
     Serve(cmd::serve::Args),
     /// Measure: index recall/QPS/latency against peers, embedding speed, retrieval quality.
@@ -66,8 +74,14 @@ fn main() -> ExitCode {
         Command::Duplicates(a) => cmd::duplicates::run(a),
         Command::InspectModel(a) => cmd::inspect::run(a),
         Command::Models(a) => cmd::models::run(a),
+        #[cfg(feature = "train")]
         Command::Train(a) => cmd::train::run(a),
+        #[cfg(not(feature = "train"))]
+        Command::Train(a) => cmd::unbuilt::run("train", "train", a),
+        #[cfg(feature = "train")]
         Command::Eval(a) => cmd::eval::run(a),
+        #[cfg(not(feature = "train"))]
+        Command::Eval(a) => cmd::unbuilt::run("eval", "train", a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Snapshot(a) => cmd::snapshot::run(a),

@@ -7,8 +7,9 @@
 use std::time::Instant;
 
 use htg_ann::dataset::{clustered, Dataset, SynthParams};
+use htg_ann::engine::Engine;
 use htg_ann::graph::Graph;
-use htg_ann::hnsw::{search_serial, BuildParams, Engine, Index, Metric};
+use htg_ann::hnsw::{search_serial, BuildParams, Index, Metric, Searcher};
 use htg_ann::{exact, stats};
 
 fn rss_bytes() -> u64 {
@@ -29,7 +30,7 @@ fn sweep(
     gt: &htg_ann::npy::Matrix<i32>,
 ) {
     for ef in [10, 16, 24, 32, 48, 64, 96, 128] {
-        let run = search_serial(Engine::Hnsw(idx, ef), queries, 10, 1.0).unwrap();
+        let run = search_serial(Searcher::Hnsw(idx, ef), queries, 10, 1.0).unwrap();
         let r = stats::recall(&run.found, gt, 10);
         let qps = run.queries as f64 / run.seconds;
         let p50 = stats::percentile(&run.latencies_ns, 50.0) as f64 / 1e3;
@@ -80,7 +81,10 @@ fn main() {
     let ours = pool.install(|| Index::build_htg(&base, p, 1)).unwrap();
     let build = t.elapsed().as_secs_f64();
     let rss1 = rss_bytes();
-    let Index::Htg(g) = &ours else { unreachable!() };
+    let Index::Htg(e) = &ours else { unreachable!() };
+    let Engine::Htg(g) = e.as_ref() else {
+        unreachable!()
+    };
     let file = ours.dump(&dir).unwrap();
     println!(
         "htg: build {build:.1} s, heap {:.1} MB (RSS +{:.1} MB), file {:.1} MB",
@@ -91,7 +95,7 @@ fn main() {
     sweep("htg", &ours, &queries, &gt);
 
     // Quantised, reopened from the file: f32 vectors stay in the page cache.
-    let mut q = Graph::open(&dir.join("bench.htg")).unwrap();
+    let mut q = Graph::open(&dir.join("graph.htg")).unwrap();
     q.reserve(0).unwrap();
     q.quantize().unwrap();
     let qpath = dir.join("quant.htg");
@@ -103,7 +107,7 @@ fn main() {
         qm.heap_bytes() as f64 / 1e6,
         (n * (128 + 33 * 4)) as f64 / 1e6
     );
-    let qi = Index::Htg(Box::new(qm));
+    let qi = Index::Htg(Box::new(Engine::Htg(qm)));
     sweep("htg-int8", &qi, &queries, &gt);
     drop(qi);
     drop(ours);

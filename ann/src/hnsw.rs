@@ -1,6 +1,8 @@
 //! HNSW builds and searches, timed the way `htg bench index` reports them: through `hnsw_rs`
-//! with a choice of distance kernel, or through our own [`crate::graph`], so the two engines
-//! are measured by the same harness on the same data.
+//! with a choice of distance kernel, or through the production [`Engine`] on our own
+//! [`crate::graph`], so the engines are measured by the same harness on the same data. The
+//! timed loops take a [`Searcher`]: one of these, exact search, or any other callable (the
+//! persisted index, a remote engine).
 
 use std::path::Path;
 use std::time::Instant;
@@ -8,19 +10,23 @@ use std::time::Instant;
 use hnsw_rs::prelude::{AnnT, DistDot, DistL2, Distance, Hnsw};
 use rayon::prelude::*;
 
-use crate::graph::{Distance as GraphDistance, Graph, GraphParams};
+use crate::engine::{Engine, EngineKind};
+use crate::graph::{Distance as GraphDistance, GraphParams};
 use crate::npy::Matrix;
 use crate::{exact, AnnError};
 
 /// The distance HNSW is built and searched with. On l2-normalised vectors all three rank
 /// neighbours identically, so recall is comparable; they differ in cost.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
 pub enum Metric {
     /// `hnsw_rs`'s `DistL2` (SIMD via `simdeez`, then a square root): what `htg index` uses.
     L2,
     /// `hnsw_rs`'s `DistDot` (`1 - a·b`), valid only on unit vectors.
     Dot,
     /// Our squared L2 kernel ([`exact::l2_sq`]): no square root, inlined AVX2 loop.
+    #[cfg_attr(feature = "clap", value(name = "l2sq"))]
     L2Sq,
 }
 
@@ -28,21 +34,13 @@ impl Metric {
     /// Every metric, in report order.
     pub const ALL: [Metric; 3] = [Metric::L2, Metric::Dot, Metric::L2Sq];
 
-    /// The name used on the command line and in reports.
+    /// The name used in reports; the same as serde's and clap's (a test holds them equal).
     pub fn name(self) -> &'static str {
         match self {
             Metric::L2 => "l2",
             Metric::Dot => "dot",
             Metric::L2Sq => "l2sq",
         }
-    }
-
-    /// Parses [`Metric::name`].
-    pub fn parse(s: &str) -> Result<Metric, AnnError> {
-        Metric::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| AnnError::Param(format!("unknown distance {s:?} (l2, dot, l2sq)")))
     }
 }
 
@@ -89,8 +87,8 @@ pub enum Index {
     Dot(Hnsw<'static, f32, DistDot>),
     /// Built with [`L2Sq`].
     L2Sq(Hnsw<'static, f32, L2Sq>),
-    /// Our own graph ([`Index::build_htg`]).
-    Htg(Box<Graph>),
+    /// The production engine on our own graph ([`Index::build_htg`]).
+    Htg(Box<Engine>),
 }
 
 /// Maximum number of layers, as `htg index` builds.
@@ -161,7 +159,8 @@ impl Index {
             },
             seed,
         };
-        Ok(Index::Htg(Box::new(Graph::build(data, gp)?)))
+        let engine = Engine::build(EngineKind::Htg, data.cols, gp, data.data.clone())?;
+        Ok(Index::Htg(Box::new(engine)))
     }
 
     /// Ids of the `k` nearest rows found with candidate list `ef`, nearest first.
@@ -172,10 +171,10 @@ impl Index {
             Index::L2(h) => h.search(q, k, ef),
             Index::Dot(h) => h.search(q, k, ef),
             Index::L2Sq(h) => h.search(q, k, ef),
-            Index::Htg(g) => {
+            Index::Htg(e) => {
                 // A query of the wrong dimension finds nothing, as with `hnsw_rs`.
-                return g
-                    .search(q, k, ef, None)
+                return e
+                    .search(q, k, ef, None, None)
                     .map(|v| v.into_iter().map(|(id, _)| id as usize).collect())
                     .unwrap_or_default();
             }
@@ -184,11 +183,17 @@ impl Index {
     }
 
     /// Writes the graph and data into `dir` as its engine persists them (`hnsw_rs`'s dump, or
-    /// our index file `bench.htg`); returns the bytes written (the index size on disk).
+    /// the production engine's file); returns the bytes written (the index size on disk).
     pub fn dump(&self, dir: &Path) -> Result<u64, AnnError> {
         std::fs::create_dir_all(dir).map_err(crate::io_err("create", dir))?;
         let r = match self {
-            Index::Htg(g) => return g.save(&dir.join("bench.htg")),
+            Index::Htg(e) => {
+                e.save(dir)?;
+                let file = dir.join(e.kind().file_name());
+                return Ok(std::fs::metadata(&file)
+                    .map_err(crate::io_err("stat", &file))?
+                    .len());
+            }
             Index::L2(h) => h.file_dump(dir, "bench"),
             Index::Dot(h) => h.file_dump(dir, "bench"),
             Index::L2Sq(h) => h.file_dump(dir, "bench"),
@@ -217,7 +222,7 @@ fn unit_rows(m: &Matrix<f32>) -> bool {
 
 /// What answers queries in a timed pass: an HNSW graph at some `ef`, or brute force.
 #[derive(Clone, Copy)]
-pub enum Engine<'a> {
+pub enum Searcher<'a> {
     /// HNSW search with this candidate list size.
     Hnsw(&'a Index, usize),
     /// Exact search over these base vectors.
@@ -227,24 +232,24 @@ pub enum Engine<'a> {
     Custom(&'a (dyn Fn(&[f32], usize) -> Vec<usize> + Sync), usize),
 }
 
-impl Engine<'_> {
+impl Searcher<'_> {
     /// The `k` nearest ids of `q`; `scratch` is exact search's reusable distance buffer.
     pub fn search(&self, q: &[f32], k: usize, scratch: &mut Vec<(f32, u32)>) -> Vec<usize> {
         match self {
-            Engine::Hnsw(index, ef) => index.search(q, k, *ef),
-            Engine::Exact(base) => exact::knn(base, q, k, scratch)
+            Searcher::Hnsw(index, ef) => index.search(q, k, *ef),
+            Searcher::Exact(base) => exact::knn(base, q, k, scratch)
                 .into_iter()
                 .map(|i| i as usize)
                 .collect(),
-            Engine::Custom(f, _) => f(q, k),
+            Searcher::Custom(f, _) => f(q, k),
         }
     }
 
     fn dim(&self) -> usize {
         match self {
-            Engine::Hnsw(index, _) => index_dim(index),
-            Engine::Exact(base) => base.cols,
-            Engine::Custom(_, dim) => *dim,
+            Searcher::Hnsw(index, _) => index_dim(index),
+            Searcher::Exact(base) => base.cols,
+            Searcher::Custom(_, dim) => *dim,
         }
     }
 }
@@ -264,15 +269,15 @@ pub struct SerialRun {
 /// Searches each query in turn on the calling thread, timing each; repeats the whole query set
 /// until `min_seconds` have passed (at least once), after a warm-up of up to 100 queries.
 pub fn search_serial(
-    engine: Engine,
+    searcher: Searcher,
     queries: &Matrix<f32>,
     k: usize,
     min_seconds: f64,
 ) -> Result<SerialRun, AnnError> {
-    check_queries(engine.dim(), queries)?;
+    check_queries(searcher.dim(), queries)?;
     let mut scratch = Vec::new();
     for i in 0..queries.rows.min(100) {
-        std::hint::black_box(engine.search(queries.row(i), k, &mut scratch));
+        std::hint::black_box(searcher.search(queries.row(i), k, &mut scratch));
     }
     let mut found = Vec::with_capacity(queries.rows);
     let mut latencies_ns = Vec::with_capacity(queries.rows);
@@ -281,7 +286,7 @@ pub fn search_serial(
     loop {
         for i in 0..queries.rows {
             let t = Instant::now();
-            let ids = engine.search(queries.row(i), k, &mut scratch);
+            let ids = searcher.search(queries.row(i), k, &mut scratch);
             latencies_ns.push(t.elapsed().as_nanos() as u64);
             if found.len() < queries.rows {
                 found.push(ids);
@@ -303,19 +308,19 @@ pub fn search_serial(
 /// Searches all queries spread over the current rayon pool, repeating the set until
 /// `min_seconds` have passed; returns queries per second.
 pub fn search_parallel(
-    engine: Engine,
+    searcher: Searcher,
     queries: &Matrix<f32>,
     k: usize,
     min_seconds: f64,
 ) -> Result<f64, AnnError> {
-    check_queries(engine.dim(), queries)?;
+    check_queries(searcher.dim(), queries)?;
     let start = Instant::now();
     let mut answered = 0;
     loop {
         let total: usize = (0..queries.rows)
             .into_par_iter()
             .map_init(Vec::new, |scratch, i| {
-                engine.search(queries.row(i), k, scratch).len()
+                searcher.search(queries.row(i), k, scratch).len()
             })
             .sum();
         std::hint::black_box(total);
@@ -332,7 +337,7 @@ fn index_dim(index: &Index) -> usize {
         Index::L2(h) => h.get_point_indexation().get_data_dimension(),
         Index::Dot(h) => h.get_point_indexation().get_data_dimension(),
         Index::L2Sq(h) => h.get_point_indexation().get_data_dimension(),
-        Index::Htg(g) => g.dim(),
+        Index::Htg(e) => e.dim(),
     }
 }
 
@@ -371,7 +376,7 @@ mod tests {
                 metric,
             };
             let idx = Index::build(&base, p).unwrap();
-            let run = search_serial(Engine::Hnsw(&idx, 200), &queries, 10, 0.0).unwrap();
+            let run = search_serial(Searcher::Hnsw(&idx, 200), &queries, 10, 0.0).unwrap();
             let r = stats::recall(&run.found, &gt, 10);
             assert!(r > 0.98, "{metric:?}: recall {r}");
         }
@@ -382,22 +387,22 @@ mod tests {
                 metric,
             };
             let idx = Index::build_htg(&base, p, 1).unwrap();
-            let run = search_serial(Engine::Hnsw(&idx, 200), &queries, 10, 0.0).unwrap();
+            let run = search_serial(Searcher::Hnsw(&idx, 200), &queries, 10, 0.0).unwrap();
             let r = stats::recall(&run.found, &gt, 10);
             assert!(r > 0.98, "htg {metric:?}: recall {r}");
-            assert!(search_parallel(Engine::Hnsw(&idx, 50), &queries, 10, 0.0).unwrap() > 0.0);
+            assert!(search_parallel(Searcher::Hnsw(&idx, 50), &queries, 10, 0.0).unwrap() > 0.0);
             let dir = std::env::temp_dir().join(format!("htg-ann-dump-{}", std::process::id()));
             let bytes = idx.dump(&dir).unwrap();
             assert_eq!(
                 bytes,
-                std::fs::metadata(dir.join("bench.htg")).unwrap().len()
+                std::fs::metadata(dir.join("graph.htg")).unwrap().len()
             );
-            assert!(Graph::open(&dir.join("bench.htg")).is_ok());
+            assert!(crate::graph::Graph::open(&dir.join("graph.htg")).is_ok());
             std::fs::remove_dir_all(&dir).unwrap();
         }
-        let run = search_serial(Engine::Exact(&base), &queries, 10, 0.0).unwrap();
+        let run = search_serial(Searcher::Exact(&base), &queries, 10, 0.0).unwrap();
         assert_eq!(stats::recall(&run.found, &gt, 10), 1.0);
-        assert!(search_parallel(Engine::Exact(&base), &queries, 10, 0.0).unwrap() > 0.0);
+        assert!(search_parallel(Searcher::Exact(&base), &queries, 10, 0.0).unwrap() > 0.0);
     }
 
     #[test]

@@ -8,17 +8,22 @@
 //! - [`kernels`]: the one set of distance kernels (`f32` and 8-bit), compiled for AVX-512,
 //!   AVX2+FMA and the base ISA and chosen once at run time;
 //! - [`exact`]: brute-force k-NN, the ground truth of every recall figure;
-//! - [`hnsw`]: timed HNSW builds and searches for benchmarks, over `hnsw_rs` or [`graph`];
+//! - [`engine`]: the one engine type, over [`graph`] or `hnsw_rs`, that the persisted index
+//!   runs on and `htg bench` measures;
+//! - [`hnsw`]: timed HNSW builds and searches for benchmarks, over `hnsw_rs` or [`engine`];
 //! - [`npy`], [`dataset`]: the `.npy` data set directories shared with the Python peers in
 //!   `benches/peers/`, and the seeded clustered synthetic set;
 //! - [`stats`]: recall and latency percentiles;
+//! - [`codec`]: the one byte codec of every file (integers, strings, framed and sealed data);
 //! - [`fsio`]: the one durable write (temporary file, fsync, rename, directory fsync).
 //!
 //! A separate crate so that the dev profile can compile it at `opt-level = 3` (see the root
 //! `Cargo.toml`), as a release build would: search loops and kernels are straight-line code
 //! whose speed depends on it, and `hnsw_rs`'s generic loops are instantiated here.
 
+pub mod codec;
 pub mod dataset;
+pub mod engine;
 pub mod exact;
 pub mod fsio;
 pub mod graph;

@@ -231,6 +231,7 @@ def one_point(args):
             {
                 "library": args.library,
                 "library_version": importlib.metadata.version(PACKAGES[args.library]),
+                "engine": f"{args.library} (Python package {PACKAGES[args.library]})",
                 "distance": "l2sq",
                 "m": args.m,
                 "ef_construction": args.ef_construction,

@@ -4,9 +4,10 @@
 //! graph accepts); one blanket impl makes every backend an [`Embedder`], so chunking, pooling,
 //! dimension checks and l2-normalisation are shared and every runtime yields comparable vectors.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use image::DynamicImage;
 use ndarray::{Array2, ArrayD, ArrayView4, Axis, Ix2, Ix4};
@@ -35,9 +36,16 @@ pub enum EmbedError {
         /// Runtime message.
         reason: String,
     },
-    /// The runtime failed on a batch.
-    #[error("inference failed: {0}")]
-    Run(String),
+    /// The runtime failed on a batch: what was being done, and the runtime's own error kept
+    /// whole as the source (a caller walks the chain; `{:#}` prints both).
+    #[error("inference failed: {what}")]
+    Run {
+        /// The step that failed.
+        what: &'static str,
+        /// The runtime's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The input batch does not match the spec.
     #[error("input batch has shape {got:?}, expected {expected:?}")]
     InputShape {
@@ -54,6 +62,19 @@ pub enum EmbedError {
         /// What was expected.
         reason: String,
     },
+}
+
+impl EmbedError {
+    /// [`EmbedError::Run`] for step `what`, caused by `source`.
+    pub fn run(
+        what: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> EmbedError {
+        EmbedError::Run {
+            what,
+            source: source.into(),
+        }
+    }
 }
 
 /// Identity of a model: what an index checks before accepting queries.
@@ -336,16 +357,13 @@ impl Plan {
     }
 
     fn run(&self, input: Tensor) -> TractResult<TVec<TValue>> {
-        let state = self.states.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let state = self.states.lock().pop();
         let mut state = match state {
             Some(s) => s,
             None => self.plan.spawn()?,
         };
         let out = state.run(tvec![input.into()])?;
-        self.states
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(state);
+        self.states.lock().push(state);
         Ok(out)
     }
 }
@@ -455,7 +473,7 @@ impl TractEmbedder {
             return self.symbolic.clone();
         }
         {
-            let plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+            let plans = self.plans.lock();
             match plans.get(&(n, executor)) {
                 Some(Some(p)) => return p.clone(),
                 Some(None) => return self.symbolic.clone(),
@@ -473,7 +491,7 @@ impl TractEmbedder {
         let built = build_plan(&self.model, &self.id.spec, n.to_dim(), options)
             .ok()
             .map(Plan::new);
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        let mut plans = self.plans.lock();
         plans.insert((n, executor), built.clone());
         built.unwrap_or_else(|| self.symbolic.clone())
     }
@@ -526,14 +544,16 @@ impl Backend for TractEmbedder {
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(EmbedError::Run("a tract run panicked".into())))
+                    h.join().unwrap_or_else(|_| {
+                        Err(EmbedError::run("a tract run", "the thread panicked"))
+                    })
                 })
                 .collect()
         });
         let parts = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| EmbedError::Run(e.to_string()))
+        ndarray::concatenate(ndarray::Axis(0), &views)
+            .map_err(|e| EmbedError::run("joining the parts of a batch", e))
     }
 }
 
@@ -550,7 +570,8 @@ impl TractEmbedder {
             parts.push(self.run_plan(input.slice(ndarray::s![start..end, .., .., ..]), false)?);
         }
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| EmbedError::Run(e.to_string()))
+        ndarray::concatenate(ndarray::Axis(0), &views)
+            .map_err(|e| EmbedError::run("joining the parts of a batch", e))
     }
 
     /// Runs one batch on the plan for its size.
@@ -559,10 +580,10 @@ impl TractEmbedder {
         let tensor: Tensor = input.to_owned().into_dyn().into();
         let out = plan
             .run(tensor)
-            .map_err(|e| EmbedError::Run(format!("{e:#}")))?;
+            .map_err(|e| EmbedError::run("running the tract plan", e))?;
         let view = out[0]
             .to_plain_array_view::<f32>()
-            .map_err(|e| EmbedError::Run(format!("output is not f32: {e:#}")))?;
+            .map_err(|e| EmbedError::run("reading the output as f32", e))?;
         Ok(view.to_owned())
     }
 }
@@ -598,7 +619,7 @@ pub fn run_in_fixed_chunks(
         parts.push(out);
     }
     let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-    ndarray::concatenate(Axis(0), &views).map_err(|e| EmbedError::Run(e.to_string()))
+    ndarray::concatenate(Axis(0), &views).map_err(|e| EmbedError::run("stacking a batch", e))
 }
 
 #[cfg(test)]
@@ -686,7 +707,7 @@ mod tract_tests {
                 }
             }
         }
-        let cached = one.plans.lock().unwrap();
+        let cached = one.plans.lock();
         assert_eq!(
             cached.len(),
             MAX_RUN,

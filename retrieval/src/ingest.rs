@@ -294,8 +294,8 @@ pub fn index_folder_with_progress(
         }
     };
 
-    let busy_prep = std::sync::Mutex::new(0f64);
-    let busy_infer = std::sync::Mutex::new(0f64);
+    let busy_prep = parking_lot::Mutex::new(0f64);
+    let busy_infer = parking_lot::Mutex::new(0f64);
     let outcome = std::thread::scope(|s| -> Result<(), IngestError> {
         let (to_infer, from_prep) = std::sync::mpsc::sync_channel::<Chunk>(2);
         let (to_insert, from_infer) = std::sync::mpsc::sync_channel::<Stage2>(4);
@@ -308,7 +308,7 @@ pub fn index_folder_with_progress(
                     .par_iter()
                     .map(|path| (path.to_string_lossy().to_string(), prepare(path)))
                     .collect();
-                *busy_prep.lock().unwrap_or_else(|e| e.into_inner()) += t.elapsed().as_secs_f64();
+                *busy_prep.lock() += t.elapsed().as_secs_f64();
                 if to_infer.send(Chunk { files: prepared }).is_err() {
                     return; // the inserting side stopped on an error
                 }
@@ -319,10 +319,10 @@ pub fn index_folder_with_progress(
             let run = |batch: Vec<(Record, Array3<f32>)>| -> Result<Stage2, EmbedError> {
                 let t = std::time::Instant::now();
                 let views: Vec<_> = batch.iter().map(|(_, t)| t.view()).collect();
-                let tensor: Array4<f32> =
-                    ndarray::stack(Axis(0), &views).map_err(|e| EmbedError::Run(e.to_string()))?;
+                let tensor: Array4<f32> = ndarray::stack(Axis(0), &views)
+                    .map_err(|e| EmbedError::run("stacking a batch", e))?;
                 let vecs = embedder.embed_tensor(tensor.view())?;
-                *busy_infer.lock().unwrap_or_else(|e| e.into_inner()) += t.elapsed().as_secs_f64();
+                *busy_infer.lock() += t.elapsed().as_secs_f64();
                 Ok(Stage2::Embedded(
                     batch
                         .into_iter()
@@ -401,11 +401,7 @@ pub fn index_folder_with_progress(
             }
             let elapsed = start.elapsed().as_secs_f64().max(1e-9);
             state.images_per_s = state.done as f64 / elapsed;
-            state.busy_s = [
-                *busy_prep.lock().unwrap_or_else(|e| e.into_inner()),
-                *busy_infer.lock().unwrap_or_else(|e| e.into_inner()),
-                busy_insert,
-            ];
+            state.busy_s = [*busy_prep.lock(), *busy_infer.lock(), busy_insert];
             let slowest = (0..3)
                 .max_by(|&a, &b| state.busy_s[a].total_cmp(&state.busy_s[b]))
                 .unwrap_or(0);

@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use crate::embed::{EmbedError, Embedder, TractEmbedder, TractOptions};
 use crate::ort_backend::{ExecutionProvider, OrtEmbedder, OrtError, OrtOptions};
 
-/// Inference runtimes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Inference runtimes, by one set of names (`auto`, `tract`, `ort`) for flags (clap's
+/// `ValueEnum`, feature `clap`) and config files (serde).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
 pub enum Runtime {
     /// ONNX Runtime when its library is where [`OrtOptions::library`] says (flag,
     /// `ORT_DYLIB_PATH` or the fetch scripts' cache), else tract: a user who installed ONNX
@@ -19,18 +22,6 @@ pub enum Runtime {
     Tract,
     /// ONNX Runtime through the `ort` crate; needs its shared library.
     Ort,
-}
-
-impl Runtime {
-    /// Parses the names used in flags and config files (`auto`, `tract`, `ort`).
-    pub fn parse(s: &str) -> Option<Runtime> {
-        match s {
-            "auto" => Some(Runtime::Auto),
-            "tract" => Some(Runtime::Tract),
-            "ort" => Some(Runtime::Ort),
-            _ => None,
-        }
-    }
 }
 
 /// Why a model could not be loaded.
@@ -301,8 +292,9 @@ mod tests {
 
     #[test]
     fn runtime_names_parse() {
-        assert_eq!(Runtime::parse("auto"), Some(Runtime::Auto));
-        assert_eq!(Runtime::parse("ort"), Some(Runtime::Ort));
-        assert_eq!(Runtime::parse("onnx"), None);
+        let parse = |s: &str| serde_json::from_value::<Runtime>(serde_json::json!(s)).ok();
+        assert_eq!(parse("auto"), Some(Runtime::Auto));
+        assert_eq!(parse("ort"), Some(Runtime::Ort));
+        assert_eq!(parse("onnx"), None);
     }
 }

@@ -10,9 +10,9 @@
 //! session is built for CPU and [`OrtEmbedder::fallback`] says why, unless the caller set
 //! [`OrtOptions::require_gpu`], in which case loading fails with that reason.
 
+use parking_lot::Mutex;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use ndarray::{ArrayD, ArrayView4};
 use ort::environment::Environment;
@@ -166,7 +166,7 @@ static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
 /// A second call with another path fails rather than silently using the first library.
 pub fn environment(library: &Path) -> Result<Environment, OrtError> {
     let requested = std::path::absolute(library).unwrap_or_else(|_| library.to_path_buf());
-    let mut guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = ENVIRONMENT.lock();
     if let Some((loaded, env)) = guard.as_ref() {
         if same_file(loaded, &requested) {
             return Ok(env.clone());
@@ -371,23 +371,26 @@ impl Backend for OrtEmbedder {
     }
 
     fn run_one(&self, input: ArrayView4<f32>) -> Result<ArrayD<f32>, EmbedError> {
-        let run_err = |e: ort::Error| EmbedError::Run(e.to_string());
+        let run_err = |e: ort::Error| EmbedError::run("running the ONNX Runtime session", e);
         let input = input.as_standard_layout();
         let tensor = TensorRef::from_array_view(input.view()).map_err(run_err)?;
         let spec = &self.id.spec;
         let options = RunOptions::new()
             .map_err(run_err)?
             .with_outputs(OutputSelector::no_default().with(spec.output_name.clone()));
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut session = self.session.lock();
         let outputs = session
             .run_with_options(ort::inputs![spec.input_name.as_str() => tensor], &options)
             .map_err(run_err)?;
-        let value = outputs
-            .get(spec.output_name.as_str())
-            .ok_or_else(|| EmbedError::Run(format!("no output {:?}", spec.output_name)))?;
+        let value = outputs.get(spec.output_name.as_str()).ok_or_else(|| {
+            EmbedError::run(
+                "reading the output",
+                format!("no output {:?}", spec.output_name),
+            )
+        })?;
         let view = value
             .try_extract_array::<f32>()
-            .map_err(|e| EmbedError::Run(format!("output is not f32: {e}")))?;
+            .map_err(|e| EmbedError::run("reading the output as f32", e))?;
         Ok(view.to_owned())
     }
 }

@@ -251,7 +251,7 @@ impl Reindexer {
             if !rows.is_empty() {
                 let views: Vec<_> = rows.iter().map(|t| t.view().insert_axis(Axis(0))).collect();
                 let batch: Array4<f32> = ndarray::concatenate(Axis(0), &views)
-                    .map_err(|e| EmbedError::Run(e.to_string()))?;
+                    .map_err(|e| EmbedError::run("stacking a batch", e))?;
                 let vectors = self.embedder.embed_tensor(batch.view())?;
                 let entries = items
                     .into_iter()

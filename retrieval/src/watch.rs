@@ -19,10 +19,11 @@
 //! index's log before it returns, so a kill loses nothing the watcher reported as indexed; a
 //! restart reads each file's sha256 again and re-embeds only what changed while it was down.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use ndarray::{Array3, Axis};
@@ -210,11 +211,7 @@ pub struct StatusHandle(Arc<Shared>);
 impl StatusHandle {
     /// The status now.
     pub fn get(&self) -> WatchStatus {
-        self.0
-            .status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.0.status.lock().clone()
     }
 }
 
@@ -350,11 +347,7 @@ impl Loop {
     }
 
     fn status(&self, f: impl FnOnce(&mut WatchStatus)) {
-        f(&mut self
-            .shared
-            .status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner));
+        f(&mut self.shared.status.lock());
     }
 
     fn run(mut self) {

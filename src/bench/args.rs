@@ -251,7 +251,7 @@ pub struct EmbedArgs {
     /// Runtimes to measure in this run, comma-separated (e.g. `tract,ort`), each on the same
     /// images, batch sizes and thread count, with ratios between them [default: --backend].
     #[arg(long, value_delimiter = ',', value_enum)]
-    pub backends: Vec<crate::flags::Backend>,
+    pub backends: Vec<htg_retrieval::loader::Runtime>,
     /// Python with the `onnxruntime` package: also time ONNX Runtime's own Python API
     /// (benches/peers/ort_python.py) on the same model, batch sizes and threads.
     #[arg(long, value_name = "PYTHON")]
@@ -285,8 +285,8 @@ pub struct WritesArgs {
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
     /// Engine: htg or hnsw_rs.
-    #[arg(long, default_value = "htg")]
-    pub engine: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub engine: htg_ann::engine::EngineKind,
     /// Links per node.
     #[arg(long, default_value_t = 16)]
     pub m: usize,

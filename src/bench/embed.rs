@@ -21,7 +21,8 @@ use serde::Serialize;
 
 use super::args::EmbedArgs;
 use super::machine::{self, Machine};
-use crate::flags::{self as model, Backend};
+use crate::flags as model;
+use htg_retrieval::loader::Runtime;
 
 /// The Python peer, carried in the binary so that the bench needs no checkout.
 const PEER: &str = include_str!("../../benches/peers/ort_python.py");
@@ -123,17 +124,16 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         .iter()
         .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
         .collect::<Result<_>>()?;
-    let model_path = model::choose(a.model.as_deref(), None)?;
-    let kinds: Vec<Backend> = if a.backends.is_empty() {
+    let plan = model::ModelPlan::resolve(a.model.as_deref(), None, &a.backend)?;
+    let model_path = &plan.path;
+    let kinds: Vec<Runtime> = if a.backends.is_empty() {
         vec![a.backend.backend.unwrap_or_default()]
     } else {
         a.backends.clone()
     };
     let mut embedders: Vec<Box<dyn Embedder>> = Vec::new();
     for &kind in &kinds {
-        let mut args = a.backend.clone();
-        args.backend = Some(kind);
-        embedders.push(model::load(&model_path, &args)?);
+        embedders.push(plan.runtimes.on(kind).load(&plan.path)?);
     }
     let threads = a.backend.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -212,7 +212,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         if let Some(py) = &a.python {
             let shape = batch_shape(1, &spec);
             peer_rows.extend(
-                run_peer(py, &model_path, threads, &a.batches, a.seconds, &shape[1..])?
+                run_peer(py, model_path, threads, &a.batches, a.seconds, &shape[1..])?
                     .into_iter()
                     .map(|(batch, images_per_s)| PeerRow {
                         round,
@@ -262,7 +262,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             // File names and the model's hash, not local paths.
             model: format!(
                 "{} (sha256 {})",
-                file_name(&model_path),
+                file_name(model_path),
                 &embedders[0].model_id().sha256
             ),
             backends: embedders.iter().map(|e| e.backend().to_string()).collect(),

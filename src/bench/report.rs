@@ -72,6 +72,11 @@ pub struct BuildResult {
     pub library: String,
     /// Version of the library.
     pub library_version: String,
+    /// The Rust type that answered the searches, so a report says whether it measured what
+    /// production runs (`htg_ann::engine::Engine` behind `LocalIndex`) or a bench-only build;
+    /// for a peer, the peer's own class. Empty in reports written before it existed.
+    #[serde(default)]
+    pub engine: String,
     /// Distance kernel, e.g. `l2`, `dot`, `l2sq`.
     pub distance: String,
     /// Links per node (0 for exact).

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use htg_ann::dataset::{self, Dataset, SynthParams};
-use htg_ann::hnsw::{self, BuildParams, Engine, Index, Metric};
+use htg_ann::hnsw::{self, BuildParams, Index, Metric, Searcher};
 use htg_ann::npy::{self, Matrix};
 use htg_ann::{exact, stats};
 use htg_retrieval::index::{CreateOptions, EngineKind};
@@ -189,11 +189,19 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// `htg bench dataset embed` without the training crate, whose data loaders it reads.
+#[cfg(not(feature = "train"))]
+pub fn run_embed_data(_a: EmbedDataArgs) -> Result<()> {
+    bail!("`htg bench dataset embed` reads the training data sets: rebuild with `--features train`")
+}
+
 /// `htg bench dataset embed`: a named data set through a model, as training evaluates it.
+#[cfg(feature = "train")]
 pub fn run_embed_data(a: EmbedDataArgs) -> Result<()> {
     use htg_training::data::{DataSource, EvalProtocol, ImageSet};
-    let model_path = crate::flags::choose(a.model.as_deref(), None)?;
-    let embedder = crate::flags::load(&model_path, &a.backend)?;
+    let plan = crate::flags::ModelPlan::resolve(a.model.as_deref(), None, &a.backend)?;
+    let embedder = plan.load()?;
+    let model_path = plan.path;
     let source = DataSource::resolve(&a.data)?;
     let split = source.load(embedder.spec(), None)?;
     let mut sets: Vec<&ImageSet> = vec![&split.train];
@@ -258,11 +266,23 @@ fn temp_dir(tag: &str) -> Result<TempDir> {
         .context("creating a temporary directory")
 }
 
+/// A distance named on the command line, by clap's own names.
+fn metric(name: &str) -> Result<Metric> {
+    <Metric as clap::ValueEnum>::from_str(name, false)
+        .map_err(|_| anyhow::anyhow!("unknown distance {name:?} (l2, dot, l2sq)"))
+}
+
+/// A local engine named in a list that also holds `milvus` and `exact`, by clap's own names.
+fn engine_kind(name: &str) -> Result<EngineKind> {
+    <EngineKind as clap::ValueEnum>::from_str(name, false)
+        .map_err(|_| anyhow::anyhow!("unknown engine {name:?} (htg, hnsw_rs)"))
+}
+
 fn validate(a: &IndexArgs) -> Result<Vec<Metric>> {
     let metrics = a
         .distance
         .iter()
-        .map(|d| Metric::parse(d))
+        .map(|d| metric(d))
         .collect::<Result<Vec<_>, _>>()?;
     for &m in &a.m {
         for &efc in &a.ef_construction {
@@ -280,7 +300,7 @@ fn validate(a: &IndexArgs) -> Result<Vec<Metric>> {
                 bail!("--engine milvus needs --milvus HOST:PORT");
             }
         } else {
-            EngineKind::parse(e)?;
+            engine_kind(e)?;
         }
     }
     if a.ef.is_empty()
@@ -537,7 +557,7 @@ fn build_local(a: &PointArgs, base: &Matrix<f32>) -> Result<(Built, f64, u64, Te
                 m: a.m,
                 ef_construction: a.ef_construction,
             },
-            engine: EngineKind::parse(&a.library)?,
+            engine: engine_kind(&a.library)?,
             capacity: base.rows,
         },
     )?;
@@ -572,9 +592,12 @@ struct Built {
 impl Drop for Built {
     fn drop(&mut self) {
         if let Some(loc) = self.drop_at.take() {
+            #[cfg(feature = "milvus")]
             if let Err(e) = htg_retrieval::index::milvus::MilvusIndex::drop_collection(&loc) {
                 eprintln!("warning: could not drop {loc}: {e}");
             }
+            #[cfg(not(feature = "milvus"))]
+            let _ = loc;
         }
     }
 }
@@ -669,7 +692,7 @@ pub fn run_point(a: PointArgs) -> Result<()> {
         .context("starting the thread pool")?;
     let data = Dataset::load(&a.dataset)?;
     let rss_before = machine::rss_mib();
-    let metric = Metric::parse(&a.distance)?;
+    let metric = metric(&a.distance)?;
     let production = a.library == "htg"
         || a.library == "milvus"
         || (a.library == "hnsw_rs" && a.distance == "l2");
@@ -720,9 +743,9 @@ pub fn run_point(a: PointArgs) -> Result<()> {
             })
         };
         let engine = match (&index, &local) {
-            (Some(i), _) => Engine::Hnsw(i, ef.max(K)),
-            (None, Some(_)) => Engine::Custom(&production, data.base.cols),
-            (None, None) => Engine::Exact(&data.base),
+            (Some(i), _) => Searcher::Hnsw(i, ef.max(K)),
+            (None, Some(_)) => Searcher::Custom(&production, data.base.cols),
+            (None, None) => Searcher::Exact(&data.base),
         };
         let serial = hnsw::search_serial(engine, &data.queries, K, a.min_seconds)?;
         let qps_all = hnsw::search_parallel(engine, &data.queries, K, a.min_seconds)?;
@@ -747,6 +770,14 @@ pub fn run_point(a: PointArgs) -> Result<()> {
             format!("milvus at {}", a.milvus.as_deref().unwrap_or("?"))
         } else {
             format!("htg {}", env!("CARGO_PKG_VERSION"))
+        },
+        engine: match (&index, &local, a.library.as_str()) {
+            (_, Some(_), "milvus") => "htg_retrieval::index::milvus::MilvusIndex".into(),
+            (_, Some(_), lib) => {
+                format!("htg_retrieval::index::LocalIndex on htg_ann::engine::Engine ({lib})")
+            }
+            (Some(_), None, _) => format!("htg_ann::hnsw::Index (hnsw_rs, {})", a.distance),
+            (None, None, _) => "htg_ann::exact".into(),
         },
         distance: if a.quantize == "int8" && a.library == "htg" {
             "int8".into()

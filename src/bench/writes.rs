@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use htg_ann::dataset::{self, SynthParams};
 use htg_ann::stats;
-use htg_retrieval::index::{CreateOptions, EngineKind};
+use htg_retrieval::index::CreateOptions;
 use htg_retrieval::{HnswParams, LocalIndex, SearchIndex, SearchOptions};
 
 use super::sweep::synthetic_record;
@@ -107,7 +107,7 @@ pub fn run(a: WritesArgs) -> Result<()> {
     if a.sizes.is_empty() || a.writers.is_empty() || a.writers.contains(&0) {
         anyhow::bail!("--sizes and --writers need values, writers at least 1");
     }
-    let engine = EngineKind::parse(&a.engine)?;
+    let engine = a.engine;
     let params = HnswParams {
         m: a.m,
         ef_construction: a.ef_construction,

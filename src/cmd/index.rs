@@ -37,8 +37,8 @@ pub struct Args {
     #[arg(long, default_value_t = HnswParams::default().ef_construction)]
     pub ef_construction: usize,
     /// Vector engine (new indexes only): htg (ours) or hnsw_rs.
-    #[arg(long, default_value = "htg", value_parser = ["htg", "hnsw_rs"])]
-    pub engine: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub engine: EngineKind,
     /// Label each image with its parent folder's name.
     #[arg(long)]
     pub label_from_parent: bool,
@@ -66,8 +66,9 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         None
     };
-    let model_path = model::choose(args.model.as_deref(), existing.as_ref())?;
-    let embedder = model::load(&model_path, &args.backend)?;
+    let plan = model::ModelPlan::resolve(args.model.as_deref(), existing.as_ref(), &args.backend)?;
+    let embedder = plan.load()?;
+    let model_path = plan.path;
     let index = match existing {
         Some(i) => {
             i.check_model(embedder.model_id())?;
@@ -86,7 +87,7 @@ pub fn run(args: Args) -> Result<()> {
                         m: args.m,
                         ef_construction: args.ef_construction,
                     },
-                    engine: EngineKind::parse(&args.engine)?,
+                    engine: args.engine,
                     capacity: 0,
                 },
             )?
@@ -100,9 +101,9 @@ pub fn run(args: Args) -> Result<()> {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    let last = std::sync::Mutex::new(Progress::default());
+    let last = parking_lot::Mutex::new(Progress::default());
     let progress = |p: &Progress| {
-        *last.lock().unwrap_or_else(|e| e.into_inner()) = p.clone();
+        *last.lock() = p.clone();
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
         bar.set_message(format!(
@@ -117,7 +118,7 @@ pub fn run(args: Args) -> Result<()> {
     let report = index_folder_with_progress(&index, embedder.as_ref(), &args.dir, &opts, &progress)
         .with_context(|| format!("indexing {}", args.dir.display()))?;
     bar.finish_and_clear();
-    let p = last.into_inner().unwrap_or_else(|e| e.into_inner());
+    let p = last.into_inner();
     if p.done > 0 {
         let [prep, infer, insert] = p.busy_s;
         eprintln!(

@@ -19,8 +19,8 @@ pub struct Args {
     #[arg(long)]
     pub to: Location,
     /// Vector engine when the destination is a directory: htg or hnsw_rs.
-    #[arg(long, default_value = "htg", value_parser = ["htg", "hnsw_rs"])]
-    pub engine: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub engine: EngineKind,
     /// Records per write.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
@@ -44,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
         src.model_path(),
         &CreateOptions {
             params: src.params(),
-            engine: EngineKind::parse(&args.engine)?,
+            engine: args.engine,
             capacity: src.len(),
         },
     )

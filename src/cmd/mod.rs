@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod duplicates;
+#[cfg(feature = "train")]
 pub mod eval;
 pub mod index;
 pub mod inspect;
@@ -11,5 +12,8 @@ pub mod reindex;
 pub mod search;
 pub mod serve;
 pub mod snapshot;
+#[cfg(feature = "train")]
 pub mod train;
+#[cfg(not(feature = "train"))]
+pub mod unbuilt;
 pub mod watch;

@@ -80,8 +80,8 @@ struct Row {
 /// Embeds the query, searches, prints nearest first.
 pub fn run(args: Args) -> Result<()> {
     let index = model::open_index(&args.index)?;
-    let model_path = model::choose(args.model.as_deref(), Some(&index))?;
-    let embedder = model::load(&model_path, &args.backend)?;
+    let embedder =
+        model::ModelPlan::resolve(args.model.as_deref(), Some(&index), &args.backend)?.load()?;
     index.check_model(embedder.model_id())?;
     let img = htg_retrieval::preprocess::load_image(&args.image)
         .with_context(|| format!("query image {}", args.image.display()))?;

@@ -57,16 +57,11 @@ pub fn run(args: Args) -> Result<()> {
             .context("refusing to start on this configuration")?;
     }
     let index = model::open_index(&args.index)?;
-    let model_path = model::choose(args.model.as_deref(), Some(&index))?;
-    let mut backend = args.backend.clone();
-    if backend.backend.is_none() {
-        backend.backend = Some(match config.backend.as_str() {
-            "ort" => model::Backend::Ort,
-            "tract" => model::Backend::Tract,
-            _ => model::Backend::Auto,
-        });
+    let mut plan = model::ModelPlan::resolve(args.model.as_deref(), Some(&index), &args.backend)?;
+    if args.backend.backend.is_none() {
+        plan.runtimes.runtime = config.backend;
     }
-    let embedder = model::load(&model_path, &backend)?;
+    let embedder = plan.load()?;
     index.check_model(embedder.model_id())?;
     let location = &args.index;
     let uploads = match (args.uploads, location) {
@@ -93,10 +88,9 @@ pub fn run(args: Args) -> Result<()> {
             local
                 .lock_writes()
                 .with_context(|| format!("{location} is being written by another process"))?;
-            let backend = backend.clone();
-            let load: server::admin::ModelLoader = Arc::new(move |p: &std::path::Path| {
-                model::load(p, &backend).map_err(|e| format!("{e:#}"))
-            });
+            let runtimes = plan.runtimes.clone();
+            let load: server::admin::ModelLoader =
+                Arc::new(move |p: &std::path::Path| runtimes.load(p).map_err(|e| format!("{e:#}")));
             Some(server::admin::Admin {
                 root: root.to_path_buf(),
                 load,

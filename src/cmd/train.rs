@@ -17,10 +17,9 @@ pub struct Args {
     /// `scripts/fetch-data.sh`) or a folder with one subfolder per class.
     #[arg(long)]
     pub data: String,
-    /// Training method: htg, triplet-random, triplet-semihard, triplet-batchhard,
-    /// multi-similarity or norm-softmax (overrides the config's `method`).
-    #[arg(long)]
-    pub method: Option<String>,
+    /// Training method (overrides the config's `method`).
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
     /// TOML config (unknown keys are rejected); defaults suit the data set.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -61,8 +60,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => TrainConfig::load(p)?,
         None => TrainConfig::default_for(&args.data),
     };
-    if let Some(m) = &args.method {
-        cfg.method = Method::parse(m)?;
+    if let Some(m) = args.method {
+        cfg.method = m;
     }
     if let Some(s) = args.steps {
         cfg.steps = s;
@@ -75,8 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let saved = args.out.join("checkpoint").join("config.toml");
         if saved.is_file() {
             let mut c = TrainConfig::load(&saved)?;
-            if let Some(m) = &args.method {
-                let m = Method::parse(m)?;
+            if let Some(m) = args.method {
                 anyhow::ensure!(
                     m == c.method,
                     "--method {} differs from the checkpoint's method {}",

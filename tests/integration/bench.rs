@@ -408,6 +408,10 @@ fn embed_reports_images_per_second_by_stage() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "train"),
+    ignore = "needs a build with --features train (the README's test command has it)"
+)]
 fn dataset_embed_embeds_a_class_folder_as_training_loads_it() {
     let tmp = TempDir::new().unwrap();
     let classes = tmp.path().join("classes");

@@ -138,6 +138,10 @@ fn self_contained(html: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "train"),
+    ignore = "needs a build with --features train (the README's test command has it)"
+)]
 fn hard_pairs_report_finds_the_crossed_classes_and_adds_up() {
     let tmp = TempDir::new().unwrap();
     // Premise: on the whole classes the model makes no mistake, so no pair.
@@ -197,6 +201,10 @@ fn hard_pairs_report_finds_the_crossed_classes_and_adds_up() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "train"),
+    ignore = "needs a build with --features train (the README's test command has it)"
+)]
 fn compare_with_itself_shows_identical_columns() {
     let tmp = TempDir::new().unwrap();
     let data = labelled_folder(tmp.path(), true);
@@ -237,6 +245,10 @@ fn one_line_error(args: &[&str], needle: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "train"),
+    ignore = "needs a build with --features train (the README's test command has it)"
+)]
 fn bad_input_gives_one_line_errors() {
     let tmp = TempDir::new().unwrap();
     let data = labelled_folder(tmp.path(), true);

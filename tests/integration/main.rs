@@ -27,6 +27,8 @@
 //!   serve and search with the merged model; the folder's bad input.
 //! - `watch`: `htg serve --watch` and `htg index --watch`: copies, deletes and slow writes
 //!   picked up within seconds, nothing re-embedded after a restart, nothing lost to a kill.
+//! - `old_release`: an index written by release 0.1.0 (checkpoint and an unreplayed log)
+//!   opens, replays and takes new writes.
 //! - `ort`: the ONNX Runtime backend: parity with tract (fixture, bundled and external models),
 //!   CLI end to end, library-loading errors, GPU fallback.
 //!
@@ -49,6 +51,7 @@ mod formats;
 mod golden;
 mod http;
 mod milvus;
+mod old_release;
 mod ort;
 mod own_photos;
 mod photo;

@@ -99,6 +99,10 @@ fn ok(out: std::process::Output) -> (String, String) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "train"),
+    ignore = "needs a build with --features train (the README's test command has it)"
+)]
 fn a_head_trained_on_a_labelled_photo_folder_indexes_serves_and_finds_its_class() {
     let tmp = TempDir::new().unwrap();
     let data = tmp.path().join("data");
@@ -206,6 +210,10 @@ fn a_head_trained_on_a_labelled_photo_folder_indexes_serves_and_finds_its_class(
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "train"),
+    ignore = "needs a build with --features train (the README's test command has it)"
+)]
 fn a_photo_folder_with_one_image_in_a_class_an_empty_class_or_a_non_utf8_name_is_refused() {
     let tmp = TempDir::new().unwrap();
     let cache = tmp.path().join("cache");
@@ -309,7 +317,14 @@ fn head_layers(model: &Path) -> Vec<(ndarray::Array2<f32>, ndarray::Array1<f32>)
 /// with its 2×2 grid output, on tract) and the head computed apart, here, from the merged
 /// file's own weights.
 #[test]
-#[ignore = "needs ONNX Runtime (scripts/fetch-data.sh onnxruntime)"]
+#[cfg_attr(
+    feature = "train",
+    ignore = "needs ONNX Runtime (scripts/fetch-data.sh onnxruntime)"
+)]
+#[cfg_attr(
+    not(feature = "train"),
+    ignore = "needs ONNX Runtime (scripts/fetch-data.sh onnxruntime) and a build with --features train"
+)]
 fn the_merged_model_on_tract_and_ort_equals_the_backbone_then_the_head() {
     use htg_retrieval::embed::{l2_normalize_rows, to_vectors, Embedder, TractEmbedder};
     use htg_retrieval::ort_backend::{OrtEmbedder, OrtOptions};

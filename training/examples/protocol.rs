@@ -102,7 +102,8 @@ fn parse_args() -> Result<Args, String> {
                     TrainConfig::load(Path::new(what)).map_err(|e| e.to_string())?
                 } else {
                     let mut c = TrainConfig::default_for(&a.data);
-                    c.method = Method::parse(what).map_err(|e| e.to_string())?;
+                    c.method = serde_json::from_value::<Method>(serde_json::json!(what))
+                        .map_err(|e| format!("method {what:?}: {e}"))?;
                     c
                 };
                 a.methods.push((name.to_string(), cfg));

@@ -12,6 +12,7 @@ use crate::TrainError;
 
 /// How F is trained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Hard Triplet Generation (Zhao et al., ECCV 2018): G hardens triplets, D keeps labels.
@@ -31,31 +32,13 @@ pub enum Method {
 }
 
 impl Method {
-    /// The name used on the command line and in metadata.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Htg => "htg",
-            Method::TripletRandom => "triplet-random",
-            Method::TripletSemihard => "triplet-semihard",
-            Method::TripletBatchhard => "triplet-batchhard",
-            Method::MultiSimilarity => "multi-similarity",
-            Method::NormSoftmax => "norm-softmax",
-        }
-    }
-
-    /// Parses a command-line name.
-    pub fn parse(s: &str) -> Result<Method, TrainError> {
-        match s {
-            "htg" => Ok(Method::Htg),
-            "triplet-random" => Ok(Method::TripletRandom),
-            "triplet-semihard" => Ok(Method::TripletSemihard),
-            "triplet-batchhard" => Ok(Method::TripletBatchhard),
-            "multi-similarity" => Ok(Method::MultiSimilarity),
-            "norm-softmax" => Ok(Method::NormSoftmax),
-            other => Err(TrainError::Config(format!(
-                "unknown method {other:?} (expected htg, triplet-random, triplet-semihard, triplet-batchhard, multi-similarity or norm-softmax)"
-            ))),
-        }
+    /// The name used on the command line and in metadata: serde's, so config files, reports
+    /// and flags (clap's kebab-case, the same) never spell a method two ways.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
     }
 }
 

@@ -34,6 +34,7 @@ use parking_lot::Mutex;
 
 use super::store::{Buf, Pod};
 use super::{unpack, Distance, Graph, GraphParams, Quant, NOT_READY, NO_ENTRY};
+use crate::codec::{self, Cursor};
 use crate::{io_err, kernels, AnnError};
 
 const MAGIC: &[u8; 8] = b"HTGHNSW\0";
@@ -209,43 +210,44 @@ impl Graph {
             w.end();
         }
 
-        let mut h = [0u8; HEADER];
-        h[0..8].copy_from_slice(MAGIC);
-        let put32 = |h: &mut [u8; HEADER], at: usize, v: u32| {
-            h[at..at + 4].copy_from_slice(&v.to_le_bytes())
+        // The header, field by field at the offsets the table at the top gives (the table
+        // starts at TABLE, the seal is the last 4 bytes).
+        let mut h = Vec::with_capacity(HEADER);
+        h.extend_from_slice(MAGIC);
+        let distance = match self.params.distance {
+            Distance::L2Sq => 0,
+            Distance::Dot => 1,
         };
-        put32(&mut h, 8, VERSION);
-        put32(&mut h, 12, HEADER as u32);
-        put32(&mut h, 16, self.dim as u32);
-        put32(&mut h, 20, self.params.m as u32);
-        put32(&mut h, 24, self.m0 as u32);
-        put32(&mut h, 28, self.params.ef_construction as u32);
-        put32(
-            &mut h,
-            32,
-            match self.params.distance {
-                Distance::L2Sq => 0,
-                Distance::Dot => 1,
-            },
-        );
-        put32(&mut h, 36, self.quant.is_some() as u32);
-        h[40..48].copy_from_slice(&(count as u64).to_le_bytes());
-        h[48..56].copy_from_slice(&self.params.seed.to_le_bytes());
-        put32(&mut h, 56, eid);
-        put32(&mut h, 60, elevel);
-        h[64..72].copy_from_slice(&tombstones.to_le_bytes());
-        put32(&mut h, 72, self.stride as u32);
-        put32(&mut h, 76, code_stride);
-        put32(&mut h, 80, w.sections.len() as u32);
-        for (i, s) in w.sections.iter().enumerate() {
-            let at = TABLE + i * ENTRY;
-            put32(&mut h, at, s.kind);
-            put32(&mut h, at + 4, s.crc);
-            h[at + 8..at + 16].copy_from_slice(&s.offset.to_le_bytes());
-            h[at + 16..at + 24].copy_from_slice(&s.len.to_le_bytes());
+        for v in [
+            VERSION,
+            HEADER as u32,
+            self.dim as u32,
+            self.params.m as u32,
+            self.m0 as u32,
+            self.params.ef_construction as u32,
+            distance,
+            self.quant.is_some() as u32,
+        ] {
+            codec::put_u32(&mut h, v);
         }
-        let crc = crc32fast::hash(&h[..HEADER - 4]);
-        h[HEADER - 4..].copy_from_slice(&crc.to_le_bytes());
+        codec::put_u64(&mut h, count as u64);
+        codec::put_u64(&mut h, self.params.seed);
+        codec::put_u32(&mut h, eid);
+        codec::put_u32(&mut h, elevel);
+        codec::put_u64(&mut h, tombstones);
+        codec::put_u32(&mut h, self.stride as u32);
+        codec::put_u32(&mut h, code_stride);
+        codec::put_u32(&mut h, w.sections.len() as u32);
+        h.resize(TABLE, 0);
+        for s in &w.sections {
+            codec::put_u32(&mut h, s.kind);
+            codec::put_u32(&mut h, s.crc);
+            codec::put_u64(&mut h, s.offset);
+            codec::put_u64(&mut h, s.len);
+            codec::put_u64(&mut h, 0);
+        }
+        h.resize(HEADER - 4, 0);
+        codec::seal(&mut h);
         w.w.seek(SeekFrom::Start(0))?;
         w.w.write_all(&h)?;
         w.w.into_inner().map_err(|e| e.into_error())
@@ -277,15 +279,16 @@ impl Graph {
         if &b[0..8] != MAGIC {
             return Err(bad("wrong magic bytes".into()));
         }
-        let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
-        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+        // Every offset read is inside the header, whose length was checked above.
+        let u32_at = |at: usize| Cursor::new(&b[at..]).u32().unwrap_or_default();
+        let u64_at = |at: usize| Cursor::new(&b[at..]).u64().unwrap_or_default();
         let version = u32_at(8);
         if version != VERSION {
             return Err(bad(format!(
                 "format version {version}, this build reads {VERSION}"
             )));
         }
-        if crc32fast::hash(&b[..HEADER - 4]) != u32_at(HEADER - 4) {
+        if codec::unseal(&b[..HEADER]).is_none() {
             return Err(bad("header checksum mismatch".into()));
         }
         let dim = u32_at(16) as usize;

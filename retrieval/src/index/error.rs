@@ -116,6 +116,17 @@ pub enum WalError {
     },
 }
 
+/// The engine's refusals as the index reports them: a bad parameter is the caller's (400 over
+/// HTTP) whichever layer noticed it; anything else keeps the engine's error whole.
+impl From<htg_ann::AnnError> for IndexError {
+    fn from(e: htg_ann::AnnError) -> Self {
+        match e {
+            htg_ann::AnnError::Param(m) => IndexError::Param(m),
+            other => IndexError::Ann(other),
+        }
+    }
+}
+
 /// Wraps an I/O error with the operation and path.
 pub(crate) fn io_err<'a>(
     op: &'static str,

@@ -19,11 +19,11 @@
 //! One writing process per collection, as for a local index: the id counter is reserved in
 //! blocks through the collection's properties, not with a distributed lock.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use milvus::v2::error::Error as SdkError;
@@ -625,7 +625,8 @@ impl MilvusIndex {
     }
 
     fn next_id(&self) -> u64 {
-        self.ids.lock().map(|g| g.1.max(g.0)).unwrap_or(0)
+        let g = self.ids.lock();
+        g.1.max(g.0)
     }
 }
 
@@ -904,10 +905,7 @@ impl SearchIndex for MilvusIndex {
                 ));
             }
         }
-        let mut guard = self
-            .ids
-            .lock()
-            .map_err(|_| IndexError::Engine("id allocator poisoned".into()))?;
+        let mut guard = self.ids.lock();
         let ids = self.reserve(&mut guard, items.len())?;
         for (chunk_ids, chunk) in ids.chunks(INSERT_BATCH).zip(items.chunks(INSERT_BATCH)) {
             self.upsert_batch(chunk_ids, chunk)?;
@@ -920,10 +918,7 @@ impl SearchIndex for MilvusIndex {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let _guard = self
-            .ids
-            .lock()
-            .map_err(|_| IndexError::Engine("id allocator poisoned".into()))?;
+        let _guard = self.ids.lock();
         let mut present = std::collections::HashSet::new();
         for chunk in ids.chunks(INSERT_BATCH) {
             for (id, _, _) in self.query_rows(ids_expr(chunk), false, None)? {

@@ -12,7 +12,6 @@
 //! Its submodules use each other directly, never through this file, which only re-exports
 //! them and opens an index: `tests/integration/architecture.rs` holds every module to that.
 
-pub mod engine;
 mod error;
 mod legacy;
 pub mod local;
@@ -27,8 +26,8 @@ pub mod wal;
 
 use crate::embed::ModelId;
 
-pub use engine::EngineKind;
 pub use error::IndexError;
+pub use htg_ann::engine::EngineKind;
 pub use local::LocalIndex;
 pub use location::{is_remote, Location};
 pub use seam::{describe, CreateOptions, SearchIndex};

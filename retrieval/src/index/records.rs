@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
+use htg_ann::codec::{self, put_str, Cursor};
 use memmap2::Mmap;
 
 use super::error::IndexError;
@@ -28,14 +29,16 @@ struct Mapped {
 }
 
 impl Mapped {
+    fn u64_at(&self, o: usize) -> u64 {
+        Cursor::new(&self.map[o..]).u64().unwrap_or_default()
+    }
+
     fn ext_id(&self, i: usize) -> u64 {
-        let o = 16 + i * 8;
-        u64::from_le_bytes(self.map[o..o + 8].try_into().unwrap_or_default())
+        self.u64_at(16 + i * 8)
     }
 
     fn offset(&self, i: usize) -> usize {
-        let o = 16 + self.count * 8 + i * 8;
-        u64::from_le_bytes(self.map[o..o + 8].try_into().unwrap_or_default()) as usize
+        self.u64_at(16 + self.count * 8 + i * 8) as usize
     }
 
     fn blob_start(&self) -> usize {
@@ -57,40 +60,22 @@ struct Fields<'a> {
     label: Option<&'a str>,
 }
 
-fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    if b.len() < n {
-        return None;
-    }
-    let (a, r) = b.split_at(n);
-    *b = r;
-    Some(a)
-}
-
-fn take_str<'a>(b: &mut &'a [u8]) -> Option<&'a str> {
-    let n = u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize;
-    std::str::from_utf8(take(b, n)?).ok()
-}
-
-fn parse(mut b: &[u8]) -> Option<Fields<'_>> {
-    let live = take(&mut b, 1)?[0] == 1;
-    let path = take_str(&mut b)?;
-    let sha256 = take_str(&mut b)?;
-    let label = match take(&mut b, 1)?[0] {
+fn parse(b: &[u8]) -> Option<Fields<'_>> {
+    let mut c = Cursor::new(b);
+    let live = c.u8().ok()? == 1;
+    let path = c.str().ok()?;
+    let sha256 = c.str().ok()?;
+    let label = match c.u8().ok()? {
         0 => None,
-        1 => Some(take_str(&mut b)?),
+        1 => Some(c.str().ok()?),
         _ => return None,
     };
-    b.is_empty().then_some(Fields {
+    c.rest().is_empty().then_some(Fields {
         live,
         path,
         sha256,
         label,
     })
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
 }
 
 fn encode(r: &Record, live: bool, out: &mut Vec<u8>) {
@@ -299,16 +284,15 @@ impl Records {
         offsets.push(blob.len() as u64);
         let mut out = Vec::with_capacity(16 + n * 16 + 8 + blob.len() + 4);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(n as u64).to_le_bytes());
+        codec::put_u64(&mut out, n as u64);
         for e in &self.ext {
-            out.extend_from_slice(&e.to_le_bytes());
+            codec::put_u64(&mut out, *e);
         }
         for o in offsets {
-            out.extend_from_slice(&o.to_le_bytes());
+            codec::put_u64(&mut out, o);
         }
         out.extend_from_slice(&blob);
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
+        codec::seal(&mut out);
         out
     }
 
@@ -335,14 +319,9 @@ impl Records {
                 "not an htg records file (bad magic or too short)".into()
             ));
         }
-        let body = &map[..map.len() - 4];
-        let crc = u32::from_le_bytes(map[map.len() - 4..].try_into().unwrap_or_default());
-        if crc32fast::hash(body) != crc {
-            return Err(bad(
-                "records.bin fails its checksum (truncated or altered)".into()
-            ));
-        }
-        let count = u64::from_le_bytes(map[8..16].try_into().unwrap_or_default());
+        let body = codec::unseal(&map)
+            .ok_or_else(|| bad("records.bin fails its checksum (truncated or altered)".into()))?;
+        let count = Cursor::new(&body[8..]).u64().unwrap_or(u64::MAX);
         let count = usize::try_from(count)
             .ok()
             .filter(|c| c.checked_mul(16).is_some_and(|b| b + 24 <= body.len()))

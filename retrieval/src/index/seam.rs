@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use super::engine::EngineKind;
 use super::error::IndexError;
 use super::types::{Hit, HnswParams, IndexStats, Record, SearchOptions};
 use crate::embed::ModelId;
+use htg_ann::engine::EngineKind;
 
 /// The operations the CLI and the server need from a vector index, local or remote.
 ///

@@ -8,6 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use htg_ann::codec::{self, CodecError, Cursor};
 use sha2::{Digest, Sha256};
 
 use super::error::{io_err, IndexError};
@@ -25,13 +26,12 @@ pub fn write(gdir: &Path, out: &Path) -> Result<u64, IndexError> {
     names.sort();
     let mut buf = Vec::new();
     buf.extend_from_slice(MAGIC);
-    buf.extend_from_slice(&(names.len() as u32).to_le_bytes());
+    codec::put_u32(&mut buf, names.len() as u32);
     for name in &names {
         let p = gdir.join(name);
         let bytes = fs::read(&p).map_err(io_err("read", &p))?;
-        buf.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        buf.extend_from_slice(name.as_bytes());
-        buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        codec::put_str(&mut buf, name);
+        codec::put_u64(&mut buf, bytes.len() as u64);
         buf.extend_from_slice(&bytes);
     }
     let digest = Sha256::digest(&buf);
@@ -57,29 +57,25 @@ pub fn read(path: &Path) -> Result<Vec<(String, Vec<u8>)>, IndexError> {
     if Sha256::digest(body).as_slice() != digest {
         return Err(bad(path, "checksum mismatch (truncated or altered)"));
     }
-    let mut b = &body[8..];
-    let mut take = |n: usize| -> Result<&[u8], IndexError> {
-        if b.len() < n {
-            return Err(bad(path, "a file runs past the end"));
+    let mut c = Cursor::new(&body[8..]);
+    let framing = |e: CodecError| match e {
+        CodecError::NotUtf8 => bad(path, "a name is not UTF-8"),
+        CodecError::Truncated { .. } | CodecError::Overflow => {
+            bad(path, "a file runs past the end")
         }
-        let (x, r) = b.split_at(n);
-        b = r;
-        Ok(x)
     };
-    let count = u32::from_le_bytes(take(4)?.try_into().unwrap_or_default()) as usize;
+    let count = c.u32().map_err(framing)? as usize;
     let mut files = Vec::new();
     for _ in 0..count {
-        let n = u32::from_le_bytes(take(4)?.try_into().unwrap_or_default()) as usize;
-        let name =
-            String::from_utf8(take(n)?.to_vec()).map_err(|_| bad(path, "a name is not UTF-8"))?;
+        let name = c.str().map_err(framing)?.to_string();
         if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.') {
             return Err(bad(path, format!("file name {name:?}")));
         }
-        let len = u64::from_le_bytes(take(8)?.try_into().unwrap_or_default());
+        let len = c.u64().map_err(framing)?;
         let len = usize::try_from(len).map_err(|_| bad(path, "file too large"))?;
-        files.push((name, take(len)?.to_vec()));
+        files.push((name, c.take(len).map_err(framing)?.to_vec()));
     }
-    if !b.is_empty() {
+    if !c.rest().is_empty() {
         return Err(bad(path, "bytes after the last file"));
     }
     if !files.iter().any(|(n, _)| n == "meta.json") {

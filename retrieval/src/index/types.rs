@@ -72,10 +72,7 @@ impl HnswParams {
     /// Rejects values that `hnsw_rs` would answer with `process::exit` or nonsense.
     pub fn validate(&self) -> Result<(), IndexError> {
         // One set of ranges, the engine's, for every engine.
-        self.graph().validate().map_err(|e| match e {
-            htg_ann::AnnError::Param(m) => IndexError::Param(m),
-            other => IndexError::Param(other.to_string()),
-        })
+        Ok(self.graph().validate()?)
     }
 }
 

@@ -19,10 +19,11 @@
 //! while it holds the guard. The log knows nothing of the index above it, and the index's
 //! `LOCK` file (one writing process) is the index's to take before it writes.
 
+use htg_ann::codec::{self, Cursor};
+use parking_lot::{Mutex, MutexGuard};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub use super::error::WalError;
 use super::types::Record;
@@ -60,96 +61,51 @@ const OP_REMOVE: u8 = 2;
 /// Largest payload accepted on read: a longer length field is damage, not a record.
 const MAX_PAYLOAD: u32 = 64 << 20;
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
 /// Encodes one entry, header included.
 pub fn encode(seq: u64, op: &Op) -> Vec<u8> {
     let mut p = Vec::with_capacity(64);
-    p.extend_from_slice(&seq.to_le_bytes());
+    codec::put_u64(&mut p, seq);
     match op {
         Op::Add { id, record, vector } => {
             p.push(OP_ADD);
-            p.extend_from_slice(&id.to_le_bytes());
-            put_str(&mut p, &record.path);
-            put_str(&mut p, &record.sha256);
+            codec::put_u64(&mut p, *id);
+            codec::put_str(&mut p, &record.path);
+            codec::put_str(&mut p, &record.sha256);
             match &record.label {
                 Some(l) => {
                     p.push(1);
-                    put_str(&mut p, l);
+                    codec::put_str(&mut p, l);
                 }
                 None => p.push(0),
             }
-            p.extend_from_slice(&(vector.len() as u32).to_le_bytes());
-            for x in vector {
-                p.extend_from_slice(&x.to_le_bytes());
-            }
+            codec::put_f32s(&mut p, vector);
         }
         Op::Remove { id } => {
             p.push(OP_REMOVE);
-            p.extend_from_slice(&id.to_le_bytes());
+            codec::put_u64(&mut p, *id);
         }
     }
-    let mut out = Vec::with_capacity(p.len() + 8);
-    out.extend_from_slice(&(p.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&p).to_le_bytes());
-    out.extend_from_slice(&p);
+    let mut out = Vec::with_capacity(p.len() + codec::FRAME_HEADER);
+    codec::put_frame(&mut out, &p);
     out
-}
-
-/// A cursor over a payload that reports truncation instead of panicking.
-struct Cur<'a>(&'a [u8]);
-
-impl<'a> Cur<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.0.len() < n {
-            return Err(format!("payload ends {} bytes early", n - self.0.len()));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().unwrap_or_default(),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().unwrap_or_default(),
-        ))
-    }
-    fn string(&mut self) -> Result<String, String> {
-        let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "a text field is not UTF-8".into())
-    }
 }
 
 /// Decodes a payload whose checksum already matched.
 pub fn decode_payload(p: &[u8]) -> Result<Entry, String> {
-    let mut c = Cur(p);
-    let seq = c.u64()?;
-    let op = match c.u8()? {
+    let field = |e: codec::CodecError| e.to_string();
+    let mut c = Cursor::new(p);
+    let seq = c.u64().map_err(field)?;
+    let op = match c.u8().map_err(field)? {
         OP_ADD => {
-            let id = c.u64()?;
-            let path = c.string()?;
-            let sha256 = c.string()?;
-            let label = match c.u8()? {
+            let id = c.u64().map_err(field)?;
+            let path = c.str().map_err(field)?.to_string();
+            let sha256 = c.str().map_err(field)?.to_string();
+            let label = match c.u8().map_err(field)? {
                 0 => None,
-                1 => Some(c.string()?),
+                1 => Some(c.str().map_err(field)?.to_string()),
                 t => return Err(format!("label tag {t}")),
             };
-            let n = c.u32()? as usize;
-            let raw = c.take(n.checked_mul(4).ok_or("vector length overflows")?)?;
-            let vector = raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let vector = c.f32s().map_err(field)?;
             Op::Add {
                 id,
                 record: Record {
@@ -160,11 +116,13 @@ pub fn decode_payload(p: &[u8]) -> Result<Entry, String> {
                 vector,
             }
         }
-        OP_REMOVE => Op::Remove { id: c.u64()? },
+        OP_REMOVE => Op::Remove {
+            id: c.u64().map_err(field)?,
+        },
         t => return Err(format!("unknown op {t}")),
     };
-    if !c.0.is_empty() {
-        return Err(format!("{} bytes after the entry", c.0.len()));
+    if !c.rest().is_empty() {
+        return Err(format!("{} bytes after the entry", c.rest().len()));
     }
     Ok(Entry { seq, op })
 }
@@ -175,42 +133,32 @@ pub fn parse_segment(path: &Path, bytes: &[u8]) -> Result<(Vec<Entry>, usize), W
     let mut entries = Vec::new();
     let mut off = 0usize;
     while off < bytes.len() {
-        let rest = &bytes[off..];
-        if rest.len() < 8 {
-            break; // torn header
-        }
-        let len = u32::from_le_bytes(rest[0..4].try_into().unwrap_or_default());
-        let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
-        let end = 8 + len as usize;
-        if len > MAX_PAYLOAD || end > rest.len() {
-            if len > MAX_PAYLOAD && end < rest.len() {
-                return Err(WalError::Corrupt {
-                    path: path.to_path_buf(),
-                    offset: off as u64,
-                    reason: format!("entry length {len} is impossible"),
-                });
-            }
-            break; // torn: the entry runs past the end of the file
-        }
-        let payload = &rest[8..end];
-        let last = off + end == bytes.len();
-        if crc32fast::hash(payload) != crc {
-            if last {
-                break; // torn: the final entry was cut mid-write
-            }
-            return Err(WalError::Corrupt {
-                path: path.to_path_buf(),
-                offset: off as u64,
-                reason: "checksum mismatch".into(),
-            });
-        }
-        let entry = decode_payload(payload).map_err(|reason| WalError::Corrupt {
+        let corrupt = |reason: String| WalError::Corrupt {
             path: path.to_path_buf(),
             offset: off as u64,
             reason,
-        })?;
+        };
+        if let Ok(len) = Cursor::new(&bytes[off..]).u32() {
+            if len > MAX_PAYLOAD {
+                // An impossible length with bytes after where it would end is damage; one that
+                // runs to or past the end may be the torn header of an entry being written.
+                if off + codec::FRAME_HEADER + (len as usize) < bytes.len() {
+                    return Err(corrupt(format!("entry length {len} is impossible")));
+                }
+                break;
+            }
+        }
+        let (payload, used) = match codec::read_frame(&bytes[off..]) {
+            codec::Frame::Whole(payload, used) => (payload, used),
+            // Torn: the entry runs past the end of the file.
+            codec::Frame::Short { .. } => break,
+            // Torn: the final entry was cut mid-write.
+            codec::Frame::BadChecksum(used) if off + used == bytes.len() => break,
+            codec::Frame::BadChecksum(_) => return Err(corrupt("checksum mismatch".into())),
+        };
+        let entry = decode_payload(payload).map_err(corrupt)?;
         entries.push(entry);
-        off += end;
+        off += used;
     }
     Ok((entries, off))
 }
@@ -365,14 +313,14 @@ impl Wal {
     /// guard are in log order, and what the caller does before dropping it (applying them,
     /// allocating ids) happens in that order too.
     pub fn lock(&self) -> Result<WalGuard<'_>, WalError> {
-        let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.writer.lock();
         self.writer(&mut slot)?;
         Ok(WalGuard { slot })
     }
 
     /// Bytes appended to the current segment so far.
     pub fn segment_bytes(&self) -> u64 {
-        match &*self.writer.lock().unwrap_or_else(PoisonError::into_inner) {
+        match &*self.writer.lock() {
             Ok(w) => w.file.metadata().map(|m| m.len()).unwrap_or(0),
             Err(_) => 0,
         }
@@ -381,12 +329,12 @@ impl Wal {
     /// Makes every entry up to `seq` durable. One fsync covers all writers that appended
     /// before it started, so concurrent writers share it.
     pub fn sync_to(&self, seq: u64) -> Result<(), WalError> {
-        let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut synced = self.synced.lock();
         if *synced >= seq {
             return Ok(());
         }
         let (file, path, upto) = {
-            let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut slot = self.writer.lock();
             let w = self.writer(&mut slot)?;
             let f = w.file.try_clone().map_err(io_err("open", &w.path))?;
             (f, w.path.clone(), w.next_seq - 1)
@@ -403,7 +351,7 @@ impl Wal {
         &self,
         snapshot: impl FnOnce(u64) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.writer.lock();
         let w = self.writer(&mut slot)?;
         let last = w.next_seq - 1;
         if w.next_seq != w.first_seq {
@@ -422,7 +370,7 @@ impl Wal {
     /// Deletes the segments whose entries are all at or below `seq` (covered by a
     /// checkpoint). The segment being appended to is never deleted.
     pub fn truncate_through(&self, seq: u64) -> Result<(), WalError> {
-        let current = match &*self.writer.lock().unwrap_or_else(PoisonError::into_inner) {
+        let current = match &*self.writer.lock() {
             Ok(w) => w.first_seq,
             Err(p) => p.next_seq,
         };
@@ -453,7 +401,7 @@ impl Wal {
 
     /// The sequence number the next append will get.
     pub fn next_seq(&self) -> u64 {
-        match &*self.writer.lock().unwrap_or_else(PoisonError::into_inner) {
+        match &*self.writer.lock() {
             Ok(w) => w.next_seq,
             Err(p) => p.next_seq,
         }

@@ -8,10 +8,11 @@
 //! old `Serving` finishes on it; every later request gets the new one. Any failure before the
 //! switch leaves the old index serving and the reason in the task status.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::web;
@@ -93,9 +94,8 @@ const KEEP: usize = 16;
 impl Tasks {
     /// A task's status.
     pub fn get(&self, id: u64) -> Option<TaskStatus> {
-        let all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
-        all.get(&id)
-            .map(|t| t.lock().unwrap_or_else(PoisonError::into_inner).clone())
+        let all = self.all.lock();
+        all.get(&id).map(|t| t.lock().clone())
     }
 
     /// Model swaps completed since the server started.
@@ -115,17 +115,17 @@ impl Tasks {
     }
 
     fn running(&self) -> Option<u64> {
-        let all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
+        let all = self.all.lock();
         all.iter().find_map(|(id, t)| {
-            let s = t.lock().unwrap_or_else(PoisonError::into_inner).state;
+            let s = t.lock().state;
             matches!(s, TaskState::Embedding | TaskState::Switching).then_some(*id)
         })
     }
 
     fn add(&self, status: TaskStatus) -> Arc<Mutex<TaskStatus>> {
         let t = Arc::new(Mutex::new(status));
-        let mut all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
-        let id = t.lock().unwrap_or_else(PoisonError::into_inner).id;
+        let mut all = self.all.lock();
+        let id = t.lock().id;
         all.insert(id, Arc::clone(&t));
         while all.len() > KEEP {
             let Some(oldest) = all.keys().next().copied() else {
@@ -138,7 +138,7 @@ impl Tasks {
 }
 
 fn update(task: &Mutex<TaskStatus>, f: impl FnOnce(&mut TaskStatus)) {
-    f(&mut task.lock().unwrap_or_else(PoisonError::into_inner));
+    f(&mut task.lock());
 }
 
 /// Starts swapping the served model for the one at `model`: loads it and opens the shadow

@@ -9,10 +9,11 @@
 //! Triton's dynamic batcher does). The queue is bounded: when it is full a request is refused
 //! with 503 rather than waiting without end.
 
+use parking_lot::Mutex;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -142,7 +143,12 @@ impl Batcher {
         for rx in replies {
             match rx.await {
                 Ok(Ok(v)) => out.push(v),
-                Ok(Err(msg)) => return Err(ApiError::Embed(EmbedError::Run(msg))),
+                Ok(Err(msg)) => {
+                    return Err(ApiError::Embed(EmbedError::run(
+                        "a batch of the queue",
+                        msg,
+                    )))
+                }
                 Err(_) => {
                     return Err(ApiError::Internal(
                         "the inference thread dropped the request".into(),
@@ -174,7 +180,7 @@ fn gather(
     max_delay: Duration,
     coming: &AtomicUsize,
 ) -> Option<Vec<Job>> {
-    let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+    let rx = rx.lock();
     let first = rx.recv().ok()?;
     let deadline = Instant::now() + max_delay;
     let mut batch = vec![first];
@@ -263,7 +269,7 @@ mod tests {
         }
         fn embed_tensor(&self, input: ArrayView4<f32>) -> Result<Array2<f32>, EmbedError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            self.sizes.lock().unwrap().push(input.shape()[0]);
+            self.sizes.lock().push(input.shape()[0]);
             std::thread::sleep(self.delay);
             let n = input.shape()[0];
             if input[[0, 0, 0, 0]] < 0.0 {
@@ -334,7 +340,7 @@ mod tests {
         for (i, a) in answers.into_iter().enumerate() {
             assert_eq!(a.unwrap(), vec![vec![i as f32, i as f32 + 1.0]]);
         }
-        let sizes = model.sizes.lock().unwrap().clone();
+        let sizes = model.sizes.lock().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 16);
         assert!(sizes.iter().all(|s| *s <= 8), "{sizes:?}");
         assert!(sizes.len() < 16, "requests were not batched: {sizes:?}");
@@ -370,7 +376,7 @@ mod tests {
         });
         assert_eq!(answers.0.unwrap()[0][0], 2.0);
         assert_eq!(answers.1.unwrap()[0][0], 3.0);
-        assert_eq!(*model.sizes.lock().unwrap(), vec![1, 2]);
+        assert_eq!(*model.sizes.lock(), vec![1, 2]);
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub struct Config {
     pub shutdown_timeout_s: u64,
     /// Inference runtime when `--backend` is not given: `auto` (ONNX Runtime when its library
     /// is found, else tract: what every other command does), `tract` or `ort`.
-    pub backend: String,
+    pub backend: crate::loader::Runtime,
     /// Dynamic batching.
     pub batch: BatchConfig,
     /// Key for every operation (`api-key` header or `Authorization: Bearer`); empty: no
@@ -168,7 +168,7 @@ impl Default for Config {
             max_k: 1000,
             max_batch_queries: 64,
             shutdown_timeout_s: 10,
-            backend: "auto".into(),
+            backend: crate::loader::Runtime::Auto,
             batch: BatchConfig {
                 max_size: 32,
                 max_delay_us: 500,
@@ -226,11 +226,6 @@ impl Config {
             self.addr.parse::<SocketAddr>().is_ok(),
             "addr",
             format!("{:?} is not an address like 127.0.0.1:8080", self.addr),
-        )?;
-        check(
-            matches!(self.backend.as_str(), "auto" | "tract" | "ort"),
-            "backend",
-            format!("{:?} is not auto, tract or ort", self.backend),
         )?;
         check(
             self.workers <= 256,

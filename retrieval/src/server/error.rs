@@ -185,6 +185,15 @@ impl ErrorCode {
 }
 
 impl ApiError {
+    /// The body's message: the error's own line, with the runtime's cause after an inference
+    /// failure (that variant keeps the cause as its source rather than in its text).
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Embed(EmbedError::Run { source, .. }) => format!("{self}: {source}"),
+            _ => self.to_string(),
+        }
+    }
+
     /// HTTP status and a stable machine-readable code: the single mapping for the whole API.
     pub fn status_and_code(&self) -> (StatusCode, ErrorCode) {
         match self {
@@ -240,7 +249,7 @@ impl ApiError {
             ApiError::Embed(e) => match e {
                 EmbedError::Spec(_)
                 | EmbedError::Load { .. }
-                | EmbedError::Run(_)
+                | EmbedError::Run { .. }
                 | EmbedError::InputShape { .. }
                 | EmbedError::OutputShape { .. } => (
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -302,7 +311,7 @@ impl ResponseError for ApiError {
             error: ErrorDetail {
                 status: status.as_u16(),
                 code,
-                message: self.to_string(),
+                message: self.message(),
             },
         })
     }

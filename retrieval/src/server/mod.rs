@@ -31,10 +31,11 @@ pub mod service;
 pub mod tls;
 pub mod watching;
 
+use parking_lot::RwLock;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::index::Index;
@@ -148,13 +149,13 @@ pub enum ServeError {
 impl State {
     /// The index and model now serving: take it once per request and use it throughout.
     pub fn serving(&self) -> Arc<Serving> {
-        Arc::clone(&self.serving.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&self.serving.read())
     }
 
     /// Makes `next` the one that serves (a model swap's switch); requests that already took
     /// the previous one finish on it.
     pub fn install(&self, next: Serving) {
-        *self.serving.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        *self.serving.write() = Arc::new(next);
     }
 }
 

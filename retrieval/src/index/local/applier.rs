@@ -2,8 +2,9 @@
 //! background thread (and on writers' threads when a bulk load outruns it), and keeps what
 //! background work failed at so that it is seen.
 
+use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::{read_lock, write_lock, Background, Inner, LocalIndex, PendingAdd};
@@ -16,10 +17,7 @@ impl LocalIndex {
     /// exactly once.
     pub(super) fn drain_once(&self, max: usize) -> Result<usize, IndexError> {
         let inner = &self.inner;
-        let _one = inner
-            .apply_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _one = inner.apply_lock.lock();
         let batch: Vec<PendingAdd> = read_lock(&inner.pending)
             .iter()
             .take(max)
@@ -65,24 +63,14 @@ impl LocalIndex {
     /// Records a background failure: counted, and kept for [`IndexStats::background_error`].
     pub(super) fn background_failed(&self, note: impl FnOnce(&mut Background)) {
         self.inner.background_errors.fetch_add(1, Ordering::Relaxed);
-        note(
-            &mut self
-                .inner
-                .background
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        note(&mut self.inner.background.lock());
     }
 
     /// The background failure outstanding now, if any: a checkpoint that could not be
     /// written (the log still holds every acknowledged write, but it cannot be cut), or
     /// adds the applier could not move into the graph.
     pub fn background_error(&self) -> Option<String> {
-        let b = self
-            .inner
-            .background
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let b = self.inner.background.lock();
         match (&b.checkpoint, &b.applier) {
             (Some(c), Some(a)) => Some(format!("{c}; {a}")),
             (Some(e), None) | (None, Some(e)) => Some(e.clone()),
@@ -114,12 +102,7 @@ fn applier(weak: Weak<Inner>, wake: Arc<(Mutex<bool>, Condvar)>) {
             loop {
                 match index.drain_once(1024) {
                     Ok(n) => {
-                        index
-                            .inner
-                            .background
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .applier = None;
+                        index.inner.background.lock().applier = None;
                         if n == 0 {
                             break;
                         }
@@ -135,12 +118,9 @@ fn applier(weak: Weak<Inner>, wake: Arc<(Mutex<bool>, Condvar)>) {
             index.retry_failed_checkpoint();
         }
         let (flag, cv) = &*wake;
-        let mut woken = flag.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut woken = flag.lock();
         if !*woken {
-            woken = cv
-                .wait_timeout(woken, Duration::from_millis(200))
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            cv.wait_for(&mut woken, Duration::from_millis(200));
         }
         *woken = false;
     }

@@ -5,13 +5,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{read_lock, write_lock, LocalIndex, Meta, CHECKPOINT_RETRY, FORMAT_VERSION};
-use crate::index::engine::Engine;
 use crate::index::error::{io_err, IndexError};
 use crate::index::records::Records;
+use htg_ann::engine::Engine;
 
 /// Tombstones past this fraction of the graph start a checkpoint that compacts them away.
 pub(super) const COMPACT_RATIO: f64 = 0.2;
@@ -37,11 +37,7 @@ impl LocalIndex {
         let me = self.background();
         // Held across the spawn, so two writers that start checkpoints one after the other
         // store their handles in the same order.
-        let mut slot = self
-            .inner
-            .ckpt_thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.inner.ckpt_thread.lock();
         if self.inner.closed.load(Ordering::Acquire) {
             self.inner.checkpointing.store(false, Ordering::Release);
             return;
@@ -63,11 +59,7 @@ impl LocalIndex {
     /// this as it wakes), so the failure clears when space returns even if no write comes.
     pub(super) fn retry_failed_checkpoint(&self) {
         let due = {
-            let b = self
-                .inner
-                .background
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let b = self.inner.background.lock();
             b.checkpoint.is_some() && b.retry_at.is_none_or(|t| Instant::now() >= t)
         };
         if due {
@@ -87,11 +79,7 @@ impl LocalIndex {
     /// Writes a checkpoint of everything logged so far and deletes the log it covers.
     /// Appends wait while the generation is written; searches do not.
     pub fn checkpoint(&self) -> Result<(), IndexError> {
-        let _one = self
-            .inner
-            .ckpt
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _one = self.inner.ckpt.lock();
         self.checkpoint_locked().map(|_| ())
     }
 
@@ -106,31 +94,21 @@ impl LocalIndex {
     /// Taken under the applier's lock and the engine's write lock, so no insert is half-encoded;
     /// the next checkpoint writes the codes.
     pub fn quantize(&self) -> Result<(), IndexError> {
-        let _one = self
-            .inner
-            .apply_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        write_lock(&self.inner.engine).quantize()
+        let _one = self.inner.apply_lock.lock();
+        Ok(write_lock(&self.inner.engine).quantize()?)
     }
 
     fn compact_online(&self) -> Result<(), IndexError> {
         let inner = &self.inner;
         let (kind, live, data, n0) = {
-            let _one = inner
-                .apply_lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let _one = inner.apply_lock.lock();
             let engine = read_lock(&inner.engine);
             let (live, data) = engine.live_rows();
             (engine.kind(), live, data, engine.len())
         };
-        let mut fresh = Engine::build(kind, inner.dim, inner.params, data)?;
+        let mut fresh = Engine::build(kind, inner.dim, inner.params.graph(), data)?;
 
-        let _one = inner
-            .apply_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _one = inner.apply_lock.lock();
         let mut records = write_lock(&inner.records);
         let map = {
             let old = read_lock(&inner.engine);
@@ -183,11 +161,7 @@ impl LocalIndex {
     pub fn snapshot_to(&self, out: &Path) -> Result<(u64, u64), IndexError> {
         // Holding the checkpoint lock keeps the generation from being replaced while it is
         // copied; appends continue into the log meanwhile.
-        let _one = self
-            .inner
-            .ckpt
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _one = self.inner.ckpt.lock();
         let (gdir, seq) = self.checkpoint_locked()?;
         let size = crate::index::snapshot::write(&gdir, out)?;
         Ok((size, seq))
@@ -214,10 +188,7 @@ impl LocalIndex {
         let covered = inner.wal.rotate_with(|last| -> Result<u64, IndexError> {
             // No appends now: what is pending is everything logged and not yet in the graph.
             self.wait_indexed()?;
-            let _one = inner
-                .apply_lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let _one = inner.apply_lock.lock();
             let (kind, slots) = {
                 let engine = read_lock(&inner.engine);
                 engine.save(&tmp)?;
@@ -277,10 +248,7 @@ impl LocalIndex {
         }
         inner.checkpoints.fetch_add(1, Ordering::Relaxed);
         {
-            let mut b = inner
-                .background
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut b = inner.background.lock();
             b.checkpoint = None;
             b.retry_at = None;
         }

@@ -39,15 +39,15 @@ mod search;
 mod tests;
 mod write;
 
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::{Engine, EngineKind};
 use super::error::{io_err, IndexError};
 use super::legacy;
 use super::records::Records;
@@ -55,6 +55,7 @@ use super::seam::CreateOptions;
 use super::types::{HnswParams, Record};
 use super::wal::Wal;
 use crate::embed::ModelId;
+use htg_ann::engine::{Engine, EngineKind};
 
 /// Current on-disk format version (1: JSON records and an `hnsw_rs` dump, read by
 /// [`legacy`]; 2: engine file, `records.bin` and a write-ahead log).
@@ -168,12 +169,7 @@ impl Drop for Owner {
         // Under `ckpt_thread`'s lock (taken below), a background checkpoint either started
         // before this and is joined, or sees `closed` and does not start.
         self.0.closed.store(true, Ordering::Release);
-        let handle = self
-            .0
-            .ckpt_thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let handle = self.0.ckpt_thread.lock().take();
         if let Some(h) = handle {
             // The thread records its own error; a panic in it has nothing left to report.
             let _ = h.join();
@@ -181,12 +177,12 @@ impl Drop for Owner {
     }
 }
 
-fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(PoisonError::into_inner)
+fn read_lock<T>(l: &RwLock<T>) -> parking_lot::RwLockReadGuard<'_, T> {
+    l.read()
 }
 
-fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(PoisonError::into_inner)
+fn write_lock<T>(l: &RwLock<T>) -> parking_lot::RwLockWriteGuard<'_, T> {
+    l.write()
 }
 
 /// Attempts to take the index's `LOCK` file before concluding another process writes.
@@ -229,7 +225,12 @@ impl LocalIndex {
             ));
         }
         fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-        let engine = Engine::new(opts.engine, dim, opts.params, opts.capacity.max(1024))?;
+        let engine = Engine::new(
+            opts.engine,
+            dim,
+            opts.params.graph(),
+            opts.capacity.max(1024),
+        )?;
         let opened = Wal::open(dir, 0)?;
         let index = LocalIndex::assemble(
             dir,
@@ -359,7 +360,7 @@ impl LocalIndex {
             FORMAT_VERSION => {
                 let meta: Meta = serde_json::from_slice(&meta_bytes)
                     .map_err(|e| corrupt(format!("meta.json: {e}")))?;
-                let engine = Engine::open(meta.engine, &gdir, meta.dim, meta.hnsw)?;
+                let engine = Engine::open(meta.engine, &gdir, meta.dim, meta.hnsw.graph())?;
                 let records = Records::open(&gdir.join("records.bin"))?;
                 if records.slots() != engine.len() || engine.len() != meta.slots {
                     return Err(corrupt(format!(
@@ -400,7 +401,7 @@ impl LocalIndex {
         let t = Instant::now();
         let v1 = legacy::read(dir, gdir)?;
         let rows: Vec<&[f32]> = v1.rows.iter().map(|(_, _, v)| v.as_slice()).collect();
-        let mut engine = Engine::new(EngineKind::Htg, v1.dim, v1.hnsw, rows.len())?;
+        let mut engine = Engine::new(EngineKind::Htg, v1.dim, v1.hnsw.graph(), rows.len())?;
         engine.reserve(rows.len())?;
         let mut records = Records::default();
         for (i, ((id, r, _), v)) in v1.rows.iter().zip(&rows).enumerate() {
@@ -460,11 +461,7 @@ impl LocalIndex {
     /// Holds the `LOCK` file from now until the index closes: one writing process per index.
     /// Every write and checkpoint calls this first; only the first call opens the file.
     pub(super) fn hold_lock(&self) -> Result<(), IndexError> {
-        let mut held = self
-            .inner
-            .lock_file
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut held = self.inner.lock_file.lock();
         if held.is_some() {
             return Ok(());
         }

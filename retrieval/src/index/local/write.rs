@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::PoisonError;
 
 use super::{read_lock, write_lock, LocalIndex, PendingAdd, MAX_PENDING};
 use crate::index::error::IndexError;
@@ -173,7 +172,7 @@ impl LocalIndex {
         }
         if added {
             let (flag, cv) = &*self.inner.wake;
-            *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            *flag.lock() = true;
             cv.notify_one();
         }
         Ok(out)

@@ -1,6 +1,7 @@
-//! The vector engines a [`super::LocalIndex`] can run on, behind one set of operations:
-//! `htg` (our graph in `htg_ann::graph`, the default) and `hnsw_rs` (the design card's
-//! library, kept so both can be measured in one run).
+//! The one vector engine of the workspace, behind one set of operations: `htg` (our graph in
+//! [`crate::graph`], the default) and `hnsw_rs` (the design card's library, kept so both can be
+//! measured in one run). The persisted index in `htg-retrieval` runs on it, and `htg bench`
+//! measures the same type.
 //!
 //! Both address vectors by internal `u32` ids in insertion order, insert through `&self`
 //! (concurrently with searches), and keep deleted ids as tombstones that route but are never
@@ -8,43 +9,33 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{PoisonError, RwLock};
 
 use hnsw_rs::hnswio::HnswIo;
 use hnsw_rs::prelude::{AnnT, DistL2, FilterT, Hnsw};
-use htg_ann::graph::{Filter, Graph, GraphParams};
+use parking_lot::RwLock;
 
-use super::error::IndexError;
-use super::types::HnswParams;
+use crate::graph::{Filter, Graph, GraphParams};
+use crate::AnnError;
 
 /// Which engine an index runs on, as written in its metadata and on the command line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum EngineKind {
     /// Our HNSW (`htg_ann::graph`): flat links, visited pool, mmap-able file.
     #[default]
     Htg,
     /// `hnsw_rs` 0.3: the design card's library.
+    #[cfg_attr(feature = "clap", value(name = "hnsw_rs"))]
     HnswRs,
 }
 
 impl EngineKind {
-    /// The name used in metadata, flags and reports.
+    /// The name used in metadata, flags and reports (serde's, so the two never differ).
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::Htg => "htg",
             EngineKind::HnswRs => "hnsw_rs",
-        }
-    }
-
-    /// Parses [`EngineKind::name`].
-    pub fn parse(s: &str) -> Result<EngineKind, IndexError> {
-        match s {
-            "htg" => Ok(EngineKind::Htg),
-            "hnsw_rs" => Ok(EngineKind::HnswRs),
-            _ => Err(IndexError::Param(format!(
-                "unknown engine {s:?} (htg, hnsw_rs)"
-            ))),
         }
     }
 
@@ -57,13 +48,10 @@ impl EngineKind {
     }
 }
 
-fn ann(e: htg_ann::AnnError) -> IndexError {
-    IndexError::Ann(e)
-}
-
 /// `hnsw_rs` with what it lacks for our use: vectors we can read back and tombstones.
 pub struct HnswRsEngine {
     hnsw: Hnsw<'static, f32, DistL2>,
+    dim: usize,
     vectors: RwLock<Vec<Vec<f32>>>,
     dead: RwLock<HashSet<u32>>,
 }
@@ -96,16 +84,15 @@ impl Engine {
     pub fn new(
         kind: EngineKind,
         dim: usize,
-        p: HnswParams,
+        p: GraphParams,
         capacity: usize,
-    ) -> Result<Engine, IndexError> {
+    ) -> Result<Engine, AnnError> {
         p.validate()?;
         Ok(match kind {
-            EngineKind::Htg => {
-                Engine::Htg(Graph::new(dim, graph_params(p), capacity.max(1024)).map_err(ann)?)
-            }
+            EngineKind::Htg => Engine::Htg(Graph::new(dim, p, capacity.max(1024))?),
             EngineKind::HnswRs => Engine::HnswRs(HnswRsEngine {
                 hnsw: Hnsw::new(p.m, capacity.max(1024), 16, p.ef_construction, DistL2 {}),
+                dim,
                 vectors: RwLock::new(Vec::new()),
                 dead: RwLock::new(HashSet::new()),
             }),
@@ -120,6 +107,14 @@ impl Engine {
         }
     }
 
+    /// Length of every vector.
+    pub fn dim(&self) -> usize {
+        match self {
+            Engine::Htg(g) => g.dim(),
+            Engine::HnswRs(h) => h.dim,
+        }
+    }
+
     /// True before the first insert: no id handed out yet (the pair of [`Engine::len`]).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -129,23 +124,19 @@ impl Engine {
     pub fn len(&self) -> usize {
         match self {
             Engine::Htg(g) => g.len(),
-            Engine::HnswRs(h) => h
-                .vectors
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .len(),
+            Engine::HnswRs(h) => h.vectors.read().len(),
         }
     }
 
     /// Makes room for `additional` more inserts (copies a mapped graph into memory).
     /// Needs exclusive access; call before inserting when [`Engine::has_room`] says no.
-    pub fn reserve(&mut self, additional: usize) -> Result<(), IndexError> {
+    pub fn reserve(&mut self, additional: usize) -> Result<(), AnnError> {
         match self {
             Engine::Htg(g) => {
                 let need = g.len() + additional;
                 if need > g.capacity() || g.is_mapped() {
                     let target = grown(g.capacity(), need);
-                    g.reserve(target - g.len()).map_err(ann)?;
+                    g.reserve(target - g.len())?;
                 }
                 Ok(())
             }
@@ -162,12 +153,12 @@ impl Engine {
     }
 
     /// Inserts one vector through `&self`; returns its internal id.
-    pub fn insert(&self, v: &[f32]) -> Result<u32, IndexError> {
+    pub fn insert(&self, v: &[f32]) -> Result<u32, AnnError> {
         match self {
-            Engine::Htg(g) => g.insert(v).map_err(ann),
+            Engine::Htg(g) => g.insert(v),
             Engine::HnswRs(h) => {
                 let id = {
-                    let mut vs = h.vectors.write().unwrap_or_else(PoisonError::into_inner);
+                    let mut vs = h.vectors.write();
                     vs.push(v.to_vec());
                     vs.len() - 1
                 };
@@ -179,7 +170,7 @@ impl Engine {
 
     /// Inserts many vectors, in parallel where the engine allows; ids follow `vs`'s order
     /// only for one thread, so they are returned.
-    pub fn insert_many(&self, vs: &[&[f32]]) -> Result<Vec<u32>, IndexError> {
+    pub fn insert_many(&self, vs: &[&[f32]]) -> Result<Vec<u32>, AnnError> {
         use rayon::prelude::*;
         if vs.len() < 2 {
             return vs.iter().map(|v| self.insert(v)).collect();
@@ -188,7 +179,7 @@ impl Engine {
             Engine::Htg(_) => vs.par_iter().map(|v| self.insert(v)).collect(),
             Engine::HnswRs(h) => {
                 let first = {
-                    let mut all = h.vectors.write().unwrap_or_else(PoisonError::into_inner);
+                    let mut all = h.vectors.write();
                     let first = all.len();
                     all.extend(vs.iter().map(|v| v.to_vec()));
                     first
@@ -205,25 +196,22 @@ impl Engine {
     }
 
     /// Switches traversal to 8-bit codes trained on the vectors present (f32 rescoring; see
-    /// `htg_ann::graph::Graph::quantize`). Our engine only: `hnsw_rs` has no codes.
-    pub fn quantize(&mut self) -> Result<(), IndexError> {
+    /// [`Graph::quantize`]). Our engine only: `hnsw_rs` has no codes.
+    pub fn quantize(&mut self) -> Result<(), AnnError> {
         match self {
-            Engine::Htg(g) => g.quantize().map_err(ann),
-            Engine::HnswRs(_) => Err(IndexError::Param(
+            Engine::Htg(g) => g.quantize(),
+            Engine::HnswRs(_) => Err(AnnError::Param(
                 "int8 quantisation needs the htg engine".into(),
             )),
         }
     }
 
     /// Tombstones internal id `id`.
-    pub fn delete(&self, id: u32) -> Result<(), IndexError> {
+    pub fn delete(&self, id: u32) -> Result<(), AnnError> {
         match self {
-            Engine::Htg(g) => g.delete(id).map(|_| ()).map_err(ann),
+            Engine::Htg(g) => g.delete(id).map(|_| ()),
             Engine::HnswRs(h) => {
-                h.dead
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id);
+                h.dead.write().insert(id);
                 Ok(())
             }
         }
@@ -233,7 +221,7 @@ impl Engine {
     pub fn tombstones(&self) -> usize {
         match self {
             Engine::Htg(g) => g.tombstones(),
-            Engine::HnswRs(h) => h.dead.read().unwrap_or_else(PoisonError::into_inner).len(),
+            Engine::HnswRs(h) => h.dead.read().len(),
         }
     }
 
@@ -241,12 +229,7 @@ impl Engine {
     pub fn vector(&self, id: u32) -> Option<Vec<f32>> {
         match self {
             Engine::Htg(g) => g.vector(id).ok().map(<[f32]>::to_vec),
-            Engine::HnswRs(h) => h
-                .vectors
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(id as usize)
-                .cloned(),
+            Engine::HnswRs(h) => h.vectors.read().get(id as usize).cloned(),
         }
     }
 
@@ -259,14 +242,14 @@ impl Engine {
         ef: usize,
         keep: Option<&(dyn Fn(u32) -> bool + Sync)>,
         allowed: Option<usize>,
-    ) -> Result<Vec<(u32, f32)>, IndexError> {
+    ) -> Result<Vec<(u32, f32)>, AnnError> {
         match self {
             Engine::Htg(g) => {
                 let f = keep.map(|k| Filter::predicate(k, allowed));
-                g.search(q, k, ef, f.as_ref()).map_err(ann)
+                g.search(q, k, ef, f.as_ref())
             }
             Engine::HnswRs(h) => {
-                let dead = h.dead.read().unwrap_or_else(PoisonError::into_inner);
+                let dead = h.dead.read();
                 let pass = |i: u32| !dead.contains(&i) && keep.is_none_or(|k| k(i));
                 let found = if dead.is_empty() && keep.is_none() {
                     h.hnsw.search(q, k, ef.max(k))
@@ -293,13 +276,12 @@ impl Engine {
         let mut all: Vec<(u32, f32)> = (0..n)
             .filter(|&i| keep(i))
             .filter_map(|i| match self {
-                Engine::Htg(g) => g.vector(i).ok().map(|v| (i, htg_ann::kernels::l2_sq(q, v))),
+                Engine::Htg(g) => g.vector(i).ok().map(|v| (i, crate::kernels::l2_sq(q, v))),
                 Engine::HnswRs(h) => h
                     .vectors
                     .read()
-                    .unwrap_or_else(PoisonError::into_inner)
                     .get(i as usize)
-                    .map(|v| (i, htg_ann::kernels::l2_sq(q, v))),
+                    .map(|v| (i, crate::kernels::l2_sq(q, v))),
             })
             .collect();
         let k = k.min(all.len());
@@ -341,8 +323,8 @@ impl Engine {
                 (ids, data)
             }
             Engine::HnswRs(h) => {
-                let dead = h.dead.read().unwrap_or_else(PoisonError::into_inner);
-                let vs = h.vectors.read().unwrap_or_else(PoisonError::into_inner);
+                let dead = h.dead.read();
+                let vs = h.vectors.read();
                 let mut ids = Vec::new();
                 let mut data = Vec::new();
                 for (i, v) in vs.iter().enumerate() {
@@ -357,21 +339,20 @@ impl Engine {
     }
 
     /// Writes the engine into generation directory `dir` (fsynced).
-    pub fn save(&self, dir: &Path) -> Result<(), IndexError> {
-        let io = |op: &'static str, e: std::io::Error| IndexError::Io {
+    pub fn save(&self, dir: &Path) -> Result<(), AnnError> {
+        let io = |op: &'static str, err: std::io::Error| AnnError::Io {
             op,
             path: dir.to_path_buf(),
-            source: e,
+            err,
         };
         match self {
             Engine::Htg(g) => {
-                g.save(&dir.join(EngineKind::Htg.file_name()))
-                    .map_err(ann)?;
+                g.save(&dir.join(EngineKind::Htg.file_name()))?;
                 Ok(())
             }
             Engine::HnswRs(h) => {
-                let vs = h.vectors.read().unwrap_or_else(PoisonError::into_inner);
-                let dead = h.dead.read().unwrap_or_else(PoisonError::into_inner);
+                let vs = h.vectors.read();
+                let dead = h.dead.read();
                 let mut raw = Vec::with_capacity(vs.len() * vs.first().map_or(0, Vec::len) * 4);
                 for v in vs.iter() {
                     for x in v {
@@ -409,15 +390,15 @@ impl Engine {
         kind: EngineKind,
         dir: &Path,
         dim: usize,
-        p: HnswParams,
-    ) -> Result<Engine, IndexError> {
-        let corrupt = |reason: String| IndexError::Corrupt {
+        p: GraphParams,
+    ) -> Result<Engine, AnnError> {
+        let corrupt = |reason: String| AnnError::Format {
             path: dir.to_path_buf(),
             reason,
         };
         match kind {
             EngineKind::Htg => {
-                let g = Graph::open(&dir.join(kind.file_name())).map_err(ann)?;
+                let g = Graph::open(&dir.join(kind.file_name()))?;
                 if g.dim() != dim {
                     return Err(corrupt(format!(
                         "graph holds {}-d vectors, metadata says {dim}",
@@ -427,10 +408,10 @@ impl Engine {
                 Ok(Engine::Htg(g))
             }
             EngineKind::HnswRs => {
-                let raw = std::fs::read(dir.join("vectors.f32")).map_err(|e| IndexError::Io {
+                let raw = std::fs::read(dir.join("vectors.f32")).map_err(|err| AnnError::Io {
                     op: "read",
                     path: dir.join("vectors.f32"),
-                    source: e,
+                    err,
                 })?;
                 if dim == 0 || raw.len() % (dim * 4) != 0 {
                     return Err(corrupt(format!(
@@ -471,6 +452,7 @@ impl Engine {
                 }
                 Ok(Engine::HnswRs(HnswRsEngine {
                     hnsw,
+                    dim,
                     vectors: RwLock::new(vectors),
                     dead: RwLock::new(dead),
                 }))
@@ -482,19 +464,19 @@ impl Engine {
     pub fn build(
         kind: EngineKind,
         dim: usize,
-        p: HnswParams,
+        p: GraphParams,
         data: Vec<f32>,
-    ) -> Result<Engine, IndexError> {
+    ) -> Result<Engine, AnnError> {
         p.validate()?;
         let rows = data.len() / dim.max(1);
         match kind {
             EngineKind::Htg => {
-                let m = htg_ann::npy::Matrix {
+                let m = crate::npy::Matrix {
                     rows,
                     cols: dim,
                     data,
                 };
-                Ok(Engine::Htg(Graph::build(&m, graph_params(p)).map_err(ann)?))
+                Ok(Engine::Htg(Graph::build(&m, p)?))
             }
             // hnsw_rs's parallel insert takes the ids it is given: they are the positions.
             EngineKind::HnswRs => {
@@ -507,7 +489,69 @@ impl Engine {
     }
 }
 
-/// Our graph's parameters for the index's HNSW settings (squared L2, fixed seed).
-pub fn graph_params(p: HnswParams) -> GraphParams {
-    p.graph()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hnsw::Metric;
+
+    /// `name()` is what file names and reports use; serde (index metadata) and clap (flags)
+    /// derive their own spellings. They must never drift apart.
+    #[test]
+    fn names_agree_with_serde_and_clap() {
+        fn serde_name<T: serde::Serialize>(t: T) -> String {
+            serde_json::to_value(t)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+        for k in [EngineKind::Htg, EngineKind::HnswRs] {
+            assert_eq!(serde_name(k), k.name());
+            #[cfg(feature = "clap")]
+            assert_eq!(
+                clap::ValueEnum::to_possible_value(&k).unwrap().get_name(),
+                k.name()
+            );
+        }
+        for m in Metric::ALL {
+            assert_eq!(serde_name(m), m.name());
+            #[cfg(feature = "clap")]
+            assert_eq!(
+                clap::ValueEnum::to_possible_value(&m).unwrap().get_name(),
+                m.name()
+            );
+        }
+    }
+
+    #[test]
+    fn both_kinds_insert_search_delete_save_and_open() {
+        let dir = tempfile::tempdir().unwrap();
+        for kind in [EngineKind::Htg, EngineKind::HnswRs] {
+            let p = GraphParams {
+                m: 8,
+                ef_construction: 50,
+                ..GraphParams::default()
+            };
+            let rows: Vec<f32> = (0..200)
+                .flat_map(|i| {
+                    let a = i as f32 * 0.1;
+                    [a.cos(), a.sin(), 0.5]
+                })
+                .collect();
+            let e = Engine::build(kind, 3, p, rows.clone()).unwrap();
+            assert_eq!((e.kind(), e.dim(), e.len()), (kind, 3, 200));
+            let hit = e.search(&rows[30..33], 1, 32, None, None).unwrap();
+            assert_eq!(hit[0].0, 10, "{kind:?}");
+            e.delete(10).unwrap();
+            let hit = e.search(&rows[30..33], 1, 32, None, None).unwrap();
+            assert_ne!(hit[0].0, 10, "{kind:?}: a tombstone came back");
+            let sub = dir.path().join(kind.name());
+            std::fs::create_dir_all(&sub).unwrap();
+            e.save(&sub).unwrap();
+            let back = Engine::open(kind, &sub, 3, p).unwrap();
+            assert_eq!((back.len(), back.tombstones()), (200, 1), "{kind:?}");
+            let err = Engine::open(kind, &sub, 4, p).err().unwrap();
+            assert!(matches!(err, AnnError::Format { .. }), "{kind:?}: {err}");
+        }
+    }
 }
