@@ -31,17 +31,17 @@ fn an_index_written_by_release_0_1_0_opens_replays_its_log_and_takes_new_writes(
     let dir = tmp.path().join("idx");
     copy_tree(&fixture("index-0.1.0"), &dir);
     let idx = index::open(Location::Dir(dir.clone())).expect("the 0.1.0 index opens");
-    // 23 photos checkpointed; the log adds id 24 and deletes id 3.
+    // 23 photos checkpointed as ids 1..=23 (ids start at 1); the log adds id 24 and deletes id 3.
     assert_eq!(idx.len(), 23);
     assert_eq!(idx.dim(), 128);
     assert!(idx.record(3).is_none(), "the logged delete was replayed");
     let added = idx.record(24).expect("the logged add was replayed");
     assert!(added.path.starts_with("idx/uploads/"), "{}", added.path);
-    let first = idx.record(0).expect("a checkpointed record");
+    let first = idx.record(1).expect("a checkpointed record");
     assert!(first.path.starts_with("/srv/photos/"), "{}", first.path);
     assert_eq!(first.sha256.len(), 64);
     // Every stored vector finds itself first, on the graph file's links.
-    for id in [0u64, 10, 22, 24] {
+    for id in [1u64, 10, 23, 24] {
         let v = idx.vector(id).expect("stored vector");
         let hits = idx.search(&v, 3, &SearchOptions::default()).unwrap();
         assert_eq!(hits[0].id, id);
