@@ -37,8 +37,9 @@ pub enum EmbedError {
         reason: String,
     },
     /// The runtime failed on a batch: what was being done, and the runtime's own error kept
-    /// whole as the source (a caller walks the chain; `{:#}` prints both).
-    #[error("inference failed: {what}")]
+    /// whole as the source. The message names the cause too, because an HTTP client sees
+    /// only the message (a 500 that said just "inference failed" would tell it nothing).
+    #[error("inference failed: {what}: {source}")]
     Run {
         /// The step that failed.
         what: &'static str,

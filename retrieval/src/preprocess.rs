@@ -66,6 +66,25 @@ pub fn decode_with_limit(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, 
     decode_scaled(bytes, max_pixels, None)
 }
 
+/// How many pixels a reduced JPEG decode must still leave, upright.
+#[derive(Clone, Copy, Debug)]
+enum Need {
+    /// What a model's resize step reads.
+    Spec(Resize, u32, u32),
+    /// A thumbnail: the long side at least this.
+    LongSide(u32),
+}
+
+impl Need {
+    fn met(self, w: u32, h: u32) -> bool {
+        match self {
+            Need::Spec(Resize::Stretch, width, height) => w >= width && h >= height,
+            Need::Spec(Resize::ShortSide(s), _, _) => w.min(h) >= s,
+            Need::LongSide(s) => w.max(h) >= s,
+        }
+    }
+}
+
 /// As [`decode_with_limit`], but a JPEG may come out smaller: at the smallest DCT scale
 /// (1, 1/2, 1/4, 1/8) that still leaves enough pixels for `spec` (both sides at least the input
 /// size when stretching, the short side at least `S` for `short_side:S`). Other formats decode
@@ -75,13 +94,41 @@ pub fn decode_for(
     spec: &ModelSpec,
     max_pixels: u64,
 ) -> Result<DynamicImage, PreprocessError> {
-    decode_scaled(bytes, max_pixels, Some(spec))
+    decode_scaled(
+        bytes,
+        max_pixels,
+        Some(Need::Spec(spec.resize, spec.width, spec.height)),
+    )
+}
+
+/// A JPEG thumbnail whose long side is at most `size`, upright, alpha composited on white:
+/// what `GET /images/{id}/thumb` serves instead of a full photo. A large JPEG is decoded at the
+/// smallest DCT scale that still leaves `size` pixels, so a 24-megapixel photo costs a
+/// fraction of a full decode.
+pub fn thumbnail_jpeg(
+    bytes: &[u8],
+    size: u32,
+    max_pixels: u64,
+) -> Result<Vec<u8>, PreprocessError> {
+    let size = size.max(1);
+    let img = decode_scaled(bytes, max_pixels, Some(Need::LongSide(size)))?;
+    let img = if img.width().max(img.height()) > size {
+        img.thumbnail(size, size)
+    } else {
+        img
+    };
+    let rgb = rgb_on_white(&img);
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 82)
+        .encode_image(&rgb)
+        .map_err(|e| PreprocessError::Decode(format!("cannot encode the thumbnail: {e}")))?;
+    Ok(out)
 }
 
 fn decode_scaled(
     bytes: &[u8],
     max_pixels: u64,
-    spec: Option<&ModelSpec>,
+    need: Option<Need>,
 ) -> Result<DynamicImage, PreprocessError> {
     let (width, height) = dimensions(bytes)?;
     if u64::from(width) * u64::from(height) > max_pixels {
@@ -96,7 +143,7 @@ fn decode_scaled(
         .with_guessed_format()
         .map_err(|e| PreprocessError::Decode(e.to_string()))?;
     if reader.format() == Some(image::ImageFormat::Jpeg) {
-        return decode_jpeg(bytes, spec);
+        return decode_jpeg(bytes, need);
     }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(16));
@@ -112,20 +159,25 @@ fn decode_scaled(
 /// The DCT scale denominator (1, 2, 4 or 8) for a `w x h` JPEG (as stored) whose upright form
 /// must still serve `spec`: the largest that leaves enough pixels.
 pub fn jpeg_scale_for(w: u32, h: u32, swap_axes: bool, spec: &ModelSpec) -> u32 {
+    scale_for(
+        w,
+        h,
+        swap_axes,
+        Need::Spec(spec.resize, spec.width, spec.height),
+    )
+}
+
+fn scale_for(w: u32, h: u32, swap_axes: bool, need: Need) -> u32 {
     let (w, h) = if swap_axes { (h, w) } else { (w, h) };
-    let enough = |d: u32| {
-        let (sw, sh) = (w.div_ceil(d), h.div_ceil(d));
-        match spec.resize {
-            Resize::Stretch => sw >= spec.width && sh >= spec.height,
-            Resize::ShortSide(s) => sw.min(sh) >= s,
-        }
-    };
-    [8, 4, 2].into_iter().find(|&d| enough(d)).unwrap_or(1)
+    [8, 4, 2]
+        .into_iter()
+        .find(|&d| need.met(w.div_ceil(d), h.div_ceil(d)))
+        .unwrap_or(1)
 }
 
 /// JPEG through `jpeg-decoder`: the codec with a reduced-size inverse DCT (`scale`), CMYK and
 /// YCCK output, and access to the EXIF block.
-fn decode_jpeg(bytes: &[u8], spec: Option<&ModelSpec>) -> Result<DynamicImage, PreprocessError> {
+fn decode_jpeg(bytes: &[u8], need: Option<Need>) -> Result<DynamicImage, PreprocessError> {
     let jpeg_err = |e: jpeg_decoder::Error| PreprocessError::Decode(e.to_string());
     let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
     d.read_info().map_err(jpeg_err)?;
@@ -144,8 +196,8 @@ fn decode_jpeg(bytes: &[u8], spec: Option<&ModelSpec>) -> Result<DynamicImage, P
             | Orientation::Rotate270FlipH
     );
     let (mut w, mut h) = (u32::from(info.width), u32::from(info.height));
-    if let Some(spec) = spec {
-        let denom = jpeg_scale_for(w, h, swap, spec);
+    if let Some(need) = need {
+        let denom = scale_for(w, h, swap, need);
         if denom > 1 {
             let (rw, rh) = d
                 .scale(w.div_ceil(denom) as u16, h.div_ceil(denom) as u16)
@@ -546,6 +598,35 @@ mod tests {
         assert_eq!(jpeg_scale_for(800, 2400, false, &s), 2);
         s.resize = Resize::Stretch;
         assert_eq!(jpeg_scale_for(299, 99, false, &s), 1);
+    }
+
+    #[test]
+    fn thumbnails_keep_the_aspect_ratio_and_never_upscale() {
+        let jpeg = |w: u32, h: u32| {
+            let img = RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x % 251) as u8, (y % 241) as u8, 90])
+            });
+            let mut out = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+                .encode_image(&img)
+                .unwrap();
+            out
+        };
+        // 2400 x 1200 decodes at 1/8 (300 px long side >= 256), then shrinks to 256 x 128.
+        let t =
+            decode(&thumbnail_jpeg(&jpeg(2400, 1200), 256, DEFAULT_MAX_PIXELS).unwrap()).unwrap();
+        assert_eq!((t.width(), t.height()), (256, 128));
+        // A portrait JPEG: the long side is the height.
+        let t = decode(&thumbnail_jpeg(&jpeg(300, 900), 128, DEFAULT_MAX_PIXELS).unwrap()).unwrap();
+        assert_eq!(t.height(), 128);
+        assert!((t.width() as i32 - 43).abs() <= 1, "{}", t.width());
+        // Smaller than asked: served at its own size.
+        let t = decode(&thumbnail_jpeg(&jpeg(40, 30), 256, DEFAULT_MAX_PIXELS).unwrap()).unwrap();
+        assert_eq!((t.width(), t.height()), (40, 30));
+        assert!(matches!(
+            thumbnail_jpeg(b"not an image", 64, DEFAULT_MAX_PIXELS),
+            Err(PreprocessError::UnknownFormat)
+        ));
     }
 
     #[test]

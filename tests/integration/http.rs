@@ -457,6 +457,34 @@ fn every_endpoint_answers_and_every_bad_input_gets_its_status() {
     assert_eq!(file.header("content-type"), Some("image/png"));
     assert_eq!(file.body, query);
 
+    // GET /images/{id}/thumb: a JPEG no larger than asked, tagged, 304 when the tag is current.
+    let thumb = srv.get(&format!("/images/{self_id}/thumb?size=24"));
+    assert_eq!(thumb.status, 200, "{}", thumb.text());
+    assert_eq!(thumb.header("content-type"), Some("image/jpeg"));
+    let t = image::load_from_memory(&thumb.body).expect("the thumbnail decodes");
+    assert!(
+        t.width().max(t.height()) <= 24,
+        "{}x{}",
+        t.width(),
+        t.height()
+    );
+    let etag = thumb.header("etag").expect("an ETag").to_string();
+    let again = request(
+        &srv.addr,
+        "GET",
+        &format!("/images/{self_id}/thumb?size=24"),
+        &[("If-None-Match", &etag)],
+        b"",
+    );
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    srv.get(&format!("/images/{self_id}/thumb?size=8"))
+        .assert_error(400, "bad_request");
+    srv.get(&format!("/images/{self_id}/thumb?width=8"))
+        .assert_error(400, "bad_request");
+    srv.get("/images/999999/thumb")
+        .assert_error(404, "not_found");
+
     // POST /images: added with a label, saved, searchable and served.
     let new_img = std::fs::read(fixture("images/formats/rgb.jpg")).unwrap();
     let (ct, form) = multipart(&[
@@ -672,6 +700,7 @@ fn every_endpoint_answers_and_every_bad_input_gets_its_status() {
         "/search/batch",
         "/images",
         "/images/{id}/file",
+        "/images/{id}/thumb",
     ] {
         assert!(api["paths"][path].is_object(), "{path}");
     }
@@ -683,7 +712,7 @@ fn every_endpoint_answers_and_every_bad_input_gets_its_status() {
         .starts_with("text/html"));
     let html = page.text();
     assert!(
-        html.contains("id=\"file\"") && html.contains("/search?k="),
+        html.contains("id=\"file\"") && html.contains("/search?"),
         "page has the form"
     );
     assert!(

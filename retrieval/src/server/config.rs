@@ -599,7 +599,7 @@ mod tests {
             ("HTG__BATCH", "1", "not settable from the environment"),
             ("HTG__BATCH__THREADS", "0", "`batch.threads`"),
             ("HTG__", "1", "unknown config key"),
-            ("HTG__BACKEND", "onnx", "\"onnx\" is not auto, tract or ort"),
+            ("HTG__BACKEND", "onnx", "unknown variant: found `onnx`"),
         ];
         for (k, v, want) in env_cases {
             let err = Config::load(None, env(&[(k, v)])).unwrap_err().to_string();

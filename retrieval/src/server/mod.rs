@@ -28,6 +28,7 @@ pub mod input;
 pub mod metrics;
 pub mod routes;
 pub mod service;
+pub mod thumbs;
 pub mod tls;
 pub mod watching;
 
@@ -116,6 +117,8 @@ pub struct State {
     pub duplicate_distance: DuplicateDistance,
     /// The folder watcher's status (`htg serve --watch`), set once it has started.
     pub watch: std::sync::OnceLock<crate::watch::StatusHandle>,
+    /// Thumbnails already made (`GET /images/{id}/thumb`).
+    pub thumbs: thumbs::Thumbs,
 }
 
 /// How the server learns a model's calibrated duplicate distance from its sha256 (the
@@ -252,6 +255,7 @@ pub fn new_state_with(
         large_decodes: Arc::new(tokio::sync::Semaphore::new(turns)),
         duplicate_distance,
         watch: std::sync::OnceLock::new(),
+        thumbs: thumbs::Thumbs::default(),
         serving: RwLock::new(Arc::new(serving)),
         writes: tokio::sync::RwLock::new(()),
         admin,

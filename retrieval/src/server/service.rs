@@ -317,6 +317,41 @@ pub async fn file(state: &web::Data<State>, id: u64) -> Result<(Vec<u8>, &'stati
     .await?
 }
 
+/// A JPEG thumbnail of an indexed image, at most `size` pixels on its long side, and the
+/// file's sha256 (the thumbnail's `ETag`). Made from the same verified bytes as [`file`], once
+/// per file and size ([`crate::server::thumbs`]).
+pub async fn thumb(
+    state: &web::Data<State>,
+    id: u64,
+    size: u32,
+) -> Result<(Arc<Vec<u8>>, String), ApiError> {
+    let state = state.clone();
+    web::block(move || {
+        let record = state
+            .serving()
+            .index
+            .record(id)
+            .ok_or_else(|| ApiError::NotFound(format!("no image with id {id}")))?;
+        if let Some(t) = state.thumbs.get(&record.sha256, size) {
+            return Ok((t, record.sha256));
+        }
+        let bytes = stored_bytes(&record, &state.uploads).map_err(|_| {
+            ApiError::NotFound(format!("the file of image {id} is no longer available"))
+        })?;
+        let t = crate::preprocess::thumbnail_jpeg(&bytes, size, state.config.max_pixels).map_err(
+            |e| {
+                ApiError::Internal(format!(
+                    "image {id} was indexed but cannot be thumbnailed now: {e}"
+                ))
+            },
+        )?;
+        let t = Arc::new(t);
+        state.thumbs.put(&record.sha256, size, t.clone());
+        Ok((t, record.sha256))
+    })
+    .await?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,13 @@
-//! `POST /images`, `DELETE /images/{id}`, `GET /images/{id}/similar`, `GET /images/{id}/file`.
+//! `POST /images`, `DELETE /images/{id}`, `GET /images/{id}/similar`, `GET /images/{id}/file`,
+//! `GET /images/{id}/thumb`.
 
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::web::{self, Json};
 use actix_web::{HttpRequest, HttpResponse};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::search::SearchAnswer;
 use super::Endpoint;
@@ -22,6 +23,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint::documented::<__path_delete>(|| web::to(delete)),
         Endpoint::documented::<__path_similar>(|| web::to(similar)),
         Endpoint::documented::<__path_file>(|| web::to(file)),
+        Endpoint::documented::<__path_thumb>(|| web::to(thumb)),
     ]
     .into_iter()
     .flatten()
@@ -199,4 +201,69 @@ pub(super) async fn file(
         .insert_header(("Cache-Control", "private, max-age=3600"))
         .insert_header(("X-Content-Type-Options", "nosniff"))
         .body(bytes))
+}
+
+/// Smallest thumbnail side.
+pub const MIN_THUMB: u32 = 16;
+/// Largest thumbnail side: past it, `GET /images/{id}/file` is the honest request.
+pub const MAX_THUMB: u32 = 1024;
+/// Thumbnail side without `size`: the page's grid.
+pub const DEFAULT_THUMB: u32 = 256;
+
+/// Query of `GET /images/{id}/thumb`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ThumbParams {
+    /// Longest side in pixels (default 256); a smaller image is served at its own size.
+    #[param(minimum = 16, maximum = 1024)]
+    pub size: Option<u32>,
+}
+
+/// A JPEG thumbnail, upright, for result grids: kilobytes where `/file` sends the whole photo.
+/// Made once per file and size, then served from memory; the `ETag` is the file's sha256 and
+/// size, so a browser revalidates with `If-None-Match` and gets 304.
+#[utoipa::path(
+    get,
+    path = "/images/{id}/thumb",
+    tag = "images",
+    params(("id" = u64, Path, description = "Image id."), ThumbParams),
+    responses(
+        (status = 200, description = "JPEG, at most `size` pixels on its long side.", content((RawImage = "image/jpeg"))),
+        (status = 304, description = "The `If-None-Match` tag is current."),
+        (status = 400, description = "`size` outside 16..=1024.", body = ErrorBody),
+        (status = 404, description = "No such image, or its file is gone or changed.", body = ErrorBody),
+    )
+)]
+pub(super) async fn thumb(
+    state: web::Data<State>,
+    req: HttpRequest,
+    id: web::Path<u64>,
+    query: web::Query<ThumbParams>,
+) -> Result<HttpResponse, ApiError> {
+    let size = query.size.unwrap_or(DEFAULT_THUMB);
+    if !(MIN_THUMB..=MAX_THUMB).contains(&size) {
+        return Err(ApiError::BadRequest(format!(
+            "size {size} is outside {MIN_THUMB}..={MAX_THUMB}"
+        )));
+    }
+    let (bytes, sha256) = service::thumb(&state, id.into_inner(), size).await?;
+    let etag = format!("\"{}-{size}\"", &sha256[..sha256.len().min(32)]);
+    let fresh = req
+        .headers()
+        .get(actix_web::http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut res = if fresh {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    res.insert_header(("ETag", etag))
+        .insert_header(("Cache-Control", "private, max-age=3600"))
+        .insert_header(("X-Content-Type-Options", "nosniff"));
+    if fresh {
+        return Ok(res.finish());
+    }
+    Ok(res.content_type("image/jpeg").body(bytes.as_ref().clone()))
 }

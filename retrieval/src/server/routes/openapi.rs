@@ -25,6 +25,7 @@ use crate::SearchIndex as _;
         super::images::delete,
         super::images::similar,
         super::images::file,
+        super::images::thumb,
         super::duplicates::list,
         super::stats::stats,
         super::health::healthz,
