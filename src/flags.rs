@@ -208,6 +208,7 @@ pub fn choose(flag: Option<&str>, index: Option<&Index>) -> Result<PathBuf> {
 /// The backbone `htg train --backbone` names: `efficientnet-lite0` is the bundled `photo`
 /// model (the same bytes), `efficientnet-lite2` the file `scripts/fetch-models.sh` converts,
 /// anything else a path to an ONNX file.
+#[cfg(feature = "train")]
 pub fn backbone(given: &str) -> Result<PathBuf> {
     match given {
         "efficientnet-lite0" => choose(Some("photo"), None),

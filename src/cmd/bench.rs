@@ -42,7 +42,9 @@ pub enum Command {
     /// `htg duplicates` over a synthetic index with planted near copies: time, peak memory,
     /// recall of the planted pairs.
     Duplicates(DuplicatesArgs),
-    /// Retrieval metrics (Recall@K, NMI, MAP@R) of a model on a data set, as `htg eval`.
+    /// Retrieval metrics (Recall@K, NMI, MAP@R) of a model on a data set, as `htg eval`
+    /// (built with the `train` feature).
+    #[cfg(feature = "train")]
     Quality(super::eval::Args),
     /// One build point of `bench index` (internal: run in a child process for clean memory).
     #[command(hide = true)]
@@ -61,6 +63,7 @@ pub fn run(args: Args) -> Result<()> {
         Command::Embed(a) => bench::embed::run(a),
         Command::Writes(a) => bench::writes::run(a),
         Command::Duplicates(a) => bench::duplicates::run(a),
+        #[cfg(feature = "train")]
         Command::Quality(a) => super::eval::run(a),
     }
 }

@@ -49,6 +49,8 @@ pub fn run(args: Args) -> Result<()> {
         bail!("{location}: a model swap needs a local index directory");
     };
     let old = flags::open_index(location)?;
+    // Without the `milvus` feature a local index is the only kind.
+    #[allow(irrefutable_let_patterns)]
     let Index::Local(local) = &old else {
         bail!("{location} is not a local index");
     };

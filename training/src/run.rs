@@ -327,7 +327,7 @@ pub fn train_and_export(
     }
 
     let prov = Provenance {
-        method: cfg.method.name().into(),
+        method: cfg.method.name(),
         data: split.name.clone(),
         backbone: cfg.backbone.as_ref().map(|b| b.sha256.clone()),
     };
@@ -394,7 +394,7 @@ pub fn train_and_export(
     };
     let test_top1_hits = top1_hits(&split.eval, &tract_emb);
     let summary = RunSummary {
-        method: cfg.method.name().into(),
+        method: cfg.method.name(),
         data: split.name.clone(),
         seed: cfg.seed,
         steps: trainer.step(),
