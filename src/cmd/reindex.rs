@@ -51,7 +51,8 @@ pub fn run(args: Args) -> Result<()> {
     let old = flags::open_index(location)?;
     // Without the `milvus` feature a local index is the only kind.
     #[allow(irrefutable_let_patterns)]
-    let Index::Local(local) = &old else {
+    let Index::Local(local) = &old
+    else {
         bail!("{location} is not a local index");
     };
     local.lock_writes().with_context(|| {
