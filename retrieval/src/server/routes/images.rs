@@ -215,7 +215,9 @@ pub const DEFAULT_THUMB: u32 = 256;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ThumbParams {
-    /// Longest side in pixels (default 256); a smaller image is served at its own size.
+    /// Longest side in pixels (default 256), served at the largest of 16, 32, 64, …, 1024 not
+    /// above it, so one image has at most seven thumbnails to make; a smaller image is served
+    /// at its own size.
     #[param(minimum = 16, maximum = 1024)]
     pub size: Option<u32>,
 }
@@ -229,7 +231,7 @@ pub struct ThumbParams {
     tag = "images",
     params(("id" = u64, Path, description = "Image id."), ThumbParams),
     responses(
-        (status = 200, description = "JPEG, at most `size` pixels on its long side.", content((RawImage = "image/jpeg"))),
+        (status = 200, description = "JPEG, at most `size` pixels on its long side (`size` rounded down to a power of two).", content((RawImage = "image/jpeg"))),
         (status = 304, description = "The `If-None-Match` tag is current."),
         (status = 400, description = "`size` outside 16..=1024.", body = ErrorBody),
         (status = 404, description = "No such image, or its file is gone or changed.", body = ErrorBody),
@@ -247,6 +249,9 @@ pub(super) async fn thumb(
             "size {size} is outside {MIN_THUMB}..={MAX_THUMB}"
         )));
     }
+    // Powers of two only: a client cycling through every size cannot make the server decode
+    // a photo a thousand times over, nor crowd the cache.
+    let size = 1u32 << size.ilog2();
     let (bytes, sha256) = service::thumb(&state, id.into_inner(), size).await?;
     let etag = format!("\"{}-{size}\"", &sha256[..sha256.len().min(32)]);
     let fresh = req
