@@ -299,22 +299,29 @@ pub async fn remove(state: &web::Data<State>, id: u64) -> Result<(), ApiError> {
 pub async fn file(state: &web::Data<State>, id: u64) -> Result<(Vec<u8>, &'static str), ApiError> {
     let state = state.clone();
     web::block(move || {
-        let record = state
-            .serving()
-            .index
-            .record(id)
-            .ok_or_else(|| ApiError::NotFound(format!("no image with id {id}")))?;
-        if let Ok(bytes) = stored_bytes(&record, &state.uploads) {
-            let mime = image::guess_format(&bytes)
-                .map(|f| f.to_mime_type())
-                .unwrap_or("application/octet-stream");
-            return Ok((bytes, mime));
-        }
-        Err(ApiError::NotFound(format!(
-            "the file of image {id} is no longer available"
-        )))
+        let record = indexed(&state, id)?;
+        let bytes = verified_bytes(&state, id, &record)?;
+        let mime = image::guess_format(&bytes)
+            .map(|f| f.to_mime_type())
+            .unwrap_or("application/octet-stream");
+        Ok((bytes, mime))
     })
     .await?
+}
+
+/// The record of `id`, or 404.
+fn indexed(state: &State, id: u64) -> Result<Record, ApiError> {
+    state
+        .serving()
+        .index
+        .record(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no image with id {id}")))
+}
+
+/// The bytes `record` names, only if their sha256 is still the recorded one; else 404.
+fn verified_bytes(state: &State, id: u64, record: &Record) -> Result<Vec<u8>, ApiError> {
+    stored_bytes(record, &state.uploads)
+        .map_err(|_| ApiError::NotFound(format!("the file of image {id} is no longer available")))
 }
 
 /// A JPEG thumbnail of an indexed image, at most `size` pixels on its long side, and the
@@ -324,20 +331,14 @@ pub async fn thumb(
     state: &web::Data<State>,
     id: u64,
     size: u32,
-) -> Result<(Arc<Vec<u8>>, String), ApiError> {
+) -> Result<(Bytes, String), ApiError> {
     let state = state.clone();
     web::block(move || {
-        let record = state
-            .serving()
-            .index
-            .record(id)
-            .ok_or_else(|| ApiError::NotFound(format!("no image with id {id}")))?;
+        let record = indexed(&state, id)?;
         if let Some(t) = state.thumbs.get(&record.sha256, size) {
             return Ok((t, record.sha256));
         }
-        let bytes = stored_bytes(&record, &state.uploads).map_err(|_| {
-            ApiError::NotFound(format!("the file of image {id} is no longer available"))
-        })?;
+        let bytes = verified_bytes(&state, id, &record)?;
         let t = crate::preprocess::thumbnail_jpeg(&bytes, size, state.config.max_pixels).map_err(
             |e| {
                 ApiError::Internal(format!(
@@ -345,7 +346,7 @@ pub async fn thumb(
                 ))
             },
         )?;
-        let t = Arc::new(t);
+        let t = Bytes::from(t);
         state.thumbs.put(&record.sha256, size, t.clone());
         Ok((t, record.sha256))
     })

@@ -3,8 +3,8 @@
 //! again on each visit, and send megabytes where kilobytes are shown.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 
+use actix_web::web::Bytes;
 use parking_lot::Mutex;
 
 /// Memory the cache may hold: about 2,000 thumbnails of 256 px.
@@ -12,7 +12,7 @@ pub const BUDGET_BYTES: usize = 32 << 20;
 
 /// Thumbnails by the file's sha256 and the size asked for. Keyed by content, not id, so a
 /// file replaced under the same path never shows its old picture. The oldest go first once
-/// the budget is reached.
+/// the budget is reached. Held as `Bytes`, so serving one is a reference count, not a copy.
 #[derive(Default)]
 pub struct Thumbs {
     inner: Mutex<Inner>,
@@ -20,14 +20,14 @@ pub struct Thumbs {
 
 #[derive(Default)]
 struct Inner {
-    map: HashMap<(String, u32), Arc<Vec<u8>>>,
+    map: HashMap<(String, u32), Bytes>,
     order: VecDeque<(String, u32)>,
     bytes: usize,
 }
 
 impl Thumbs {
     /// The thumbnail made before, if it is still held.
-    pub fn get(&self, sha256: &str, size: u32) -> Option<Arc<Vec<u8>>> {
+    pub fn get(&self, sha256: &str, size: u32) -> Option<Bytes> {
         self.inner
             .lock()
             .map
@@ -36,7 +36,7 @@ impl Thumbs {
     }
 
     /// Keeps `thumb`, evicting the oldest until it fits in [`BUDGET_BYTES`].
-    pub fn put(&self, sha256: &str, size: u32, thumb: Arc<Vec<u8>>) {
+    pub fn put(&self, sha256: &str, size: u32, thumb: Bytes) {
         let key = (sha256.to_string(), size);
         let mut inner = self.inner.lock();
         if thumb.len() > BUDGET_BYTES || inner.map.contains_key(&key) {
@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn the_oldest_go_first_and_the_budget_holds() {
         let t = Thumbs::default();
-        let big = Arc::new(vec![0u8; BUDGET_BYTES / 3]);
+        let big = Bytes::from(vec![0u8; BUDGET_BYTES / 3]);
         for name in ["a", "b", "c", "d"] {
             t.put(name, 256, big.clone());
         }
@@ -82,7 +82,7 @@ mod tests {
         let (n, bytes) = t.usage();
         assert_eq!(n, 3);
         assert!(bytes <= BUDGET_BYTES);
-        t.put("huge", 256, Arc::new(vec![0u8; BUDGET_BYTES + 1]));
+        t.put("huge", 256, Bytes::from(vec![0u8; BUDGET_BYTES + 1]));
         assert!(t.get("huge", 256).is_none());
     }
 }

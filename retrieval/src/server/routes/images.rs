@@ -270,5 +270,5 @@ pub(super) async fn thumb(
     if fresh {
         return Ok(res.finish());
     }
-    Ok(res.content_type("image/jpeg").body(bytes.as_ref().clone()))
+    Ok(res.content_type("image/jpeg").body(bytes))
 }
