@@ -55,7 +55,7 @@ impl Thumbs {
         inner.map.insert(key, thumb);
     }
 
-    /// Thumbnails held and their bytes (for `/stats`).
+    /// Thumbnails held and their bytes: what the budget test reads.
     pub fn usage(&self) -> (usize, usize) {
         let inner = self.inner.lock();
         (inner.map.len(), inner.bytes)
