@@ -4,15 +4,13 @@
 # Exits non-zero on any failure. Used by .ci/run; see docs/RELIABILITY.md.
 #
 # Usage: scripts/ci/schemathesis.sh [MAX_EXAMPLES] [SEED]   (defaults 25 and 20261129)
-# ST_PHASES picks the phases (default examples,fuzzing: about a minute). The coverage phase
-# (boundary and pattern-violating values for every parameter) is thorough but took 11 minutes
-# on the shared 2-core machine, so CI leaves it out; run it with
-#   ST_PHASES=examples,coverage,fuzzing scripts/ci/schemathesis.sh
+# ST_PHASES picks the phases (default examples,coverage,fuzzing: about a minute here; the
+# coverage phase sends boundary and pattern-violating values for every parameter).
 # Needs: a built htg (cargo build), python3 with venv. HTG_BIN overrides the binary.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MAX_EXAMPLES="${1:-25}"
-PHASES="${ST_PHASES:-examples,fuzzing}"
+PHASES="${ST_PHASES:-examples,coverage,fuzzing}"
 SEED="${2:-20261129}"
 ST_VERSION=4.32.5
 CACHE="${HTG_CACHE_DIR:-$HOME/.cache/htg}"
@@ -51,10 +49,25 @@ url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$work/out" | head -1)
 # - use_after_free, ensure_resource_availability: need OpenAPI links between operations
 #   (stateful phase), which this document does not declare.
 # - object_level_authorization: one principal per key; there are no per-object owners.
-"$VENV/bin/st" run "$url/openapi.json" \
+# - negative_data_rejection on `POST /images` only: a multipart part has no type, so the
+#   "schema-violating" form field `path = {}` reaches the server as the text `{}`, a valid
+#   path. Every other operation keeps the check.
+# Checks live in the config file, not on the command line, because command-line checks take
+# precedence over a per-operation setting.
+cat >"$work/schemathesis.toml" <<'TOML'
+[checks]
+positive_data_acceptance.enabled = false
+use_after_free.enabled = false
+ensure_resource_availability.enabled = false
+object_level_authorization.enabled = false
+
+[[operations]]
+include-path = "/images"
+include-method = "POST"
+checks.negative_data_rejection.enabled = false
+TOML
+"$VENV/bin/st" --config-file "$work/schemathesis.toml" run "$url/openapi.json" \
   --header "api-key: $KEY" \
-  --checks all \
-  --exclude-checks positive_data_acceptance,use_after_free,ensure_resource_availability,object_level_authorization \
   --phases "$PHASES" \
   --seed "$SEED" --max-examples "$MAX_EXAMPLES" --workers 1 \
   --request-timeout 30 --suppress-health-check too_slow,filter_too_much \

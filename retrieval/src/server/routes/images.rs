@@ -47,7 +47,8 @@ pub struct Deleted {
 }
 
 /// A form of `image` fields, with optional `label` (one, for all) and `path` (one per image,
-/// in order). Answers 201 once the index is saved.
+/// in order). Answers 201 once the index is saved. Multipart parts carry no types: `label` and
+/// `path` are read as UTF-8 text, so any text is a path (a JSON `{}` arrives as the text `{}`).
 #[utoipa::path(
     post,
     path = "/images",
