@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::index::Index;
-use crate::{Embedder, ModelSpec, SearchIndex as _};
+use crate::{Embedder, IndexStats, ModelSpec, SearchIndex as _};
 use actix_cors::Cors;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service as _, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -396,13 +396,82 @@ async fn run(
             }
         });
     }
+    actix_web::rt::spawn(report_background_failures(state.clone()));
     running.await?;
     eprintln!("htg serve: stopped");
     Ok(())
+}
+
+/// How often the server looks for a new background failure to print.
+const BACKGROUND_POLL: Duration = Duration::from_secs(2);
+
+/// Prints each background failure of the index (a checkpoint on a full disk, adds the applier
+/// could not index) to stderr once, and its recovery: nobody waits on those tasks, and an
+/// operator reads the server's log before its `/readyz` or `/stats`.
+async fn report_background_failures(state: web::Data<State>) {
+    let mut seen = (0, None);
+    loop {
+        actix_web::rt::time::sleep(BACKGROUND_POLL).await;
+        let stats = state.serving().index.stats();
+        if let Some(line) = background_report(&mut seen, &stats) {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// The line to print for `now`, given what was printed last (`seen`: the failure count and
+/// the failure outstanding then), and updates `seen`.
+fn background_report(seen: &mut (u64, Option<String>), now: &IndexStats) -> Option<String> {
+    let line = match (&seen.1, &now.background_error) {
+        (_, Some(e)) if now.background_errors != seen.0 || seen.1.as_ref() != Some(e) => {
+            Some(format!(
+                "htg serve: background failure ({} since the index was opened): {e}; \
+                 /readyz answers 503 until it clears",
+                now.background_errors
+            ))
+        }
+        (Some(_), None) => Some("htg serve: background work recovered".to_string()),
+        _ => None,
+    };
+    *seen = (now.background_errors, now.background_error.clone());
+    line
 }
 
 /// Milliseconds since `start`, for `took_ms` fields.
 pub fn ms_since(start: Instant) -> f64 {
     let d: Duration = start.elapsed();
     d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_background_failure_is_printed_once_and_so_is_its_recovery() {
+        let at = |n, e: Option<&str>| IndexStats {
+            background_errors: n,
+            background_error: e.map(str::to_string),
+            ..IndexStats::default()
+        };
+        let mut seen = (0, None);
+        assert_eq!(background_report(&mut seen, &at(0, None)), None);
+        let line = background_report(&mut seen, &at(1, Some("disk full"))).unwrap();
+        assert!(
+            line.contains("(1 since the index was opened): disk full"),
+            "{line}"
+        );
+        assert_eq!(
+            background_report(&mut seen, &at(1, Some("disk full"))),
+            None
+        );
+        // The same message failing again is a new failure.
+        let line = background_report(&mut seen, &at(2, Some("disk full"))).unwrap();
+        assert!(line.contains("(2 since"), "{line}");
+        assert_eq!(
+            background_report(&mut seen, &at(2, None)).as_deref(),
+            Some("htg serve: background work recovered")
+        );
+        assert_eq!(background_report(&mut seen, &at(2, None)), None);
+    }
 }
