@@ -40,7 +40,8 @@ pub struct ReindexRequest {
 
 /// Re-embeds every image with another model in the background and switches to it
 /// atomically; the old model answers until then, and writes made meanwhile reach the new
-/// index. Poll the task for progress.
+/// index. Poll the task for progress. `model` must name an ONNX file that exists on the server
+/// and loads; any other string is schema-valid but answers 400.
 #[utoipa::path(
     post,
     path = "/admin/reindex",

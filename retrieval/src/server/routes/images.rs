@@ -49,6 +49,8 @@ pub struct Deleted {
 /// A form of `image` fields, with optional `label` (one, for all) and `path` (one per image,
 /// in order). Answers 201 once the index is saved. Multipart parts carry no types: `label` and
 /// `path` are read as UTF-8 text, so any text is a path (a JSON `{}` arrives as the text `{}`).
+/// Two rules no schema can say answer 400: each image must decode (PNG, JPEG, GIF, BMP, WebP or
+/// TIFF), and the `path` fields, if any, number one per image.
 #[utoipa::path(
     post,
     path = "/images",

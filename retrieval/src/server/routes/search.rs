@@ -78,7 +78,9 @@ pub fn images_of(parts: Vec<Part>, allowed_text: &[&str]) -> Result<Vec<Bytes>, 
     Ok(images)
 }
 
-/// The image in the body (multipart `image` field or a raw image body).
+/// The image in the body (multipart `image` field or a raw image body). The bytes must decode
+/// as PNG, JPEG, GIF, BMP, WebP or TIFF, which no schema can say: other bytes answer 400
+/// `bad_image`.
 #[utoipa::path(
     post,
     path = "/search",
@@ -324,7 +326,9 @@ pub(super) async fn search_vector(
     }))
 }
 
-/// Several queries: JSON `{"vectors": [...]}` or a form with several `image` fields.
+/// Several queries: JSON `{"vectors": [...]}` or a form with several `image` fields. Each
+/// image must decode (PNG, JPEG, GIF, BMP, WebP or TIFF), which no schema can say: other bytes
+/// answer 400 `bad_image`.
 #[utoipa::path(
     post,
     path = "/search/batch",
