@@ -53,6 +53,9 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Write or restore a consistent snapshot of an index.
     Snapshot(cmd::snapshot::Args),
+    /// Rebuild an index's graph from its live images, dropping deleted slots (maintenance:
+    /// adds reuse deleted slots, so an index needs this only after it shrank for good).
+    Compact(cmd::compact::Args),
     /// Copy an index's records and vectors to another location (local or Milvus), without
     /// re-embedding.
     Migrate(cmd::migrate::Args),
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Snapshot(a) => cmd::snapshot::run(a),
+        Command::Compact(a) => cmd::compact::run(a),
         Command::Migrate(a) => cmd::migrate::run(a),
         Command::Reindex(a) => cmd::reindex::run(a),
     };

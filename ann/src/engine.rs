@@ -198,6 +198,23 @@ impl Engine {
         }
     }
 
+    /// Whether deleted slots can take new vectors ([`Engine::replace_many`]): our engine's
+    /// can; `hnsw_rs` has no way to rewrite a point, so its tombstones wait for a compaction.
+    pub fn reuses_slots(&self) -> bool {
+        matches!(self, Engine::Htg(_))
+    }
+
+    /// Puts each vector into its deleted slot (see [`Graph::replace`]), in parallel.
+    pub fn replace_many(&self, items: &[(u32, &[f32])]) -> Result<(), AnnError> {
+        use rayon::prelude::*;
+        match self {
+            Engine::Htg(g) => items.par_iter().try_for_each(|&(id, v)| g.replace(id, v)),
+            Engine::HnswRs(_) => Err(AnnError::Param(
+                "the hnsw_rs engine cannot reuse a deleted slot".into(),
+            )),
+        }
+    }
+
     /// Switches traversal to 8-bit codes trained on the vectors present (f32 rescoring; see
     /// [`Graph::quantize`]). Our engine only: `hnsw_rs` has no codes.
     pub fn quantize(&mut self) -> Result<(), AnnError> {

@@ -1,6 +1,7 @@
 //! One module per subcommand; flags several of them share are in `crate::flags`.
 
 pub mod bench;
+pub mod compact;
 pub mod duplicates;
 #[cfg(feature = "train")]
 pub mod eval;

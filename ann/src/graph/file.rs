@@ -466,6 +466,7 @@ impl Graph {
             .all(|l| l.load(Ordering::Relaxed) != NOT_READY));
         g.upper = upper;
         g.locks = (0..count).map(|_| Mutex::new(())).collect();
+        g.gens = (0..count).map(|_| AtomicU32::new(0)).collect();
         g.entry = AtomicU64::new(if count == 0 {
             NO_ENTRY
         } else {

@@ -27,13 +27,30 @@
 //! may see a list mid-rewrite (some old, some new ids): every id it can read is a finished
 //! node, which is all a search needs. A node's lists are only ever changed under its lock, and
 //! no thread holds two node locks at once, so there is no lock order to get wrong.
+//!
+//! # Slot reuse
+//! A delete only sets a tombstone; [`Graph::replace`] later puts a new vector into that
+//! slot, so a graph under add/delete churn stays the size of its live data without a
+//! rebuild. The rule that keeps readers right: each slot has a generation, even while the slot
+//! is stable. `replace` claims the slot by moving its generation from even to odd, rewrites
+//! the row (and code), and stores the next even value with `Release`; only then does it
+//! repair the old neighbours, link the node and lift the tombstone. Traversal may score a row
+//! mid-rewrite, which at worst sends the walk a little out of its way; the answer is never
+//! built from such a score: once any slot has been reused, a search scores its hits again
+//! between two loads of their generation (`Acquire`, then a fence) and drops a hit whose
+//! generation was odd or moved, or that is deleted. So a returned distance always belongs
+//! to the vector the slot held at one instant of the search, never to a half-written row
+//! or to the slot's previous vector under a later id. Callers that map slots to their own
+//! ids (the index's records) change that mapping only after `replace` returns, and wait
+//! their own grace before reusing a slot, so no search that could still see the old owner
+//! is running.
 
 pub mod file;
 
 use std::cmp::Ordering as CmpOrdering;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use parking_lot::Mutex;
@@ -409,6 +426,12 @@ pub struct Graph {
     entry_lock: Mutex<()>,
     deleted: Vec<AtomicU64>,
     tombstones: AtomicUsize,
+    /// Per slot: bumped to odd before [`Graph::replace`] rewrites the slot's vector and to
+    /// even after, so a reader can tell whether a distance it computed belongs to one vector.
+    gens: Vec<AtomicU32>,
+    /// Set by the first [`Graph::replace`]: from then on searches check their hits' slot
+    /// generations (a few distances per query), before it they need not.
+    reused: AtomicBool,
     quant: Option<Quant>,
     pool: Mutex<Vec<Scratch>>,
     kernels: &'static Kernels,
@@ -469,6 +492,8 @@ impl Graph {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             tombstones: AtomicUsize::new(0),
+            gens: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            reused: AtomicBool::new(false),
             quant: None,
             pool: Mutex::new(Vec::new()),
             kernels: kernels::best(),
@@ -572,6 +597,7 @@ impl Graph {
             + upper
             + self.locks.len() * std::mem::size_of::<Mutex<()>>()
             + self.deleted.len() * 8
+            + self.gens.len() * 4
             + marks
     }
 
@@ -598,6 +624,7 @@ impl Graph {
         self.levels.resize_with(cap, || AtomicU8::new(NOT_READY));
         self.upper.resize_with(cap, OnceLock::new);
         self.locks.resize_with(cap, || Mutex::new(()));
+        self.gens.resize_with(cap, || AtomicU32::new(0));
         self.deleted
             .resize_with(cap.div_ceil(64), || AtomicU64::new(0));
         self.capacity = cap;
@@ -753,9 +780,8 @@ impl Graph {
         self.levels[i].store(level as u8, Ordering::Release);
     }
 
-    /// Inserts a vector; returns its id. Safe to call from many threads and alongside
-    /// searches. Fails when the graph is full or mapped read-only (see [`Graph::reserve`]).
-    pub fn insert(&self, v: &[f32]) -> Result<u32, AnnError> {
+    /// What an insert or a replace needs: the graph's dimension, finite values, owned storage.
+    fn check_insert(&self, v: &[f32]) -> Result<(), AnnError> {
         if v.len() != self.dim {
             return Err(AnnError::Mismatch(format!(
                 "vector has dimension {}, the index {}",
@@ -769,6 +795,13 @@ impl Graph {
         if self.is_mapped() || self.quant.as_ref().is_some_and(|q| !q.codes.is_owned()) {
             return Err(AnnError::ReadOnly);
         }
+        Ok(())
+    }
+
+    /// Inserts a vector; returns its id. Safe to call from many threads and alongside
+    /// searches. Fails when the graph is full or mapped read-only (see [`Graph::reserve`]).
+    pub fn insert(&self, v: &[f32]) -> Result<u32, AnnError> {
+        self.check_insert(v)?;
         let mut cur = self.len.load(Ordering::Relaxed);
         let id = loop {
             if cur >= self.capacity {
@@ -1060,6 +1093,144 @@ impl Graph {
         Ok(fresh)
     }
 
+    /// Puts `v` into the slot of deleted id `id`, so the slot serves again instead of growing
+    /// the graph (hnswlib's `replace_deleted`). The node keeps its level. Its old neighbours
+    /// are repaired first: each list that named `id` is chosen again, by the heuristic, from
+    /// itself and `id`'s old neighbours, so routes that ran through the old vector survive it.
+    /// Then the node is linked like a fresh insert, and its tombstone is lifted last.
+    ///
+    /// Safe beside searches and inserts; one `replace` per slot at a time (a second is
+    /// refused). The vector is rewritten between two generation bumps (see the module docs),
+    /// so a search never reports a distance to a half-written vector or to the vector the
+    /// slot held before.
+    pub fn replace(&self, id: u32, v: &[f32]) -> Result<(), AnnError> {
+        self.check_insert(v)?;
+        let i = id as usize;
+        if i >= self.len() || !self.ready(id) {
+            return Err(AnnError::UnknownId {
+                id: id as u64,
+                len: self.len(),
+            });
+        }
+        if !self.is_deleted(id) {
+            return Err(AnnError::Param(format!(
+                "slot {id} holds a live vector; only a deleted slot is reused"
+            )));
+        }
+        let gen = &self.gens[i];
+        let g = gen.load(Ordering::Acquire);
+        if g % 2 == 1
+            || gen
+                .compare_exchange(g, g + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return Err(AnnError::Param(format!(
+                "slot {id} is already being reused"
+            )));
+        }
+        // The odd generation is visible before any byte of the row changes.
+        fence(Ordering::Release);
+        let level = self.levels[i].load(Ordering::Acquire) as usize;
+        let mut old: Vec<Vec<u32>> = Vec::with_capacity(level + 1);
+        for l in 0..=level {
+            let mut ids = Vec::new();
+            Self::read_list(self.links(id, l), &mut ids);
+            ids.retain(|&n| n != id);
+            old.push(ids);
+        }
+        // SAFETY: the slot is claimed by the generation exchange above, so no other writer
+        // touches the row; readers that load it meanwhile see an odd or a changed generation
+        // and drop what they computed. The buffers are owned (`check_insert`).
+        unsafe { self.vectors.write(i * self.stride, v) };
+        if let Some(q) = &self.quant {
+            let mut code = vec![0u8; q.code_stride];
+            Quant::encode(&q.lo, q.step, v, &mut code);
+            // SAFETY: as above.
+            unsafe { q.codes.write(i * q.code_stride, &code) };
+        }
+        gen.store(g + 2, Ordering::Release);
+        self.reused.store(true, Ordering::Release);
+        let mut ids = Vec::new();
+        let mut cands = Vec::new();
+        for (l, around) in old.iter().enumerate() {
+            for &n in around {
+                self.repair(n, id, l, around, &mut ids, &mut cands);
+            }
+        }
+        self.link(id);
+        let bit = 1u64 << (id % 64);
+        if self.deleted[i / 64].fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
+            self.tombstones.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Chooses the list of `n` on `level` again if it names `slot`, from that list and the
+    /// slot's old neighbours `around`, with `slot` scored at its new vector.
+    fn repair(
+        &self,
+        n: u32,
+        slot: u32,
+        level: usize,
+        around: &[u32],
+        ids: &mut Vec<u32>,
+        cands: &mut Vec<Cand>,
+    ) {
+        let _g = self.locks[n as usize].lock();
+        let list = self.links(n, level);
+        if list.is_empty() {
+            return;
+        }
+        Self::read_list(list, ids);
+        if !ids.contains(&slot) {
+            return;
+        }
+        let nv = self.vec(n);
+        cands.clear();
+        for &x in ids.iter().chain(around) {
+            if x != n && !cands.iter().any(|c: &Cand| c.id == x) {
+                cands.push(Cand {
+                    d: self.dist(nv, self.vec(x)),
+                    id: x,
+                });
+            }
+        }
+        cands.sort_unstable();
+        let mut keep = Vec::with_capacity(self.cap(level));
+        self.select(cands, self.cap(level), &mut keep);
+        Self::write_list(list, keep.iter().map(|c| c.id));
+    }
+
+    /// The hits of a search, scored again at their slot's current generation: a slot rewritten
+    /// by [`Graph::replace`] while the search ran (odd or changed generation, or deleted
+    /// again) is dropped, so each distance returned belongs to the vector the slot holds.
+    fn settle(
+        &self,
+        q: &[f32],
+        hits: impl Iterator<Item = u32>,
+        k: usize,
+        allowed: Option<&dyn Fn(u32) -> bool>,
+    ) -> Vec<(u32, f32)> {
+        let mut out: Vec<Cand> = Vec::with_capacity(k);
+        for id in hits {
+            if out.len() == k {
+                break;
+            }
+            let gen = &self.gens[id as usize];
+            let g = gen.load(Ordering::Acquire);
+            if g % 2 == 1 || allowed.is_some_and(|a| !a(id)) {
+                continue;
+            }
+            let d = self.dist(q, self.vec(id));
+            fence(Ordering::Acquire);
+            if gen.load(Ordering::Relaxed) == g {
+                out.push(Cand { d, id });
+            }
+        }
+        out.sort_unstable();
+        out.into_iter().map(|c| (c.id, c.d)).collect()
+    }
+
     /// Number of deleted ids still in the graph.
     pub fn tombstones(&self) -> usize {
         self.tombstones.load(Ordering::Acquire)
@@ -1230,7 +1401,14 @@ impl Graph {
             if id >= len || !self.ready(id) || !allowed(id) {
                 continue;
             }
+            let gen = &self.gens[id as usize];
+            let g = gen.load(Ordering::Acquire);
             let d = self.dist(q, self.vec(id));
+            fence(Ordering::Acquire);
+            if g % 2 == 1 || gen.load(Ordering::Relaxed) != g {
+                // Being rewritten by `replace`: neither vector's distance is known.
+                continue;
+            }
             if top.len() < k {
                 top.push(Cand { d, id });
             } else if top.peek().is_some_and(|w| d < w.d) {
@@ -1274,6 +1452,13 @@ impl Graph {
                 kernels::prefetch(qz.codes.as_ptr().wrapping_add(n as usize * qz.code_stride))
             });
             s.code = code;
+            if self.reused.load(Ordering::Acquire) {
+                let ids: Vec<u32> = s.top.drain().map(|c| c.id).collect();
+                let n = ids.len();
+                let mut out = self.settle(q, ids.into_iter(), n, allowed.map(as_dyn));
+                out.truncate(k);
+                return out;
+            }
             s.sorted.clear();
             s.sorted.extend(s.top.drain().map(|c| Cand {
                 d: self.dist(q, self.vec(c.id)),
@@ -1296,10 +1481,17 @@ impl Graph {
                 self.prefetch_vec(n)
             });
             s.drain_sorted();
+            if self.reused.load(Ordering::Acquire) {
+                return self.settle(q, s.sorted.iter().map(|c| c.id), k, allowed.map(as_dyn));
+            }
             s.sorted.iter().take(k).map(|c| (c.id, c.d)).collect()
         };
         out
     }
+}
+
+fn as_dyn<A: Fn(u32) -> bool>(a: &A) -> &dyn Fn(u32) -> bool {
+    a
 }
 
 #[cfg(test)]

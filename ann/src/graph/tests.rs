@@ -523,3 +523,210 @@ proptest! {
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 }
+
+/// Deletes and reuses half the slots with new vectors, round after round: recall on the
+/// live set stays at a fresh build's level, and the graph never grows.
+#[test]
+fn reused_slots_keep_recall_through_churn() {
+    let (base, queries) = data(4000, 32, 11);
+    let n = 2000;
+    let head = Matrix {
+        rows: n,
+        cols: 32,
+        data: base.data[..n * 32].to_vec(),
+    };
+    let g = pool(2).install(|| Graph::build(&head, params(5))).unwrap();
+    // What each slot holds now, as a row of `base`.
+    let mut holds: Vec<usize> = (0..n).collect();
+    let mut next = n;
+    let mut rng = Rng::new(9);
+    for _round in 0..4 {
+        let mut slots: Vec<u32> = (0..n as u32).filter(|_| rng.uniform() < 0.5).collect();
+        slots.truncate(2000);
+        for &s in &slots {
+            assert!(g.delete(s).unwrap());
+        }
+        for &s in &slots {
+            let row = next % base.rows;
+            next += 1;
+            g.replace(s, base.row(row)).unwrap();
+            holds[s as usize] = row;
+        }
+        assert_eq!(g.len(), n, "a reuse grew the graph");
+        assert_eq!(g.tombstones(), 0);
+    }
+    let live = Matrix {
+        rows: n,
+        cols: 32,
+        data: holds.iter().flat_map(|&r| base.row(r).to_vec()).collect(),
+    };
+    let r = mean_recall(&g, &live, &queries, 64, None, &|_| true);
+    assert!(r >= 0.95, "recall after churn {r}");
+}
+
+#[test]
+fn replace_refuses_live_busy_unknown_and_mapped_slots() {
+    let (base, _) = data(300, 8, 12);
+    let g = Graph::build(&base, params(1)).unwrap();
+    assert!(matches!(
+        g.replace(3, base.row(4)),
+        Err(AnnError::Param(m)) if m.contains("live")
+    ));
+    assert!(matches!(
+        g.replace(999, base.row(4)),
+        Err(AnnError::UnknownId { id: 999, .. })
+    ));
+    g.delete(3).unwrap();
+    assert!(matches!(
+        g.replace(3, &[1.0; 7]),
+        Err(AnnError::Mismatch(_))
+    ));
+    g.replace(3, base.row(4)).unwrap();
+    assert!(!g.is_deleted(3));
+    assert_eq!(g.vector(3).unwrap(), base.row(4));
+    let path = tmp("replace-mapped");
+    g.delete(5).unwrap();
+    g.save(&path).unwrap();
+    let h = Graph::open(&path).unwrap();
+    assert!(matches!(h.replace(5, base.row(6)), Err(AnnError::ReadOnly)));
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+/// Searches race deletes and reuses of the same slots. Each slot flips between two known
+/// vectors, so every hit's distance must be the distance to one of its two, never to a row
+/// mid-rewrite, and a slot deleted for good is never returned once the writer is done.
+#[test]
+fn searches_racing_slot_reuse_see_whole_vectors_only() {
+    let dim = 48;
+    let (base, queries) = data(3000, dim, 13);
+    let n = 1500;
+    let head = Matrix {
+        rows: n,
+        cols: dim,
+        data: base.data[..n * dim].to_vec(),
+    };
+    for quant in [false, true] {
+        let mut g = Graph::build(&head, params(2)).unwrap();
+        if quant {
+            g.quantize().unwrap();
+        }
+        let churn: Vec<u32> = (0..n as u32).step_by(3).collect();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let (g, base, queries, churn, stop) = (&g, &base, &queries, &churn, &stop);
+            s.spawn(move || {
+                for round in 0..6 {
+                    for &slot in churn {
+                        g.delete(slot).unwrap();
+                        let row = if round % 2 == 0 {
+                            n + slot as usize
+                        } else {
+                            slot as usize
+                        };
+                        g.replace(slot, base.row(row)).unwrap();
+                    }
+                }
+                for &slot in churn.iter().step_by(2) {
+                    g.delete(slot).unwrap();
+                }
+                stop.store(true, Ordering::Release);
+            });
+            for _ in 0..2 {
+                s.spawn(move || {
+                    let mut checked = 0;
+                    while !stop.load(Ordering::Acquire) || checked == 0 {
+                        for i in 0..queries.rows {
+                            let q = queries.row(i);
+                            for (id, d) in g.search(q, 10, 40, None).unwrap() {
+                                let a = exact::l2_sq(q, base.row(id as usize));
+                                let b = exact::l2_sq(q, base.row(n + id as usize));
+                                let tol = if quant { 1e-3 } else { 1e-4 };
+                                assert!(
+                                    (d - a).abs() < tol || (d - b).abs() < tol,
+                                    "slot {id}: distance {d} belongs to neither of its vectors ({a}, {b})"
+                                );
+                                checked += 1;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        for i in 0..queries.rows {
+            for (id, _) in g.search(queries.row(i), 10, 40, None).unwrap() {
+                assert!(!g.is_deleted(id), "returned deleted slot {id}");
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Any sequence of inserts, deletes and reuses: a search never returns a deleted slot,
+    /// every distance is the one to the vector the slot holds now, and a wide search finds
+    /// the exact neighbours of the live set.
+    #[test]
+    fn slot_reuse_never_returns_deleted_or_stale_vectors(
+        dim in 1usize..16,
+        seed in 0u64..1000,
+        ops in proptest::collection::vec((0u8..3, 0u32..120), 1..300),
+        quant in any::<bool>(),
+    ) {
+        let mut rng = Rng::new(seed);
+        let mut g = Graph::new(dim, GraphParams { m: 4, ef_construction: 32, distance: Distance::L2Sq, seed }, 400).unwrap();
+        let fresh = |rng: &mut Rng| -> Vec<f32> { (0..dim).map(|_| rng.normal() as f32).collect() };
+        // The model: what each slot holds, and whether it is live.
+        let mut model: Vec<(Vec<f32>, bool)> = Vec::new();
+        for _ in 0..8 {
+            let v = fresh(&mut rng);
+            g.insert(&v).unwrap();
+            model.push((v, true));
+        }
+        if quant {
+            g.quantize().unwrap();
+        }
+        for (kind, x) in ops {
+            let slot = x % model.len() as u32;
+            match kind {
+                0 if model.len() < 400 => {
+                    let v = fresh(&mut rng);
+                    prop_assert_eq!(g.insert(&v).unwrap() as usize, model.len());
+                    model.push((v, true));
+                }
+                1 => {
+                    let was = g.delete(slot).unwrap();
+                    prop_assert_eq!(was, model[slot as usize].1);
+                    model[slot as usize].1 = false;
+                }
+                _ => {
+                    let v = fresh(&mut rng);
+                    let r = g.replace(slot, &v);
+                    prop_assert_eq!(r.is_ok(), !model[slot as usize].1);
+                    if r.is_ok() {
+                        model[slot as usize] = (v, true);
+                    }
+                }
+            }
+        }
+        let live = model.iter().filter(|m| m.1).count();
+        prop_assert_eq!(g.tombstones(), model.len() - live);
+        let base = Matrix {
+            rows: model.len(),
+            cols: dim,
+            data: model.iter().flat_map(|m| m.0.clone()).collect(),
+        };
+        for _ in 0..5 {
+            let q = fresh(&mut rng);
+            let k = 5;
+            let found = g.search(&q, k, model.len(), None).unwrap();
+            prop_assert!(found.windows(2).all(|w| w[0].1 <= w[1].1));
+            for &(id, d) in &found {
+                prop_assert!(model[id as usize].1, "returned deleted slot {}", id);
+                prop_assert!((d - exact::l2_sq(&q, base.row(id as usize))).abs() < 1e-3);
+            }
+            let t = truth(&base, &q, k, |id| model[id as usize].1);
+            prop_assert!(recall(&found, &t) >= 0.7, "recall {}", recall(&found, &t));
+        }
+    }
+}

@@ -162,6 +162,9 @@ impl SearchIndex for Index {
     fn snapshot(&self, out: &Path) -> Result<(u64, u64), IndexError> {
         each!(self, i => i.snapshot(out))
     }
+    fn compact(&self) -> Result<(), IndexError> {
+        each!(self, i => i.compact())
+    }
 }
 
 #[cfg(not(feature = "milvus"))]

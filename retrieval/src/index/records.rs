@@ -97,6 +97,8 @@ pub struct Records {
     mapped: Option<Mapped>,
     /// Records at internal ids `mapped.count..`.
     extra: Vec<Record>,
+    /// Records put into reused slots of the mapped range (the map itself is read-only).
+    reused: HashMap<u32, Record>,
     /// Internal → external id, every slot (live or not).
     ext: Vec<u64>,
     /// External → internal id, live records only.
@@ -132,6 +134,11 @@ impl Records {
             .is_some_and(|w| w >> (i % 64) & 1 == 1)
     }
 
+    /// The deleted slots, ascending: what a reopened index can reuse.
+    pub fn dead_slots(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.ext.len() as u32).filter(|&i| self.is_dead(i as usize))
+    }
+
     /// Whether internal id `i` is a live record (not deleted, and already added).
     pub fn is_live(&self, i: u32) -> bool {
         (i as usize) < self.ext.len() && !self.is_dead(i as usize)
@@ -141,6 +148,14 @@ impl Records {
         let i = i as usize;
         if i >= self.ext.len() {
             return None;
+        }
+        if let Some(r) = self.reused.get(&(i as u32)) {
+            return Some(f(Fields {
+                live: true,
+                path: &r.path,
+                sha256: &r.sha256,
+                label: r.label.as_deref(),
+            }));
         }
         match &self.mapped {
             Some(m) if i < m.count => parse(m.raw(i)).map(f),
@@ -197,6 +212,27 @@ impl Records {
         self.extra.push(r);
         self.ext.push(ext);
         self.int.insert(ext, i);
+        Ok(())
+    }
+
+    /// Puts a live record into deleted slot `i`, which the engine has just reused.
+    pub fn reuse(&mut self, i: u32, ext: u64, r: Record) -> Result<(), IndexError> {
+        let slot = i as usize;
+        if slot >= self.ext.len() || !self.is_dead(slot) {
+            return Err(IndexError::Corrupt {
+                path: Default::default(),
+                reason: format!("engine reused slot {i}, which holds no deleted record"),
+            });
+        }
+        let base = self.mapped.as_ref().map_or(0, |m| m.count);
+        if slot < base {
+            self.reused.insert(i, r);
+        } else {
+            self.extra[slot - base] = r;
+        }
+        self.ext[slot] = ext;
+        self.int.insert(ext, i);
+        self.dead[slot / 64] &= !(1 << (i % 64));
         Ok(())
     }
 

@@ -79,6 +79,15 @@ pub trait SearchIndex: Send + Sync {
     fn notice(&self) -> Option<String> {
         None
     }
+    /// Rebuilds the engine from its live records, dropping every deleted slot, while searches
+    /// and writes go on (`htg compact`).
+    fn compact(&self) -> Result<(), IndexError> {
+        Err(IndexError::NotSupported {
+            location: self.location(),
+            operation: "compaction",
+            reason: "this index compacts itself".into(),
+        })
+    }
     /// Writes a consistent snapshot to `out` while writes go on; returns its size in bytes
     /// and the log position it contains.
     fn snapshot(&self, out: &Path) -> Result<(u64, u64), IndexError> {

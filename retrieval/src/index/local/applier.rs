@@ -26,12 +26,45 @@ impl LocalIndex {
         if batch.is_empty() {
             return Ok(0);
         }
-        if !read_lock(&inner.engine).has_room(batch.len()) {
-            write_lock(&inner.engine).reserve(batch.len())?;
+        // Deleted slots past their grace take the first adds; the rest grow the graph.
+        let reuse = if read_lock(&inner.engine).reuses_slots()
+            && !inner.compacting.load(Ordering::Acquire)
+        {
+            self.take_free_slots(batch.len())
+        } else {
+            Vec::new()
+        };
+        let (again, fresh) = batch.split_at(reuse.len());
+        if !read_lock(&inner.engine).has_room(fresh.len()) {
+            write_lock(&inner.engine).reserve(fresh.len())?;
         }
-        let vectors: Vec<&[f32]> = batch.iter().map(|p| p.vector.as_slice()).collect();
+        if !again.is_empty() {
+            let items: Vec<(u32, &[f32])> = reuse
+                .iter()
+                .zip(again)
+                .map(|(&slot, p)| (slot, p.vector.as_slice()))
+                .collect();
+            let engine = read_lock(&inner.engine);
+            if let Err(e) = engine.replace_many(&items) {
+                // Some slots may hold their new vector already: dead again, and queued again.
+                for &slot in &reuse {
+                    engine.delete(slot)?;
+                }
+                drop(engine);
+                let mut free = inner.free.lock();
+                for &slot in reuse.iter().rev() {
+                    free.push_front((slot, std::time::Instant::now()));
+                }
+                return Err(e.into());
+            }
+        }
+        let vectors: Vec<&[f32]> = fresh.iter().map(|p| p.vector.as_slice()).collect();
         let ids = read_lock(&inner.engine).insert_many(&vectors)?;
-        let mut order: Vec<(u32, usize)> = ids.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+        let mut order: Vec<(u32, usize)> = ids
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| (i, again.len() + k))
+            .collect();
         order.sort_unstable();
         let mut records = write_lock(&inner.records);
         let mut pending = write_lock(&inner.pending);
@@ -41,13 +74,19 @@ impl LocalIndex {
             .filter(|p| taken.contains(&p.id))
             .map(|p| p.id)
             .collect();
-        for (internal, k) in order {
-            let p = &batch[k];
-            records.push(internal, p.id, p.record.clone())?;
+        let placed = reuse.iter().zip(again).map(|(&slot, p)| (slot, p, true));
+        let grown = order.into_iter().map(|(i, k)| (i, &batch[k], false));
+        for (internal, p, reused) in placed.chain(grown) {
+            if reused {
+                records.reuse(internal, p.id, p.record.clone())?;
+            } else {
+                records.push(internal, p.id, p.record.clone())?;
+            }
             if !still.contains(&p.id) {
-                // Deleted while it was being inserted: keep the slot, dead.
+                // Deleted while it was being inserted: the slot is dead, and free again.
                 records.remove(p.id);
                 read_lock(&inner.engine).delete(internal)?;
+                self.free_slot(internal);
             }
         }
         pending.retain(|p| !taken.contains(&p.id));

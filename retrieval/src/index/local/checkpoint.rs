@@ -1,6 +1,7 @@
 //! Checkpoints (a new generation written while appends wait, `CURRENT` swapped, the log it
-//! covers deleted), the compaction a checkpoint runs first when tombstones pass a fifth of the
-//! graph, and snapshots (a checkpoint packed into one file).
+//! covers deleted), compaction (explicit with our engine, whose deleted slots are reused; run
+//! first by a checkpoint when tombstones pass a fifth of an `hnsw_rs` graph), and snapshots
+//! (a checkpoint packed into one file).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,11 +22,29 @@ impl LocalIndex {
     /// tombstones call for a compaction (which the checkpoint runs first).
     pub(super) fn maybe_checkpoint(&self) {
         let threshold = self.inner.checkpoint_bytes.load(Ordering::Relaxed);
-        let due = self.inner.wal.segment_bytes() >= threshold
-            || read_lock(&self.inner.engine).needs_compaction(COMPACT_RATIO);
+        let due = self.inner.wal.segment_bytes() >= threshold || self.compaction_due();
         if due {
             self.start_checkpoint();
         }
+    }
+
+    /// Whether tombstones call for a rebuild on their own: only on an engine that cannot
+    /// reuse their slots (`hnsw_rs`). Ours gives deleted slots to the next adds, so a
+    /// rebuild is the explicit [`LocalIndex::compact`] (`htg compact`), not routine work.
+    fn compaction_due(&self) -> bool {
+        let engine = read_lock(&self.inner.engine);
+        !engine.reuses_slots() && engine.needs_compaction(COMPACT_RATIO)
+    }
+
+    /// Rebuilds the graph from its live vectors now, whatever the tombstones, and writes a
+    /// checkpoint of the result: the maintenance behind `htg compact`, for an index that
+    /// shrank for good (deletes not followed by adds keep their slots until reused).
+    /// Searches and writes go on meanwhile, as in a routine compaction.
+    pub fn compact(&self) -> Result<(), IndexError> {
+        let _one = self.inner.ckpt.lock();
+        self.hold_lock()?;
+        self.compact_online()?;
+        self.checkpoint_locked().map(|_| ())
     }
 
     /// Runs a checkpoint on a background thread unless one is running or the index is
@@ -100,11 +119,22 @@ impl LocalIndex {
 
     fn compact_online(&self) -> Result<(), IndexError> {
         let inner = &self.inner;
-        let (kind, live, data, n0) = {
+        /// Lets slots be reused again however the compaction ends.
+        struct Reuse<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Reuse<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let (kind, live, data, n0, _reuse) = {
             let _one = inner.apply_lock.lock();
+            // From the copy to the swap no add reuses a slot: only slots past the copy's end
+            // can then be new, and those are carried over below.
+            inner.compacting.store(true, Ordering::Release);
+            let reuse = Reuse(&inner.compacting);
             let engine = read_lock(&inner.engine);
             let (live, data) = engine.live_rows();
-            (engine.kind(), live, data, engine.len())
+            (engine.kind(), live, data, engine.len(), reuse)
         };
         let mut fresh = Engine::build(kind, inner.dim, inner.params.graph(), data)?;
 
@@ -147,6 +177,8 @@ impl LocalIndex {
         let old = std::mem::replace(&mut *write_lock(&inner.engine), fresh);
         let old_records = std::mem::replace(&mut *records, remapped);
         drop(records);
+        // Still under the applier's lock: no add takes a slot numbered for the old engine.
+        self.refill_free_slots();
         drop(_one);
         drop(old);
         drop(old_records);
@@ -174,7 +206,7 @@ impl LocalIndex {
         // A checkpoint writes: the one writing process holds the `LOCK`.
         self.hold_lock()?;
         // Before the log is held: the rebuild runs while appends go on.
-        if read_lock(&inner.engine).needs_compaction(COMPACT_RATIO) {
+        if self.compaction_due() {
             self.compact_online()?;
         }
         let stamp = std::time::SystemTime::now()

@@ -19,9 +19,13 @@
 //! the same at any index size and is visible to the next search. When
 //! the log passes [`LocalIndex::set_checkpoint_bytes`], a checkpoint runs on a background
 //! thread: it writes a new generation while appends wait, swaps `CURRENT`, and deletes the log
-//! it covers. A delete leaves a tombstone in the graph; once tombstones pass a fifth of it, the
-//! next checkpoint (started by that delete) first rebuilds the graph from the live vectors while
-//! searches and writes go on, so memory follows the live data under add/delete churn.
+//! it covers. A delete leaves a tombstone in the graph, and its slot, after a short grace
+//! ([`DEFAULT_REUSE_GRACE`]), takes the vector of a later add ([`htg_ann::graph::Graph::replace`]),
+//! so the graph stays the size of its live data under add/delete churn without a rebuild.
+//! A rebuild from the live vectors is the explicit [`LocalIndex::compact`] (`htg compact`),
+//! for an index that shrank for good; on `hnsw_rs`, which cannot reuse a slot, the next
+//! checkpoint runs it once tombstones pass a fifth of the graph. Either way searches and
+//! writes go on meanwhile.
 //! Searches take only read locks and never wait for a write's fsync or a checkpoint.
 //! On open, the checkpoint is mapped (graph and records are not parsed whole) and the log is
 //! replayed; a torn last entry is dropped, a corrupt one in the middle is refused. An open that
@@ -40,6 +44,7 @@ mod tests;
 mod write;
 
 use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,6 +68,13 @@ pub const FORMAT_VERSION: u32 = 2;
 
 /// Default log size that triggers a background checkpoint.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// How long a deleted slot rests before an add reuses it. Searches are safe without it: they
+/// hold the records' read lock, which a delete waits out, and the graph checks slot
+/// generations. The rest is for the graph's own writers: inserts in flight when the delete
+/// landed may still be choosing the old vector as a neighbour, and they finish before the
+/// slot changes meaning.
+pub const DEFAULT_REUSE_GRACE: Duration = Duration::from_millis(100);
 
 /// Acknowledged adds allowed to wait for the graph before writers help move them in.
 pub(super) const MAX_PENDING: usize = 8192;
@@ -115,6 +127,14 @@ struct Inner {
     checkpoint_bytes: AtomicU64,
     checkpoints: AtomicU64,
     compactions: AtomicU64,
+    /// Deleted engine slots waiting to take new vectors, oldest first, with when each was
+    /// freed (see [`applier`]): the graph then stays the size of its live data under churn.
+    free: Mutex<VecDeque<(u32, Instant)>>,
+    /// How long a freed slot rests before it is reused, in milliseconds.
+    reuse_grace_ms: AtomicU64,
+    /// Set while a compaction rebuilds from its copy: no slot is reused meanwhile, since the
+    /// rebuild would carry the copied vector over under the slot's new record.
+    compacting: AtomicBool,
     /// What the background threads last failed at, until they succeed again: nobody waits on
     /// them, so this is how a full disk under a background checkpoint becomes visible
     /// (`/stats`, `/readyz`, `/metrics`, `htg index`).
@@ -280,6 +300,9 @@ impl LocalIndex {
             checkpoint_bytes: AtomicU64::new(DEFAULT_CHECKPOINT_BYTES),
             checkpoints: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
+            free: Mutex::new(VecDeque::new()),
+            reuse_grace_ms: AtomicU64::new(DEFAULT_REUSE_GRACE.as_millis() as u64),
+            compacting: AtomicBool::new(false),
             background: Mutex::new(Background::default()),
             background_errors: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -290,6 +313,7 @@ impl LocalIndex {
             _owner: Some(Arc::new(Owner(Arc::clone(&inner)))),
             inner,
         };
+        index.refill_free_slots();
         index.spawn_applier();
         index
     }
@@ -496,6 +520,60 @@ impl LocalIndex {
     /// Log size (bytes) past which a write starts a background checkpoint.
     pub fn set_checkpoint_bytes(&self, bytes: u64) {
         self.inner.checkpoint_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// How long a deleted slot rests before an add may reuse it ([`DEFAULT_REUSE_GRACE`]).
+    pub fn set_reuse_grace(&self, grace: Duration) {
+        self.inner
+            .reuse_grace_ms
+            .store(grace.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Queues a slot just deleted for reuse, when the engine can reuse slots.
+    pub(super) fn free_slot(&self, slot: u32) {
+        if read_lock(&self.inner.engine).reuses_slots() {
+            self.inner.free.lock().push_back((slot, Instant::now()));
+        }
+    }
+
+    /// Rebuilds the reuse queue from the records' deleted slots (on open, after the log's
+    /// replay and after a compaction renumbers the slots); they are all past their grace, as
+    /// no search predates them. The caller holds the applier's lock or runs before the
+    /// applier, so no slot is queued while an add holds it.
+    pub(super) fn refill_free_slots(&self) {
+        let mut free = self.inner.free.lock();
+        free.clear();
+        if !read_lock(&self.inner.engine).reuses_slots() {
+            return;
+        }
+        let past = Instant::now()
+            .checked_sub(Duration::from_millis(
+                self.inner.reuse_grace_ms.load(Ordering::Relaxed),
+            ))
+            .unwrap_or_else(Instant::now);
+        free.extend(
+            read_lock(&self.inner.records)
+                .dead_slots()
+                .map(|i| (i, past)),
+        );
+    }
+
+    /// Takes up to `max` freed slots whose grace is over, oldest first.
+    pub(super) fn take_free_slots(&self, max: usize) -> Vec<u32> {
+        let grace = Duration::from_millis(self.inner.reuse_grace_ms.load(Ordering::Relaxed));
+        let now = Instant::now();
+        let mut free = self.inner.free.lock();
+        let mut out = Vec::new();
+        while out.len() < max {
+            match free.front() {
+                Some(&(slot, at)) if now.duration_since(at) >= grace => {
+                    free.pop_front();
+                    out.push(slot);
+                }
+                _ => break,
+            }
+        }
+        out
     }
 
     pub(super) fn check_vector(&self, v: &[f32]) -> Result<(), IndexError> {

@@ -220,4 +220,8 @@ impl SearchIndex for LocalIndex {
     fn snapshot(&self, out: &Path) -> Result<(u64, u64), IndexError> {
         self.snapshot_to(out)
     }
+
+    fn compact(&self) -> Result<(), IndexError> {
+        LocalIndex::compact(self)
+    }
 }

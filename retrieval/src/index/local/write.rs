@@ -133,8 +133,12 @@ impl LocalIndex {
             ops.push(e.op);
         }
         // Adds join the pending buffer; the applier moves them into the graph in parallel
-        // batches while the index already answers.
+        // batches while the index already answers. It waits for the applier's lock, so the
+        // replayed deletes' slots are queued (free at once: no search started before them)
+        // before the replayed adds look for slots.
+        let _one = self.inner.apply_lock.lock();
         self.apply(&ops)?;
+        self.refill_free_slots();
         Ok(())
     }
 
@@ -160,6 +164,7 @@ impl LocalIndex {
                     let mut pending = write_lock(&self.inner.pending);
                     if let Some(internal) = records.remove(*id) {
                         read_lock(&self.inner.engine).delete(internal)?;
+                        self.free_slot(internal);
                         out.push(true);
                     } else if let Some(k) = pending.iter().position(|p| p.id == *id) {
                         pending.remove(k);
