@@ -284,6 +284,11 @@ pub struct WritesArgs {
     /// Seconds of timed writes per point.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
+    /// Churn at a steady size: each writer deletes the oldest stored image after every add,
+    /// and the report adds delete latencies, the longest write, memory against the start of
+    /// the writes, and recall@10 against exact search at the end.
+    #[arg(long)]
+    pub churn: bool,
     /// Engine: htg or hnsw_rs.
     #[arg(long, value_enum, default_value_t)]
     pub engine: htg_ann::engine::EngineKind,

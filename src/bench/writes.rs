@@ -7,8 +7,11 @@
 //! for `--seconds`, each add timed from call to durable return; meanwhile one thread searches
 //! (k=10, ef=64) and its latencies are compared with a quiet pass before the writes.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use anyhow::{Context, Result};
 use htg_ann::dataset::{self, SynthParams};
@@ -20,7 +23,7 @@ use super::sweep::synthetic_record;
 use serde::Serialize;
 
 use super::args::WritesArgs;
-use super::machine::Machine;
+use super::machine::{rss_mib, Machine};
 
 /// One (stored size, writers) point.
 #[derive(Debug, Serialize)]
@@ -49,6 +52,38 @@ pub struct WritePoint {
     pub reopen_first_answer_s: f64,
     /// Checkpoints that ran during the timed writes.
     pub checkpoints: u64,
+    /// With `--churn`: what steady add/delete traffic did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnPoint>,
+}
+
+/// What `--churn` measures beside the adds.
+#[derive(Debug, Serialize)]
+pub struct ChurnPoint {
+    /// Acknowledged deletes per second, all writers together.
+    pub deletes_per_s: f64,
+    /// Per-delete latency percentiles, milliseconds.
+    pub delete_p50_ms: f64,
+    /// 99th percentile.
+    pub delete_p99_ms: f64,
+    /// 99th percentile of every write, adds and deletes together.
+    pub write_p99_ms: f64,
+    /// The longest single write: the longest a writer waited.
+    pub write_max_ms: f64,
+    /// Resident memory when the timed writes started, MiB.
+    pub rss_start_mib: f64,
+    /// Highest resident memory sampled (every 50 ms) during them, MiB.
+    pub rss_peak_mib: f64,
+    /// `rss_peak_mib / rss_start_mib`.
+    pub rss_peak_ratio: f64,
+    /// Images stored at the end (the start's count: the size holds).
+    pub count_end: usize,
+    /// Deleted slots still in the graph at the end, waiting for an add.
+    pub tombstones_end: usize,
+    /// Compactions during the writes.
+    pub compactions: u64,
+    /// Recall@10 (ef 64) against exact search over the live images at the end.
+    pub recall_end: f64,
 }
 
 /// The JSON report.
@@ -191,39 +226,117 @@ pub fn run(a: WritesArgs) -> Result<()> {
                 })
                 .collect();
             next_fresh += w * 20_000;
+            // Under churn each writer deletes the oldest stored image after each add.
+            let victims = Mutex::new(
+                index
+                    .records()
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect::<VecDeque<u64>>(),
+            );
+            let compactions_before = index.stats().compactions;
+            let rss_start_mib = rss_mib();
+            let rss_peak = Mutex::new(rss_start_mib);
             let start = Instant::now();
-            let (add_lat, busy) = std::thread::scope(|sc| {
+            let (add_lat, del_lat, busy) = std::thread::scope(|sc| {
                 let writers: Vec<_> = slices
                     .iter()
                     .enumerate()
                     .map(|(k, vs)| {
-                        let index = &index;
+                        let (index, victims) = (&index, &victims);
                         let end = start + Duration::from_secs_f64(a.seconds);
+                        let churn = a.churn;
                         sc.spawn(move || {
                             let mut lat = Vec::new();
-                            for (i, v) in vs.iter().enumerate() {
-                                if Instant::now() >= end {
+                            let mut dels = Vec::new();
+                            let rounds = if churn { usize::MAX } else { vs.len() };
+                            for i in 0..rounds {
+                                if Instant::now() >= end || vs.is_empty() {
                                     break;
                                 }
+                                let v = vs[i % vs.len()];
                                 let t = Instant::now();
-                                index
+                                let id = index
                                     .insert(synthetic_record(1_000_000_000 + k * 100_000 + i), v)
                                     .expect("bench add");
                                 lat.push(t.elapsed().as_nanos() as u64);
+                                if churn {
+                                    let victim = {
+                                        let mut q = victims.lock();
+                                        q.push_back(id);
+                                        q.pop_front()
+                                    };
+                                    if let Some(victim) = victim {
+                                        let t = Instant::now();
+                                        index.remove(victim).expect("bench delete");
+                                        dels.push(t.elapsed().as_nanos() as u64);
+                                    }
+                                }
                             }
-                            lat
+                            (lat, dels)
                         })
                     })
                     .collect();
                 let reader = sc.spawn(|| search_loop(&index, &queries, a.seconds * 2.0, &stop));
+                let sampler = sc.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let now = rss_mib();
+                        let mut peak = rss_peak.lock();
+                        *peak = peak.max(now);
+                        drop(peak);
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                });
                 let mut all = Vec::new();
+                let mut dels = Vec::new();
                 for h in writers {
-                    all.extend(h.join().expect("writer thread"));
+                    let (l, d) = h.join().expect("writer thread");
+                    all.extend(l);
+                    dels.extend(d);
                 }
                 stop.store(true, Ordering::Relaxed);
-                (all, reader.join().expect("reader thread"))
+                sampler.join().expect("memory sampler thread");
+                (all, dels, reader.join().expect("reader thread"))
             });
             let secs = start.elapsed().as_secs_f64();
+            let churn = if a.churn {
+                index.wait_indexed()?;
+                let opts = SearchOptions {
+                    ef: Some(64),
+                    ..Default::default()
+                };
+                let mut hit = 0usize;
+                let mut want = 0usize;
+                for q in &queries {
+                    let truth: Vec<u64> = index
+                        .search_exact(q, 10, &opts)
+                        .into_iter()
+                        .map(|h| h.0)
+                        .collect();
+                    let found = index.search(q, 10, &opts)?;
+                    hit += found.iter().filter(|h| truth.contains(&h.id)).count();
+                    want += truth.len();
+                }
+                let writes: Vec<u64> = add_lat.iter().chain(&del_lat).copied().collect();
+                let end = index.stats();
+                let rss_peak_mib = *rss_peak.lock();
+                Some(ChurnPoint {
+                    deletes_per_s: del_lat.len() as f64 / secs,
+                    delete_p50_ms: ms(stats::percentile(&del_lat, 50.0)),
+                    delete_p99_ms: ms(stats::percentile(&del_lat, 99.0)),
+                    write_p99_ms: ms(stats::percentile(&writes, 99.0)),
+                    write_max_ms: ms(writes.iter().copied().max().unwrap_or(0)),
+                    rss_start_mib,
+                    rss_peak_mib,
+                    rss_peak_ratio: rss_peak_mib / rss_start_mib.max(1e-9),
+                    count_end: end.count,
+                    tombstones_end: end.tombstones,
+                    compactions: end.compactions - compactions_before,
+                    recall_end: hit as f64 / want.max(1) as f64,
+                })
+            } else {
+                None
+            };
             let p = WritePoint {
                 stored: n,
                 writers: w,
@@ -237,11 +350,18 @@ pub fn run(a: WritesArgs) -> Result<()> {
                 build_s,
                 reopen_first_answer_s,
                 checkpoints: index.stats().checkpoints - before,
+                churn,
             };
             eprintln!(
                 "  {w} writer(s): {:.0} adds/s, add p50 {:.2} ms p99 {:.2} ms; search p99 quiet {:.3} ms, during writes {:.3} ms",
                 p.adds_per_s, p.add_p50_ms, p.add_p99_ms, p.quiet_search_p99_ms, p.busy_search_p99_ms
             );
+            if let Some(c) = &p.churn {
+                eprintln!(
+                    "  churn: {:.0} deletes/s, delete p99 {:.2} ms; writes p99 {:.2} ms, longest {:.1} ms; RSS {:.1} -> peak {:.1} MiB ({:.3}x); {} stored, {} tombstones, {} compactions; recall@10 {:.4}",
+                    c.deletes_per_s, c.delete_p99_ms, c.write_p99_ms, c.write_max_ms, c.rss_start_mib, c.rss_peak_mib, c.rss_peak_ratio, c.count_end, c.tombstones_end, c.compactions, c.recall_end
+                );
+            }
             points.push(p);
         }
         drop(index);
