@@ -38,7 +38,8 @@
 //! mid-rewrite, which at worst sends the walk a little out of its way; the answer is never
 //! built from such a score: once any slot has been reused, a search scores its hits again
 //! between two loads of their generation (`Acquire`, then a fence) and drops a hit whose
-//! generation was odd or moved, or that is deleted. So a returned distance always belongs
+//! generation was odd or moved, or that its filter now refuses (tombstones included). So a
+//! returned distance always belongs
 //! to the vector the slot held at one instant of the search, never to a half-written row
 //! or to the slot's previous vector under a later id. Callers that map slots to their own
 //! ids (the index's records) change that mapping only after `replace` returns, and wait
