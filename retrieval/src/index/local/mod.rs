@@ -541,9 +541,13 @@ impl LocalIndex {
     /// no search predates them. The caller holds the applier's lock or runs before the
     /// applier, so no slot is queued while an add holds it.
     pub(super) fn refill_free_slots(&self) {
+        // Records, then engine, then the queue: the order a delete takes them in
+        // (`apply` holds the records while it queues), so the two never wait on each other.
+        let records = read_lock(&self.inner.records);
+        let reuses = read_lock(&self.inner.engine).reuses_slots();
         let mut free = self.inner.free.lock();
         free.clear();
-        if !read_lock(&self.inner.engine).reuses_slots() {
+        if !reuses {
             return;
         }
         let past = Instant::now()
@@ -551,11 +555,7 @@ impl LocalIndex {
                 self.inner.reuse_grace_ms.load(Ordering::Relaxed),
             ))
             .unwrap_or_else(Instant::now);
-        free.extend(
-            read_lock(&self.inner.records)
-                .dead_slots()
-                .map(|i| (i, past)),
-        );
+        free.extend(records.dead_slots().map(|i| (i, past)));
     }
 
     /// Takes up to `max` freed slots whose grace is over, oldest first.
