@@ -149,19 +149,20 @@ impl Records {
         if i >= self.ext.len() {
             return None;
         }
-        if let Some(r) = self.reused.get(&(i as u32)) {
-            return Some(f(Fields {
-                live: true,
-                path: &r.path,
-                sha256: &r.sha256,
-                label: r.label.as_deref(),
-            }));
-        }
+        // Only a mapped slot can have been reused into the side map, and the lookup is
+        // skipped while it is empty: filters call this for every node a search visits.
+        let reused = match &self.mapped {
+            Some(m) if i < m.count && !self.reused.is_empty() => self.reused.get(&(i as u32)),
+            _ => None,
+        };
         match &self.mapped {
-            Some(m) if i < m.count => parse(m.raw(i)).map(f),
+            Some(m) if i < m.count && reused.is_none() => parse(m.raw(i)).map(f),
             _ => {
                 let base = self.mapped.as_ref().map_or(0, |m| m.count);
-                let r = self.extra.get(i - base)?;
+                let r = match reused {
+                    Some(r) => r,
+                    None => self.extra.get(i - base)?,
+                };
                 Some(f(Fields {
                     live: true,
                     path: &r.path,
