@@ -6,7 +6,7 @@
 //! and batches through onnxruntime's own Python API. Results and commands: `docs/BACKENDS.md`.
 //!
 //! Run with `cargo bench --bench backends`. Environment:
-//! - `HTG_BENCH_MODEL`: ONNX model [default: `models/emoji.onnx` when present, else
+//! - `HTG_BENCH_MODEL`: ONNX model [default: `models/emoji-scratch.onnx` when present, else
 //!   `tests/fixtures/models/tiny.onnx`];
 //! - `HTG_BENCH_BATCHES`: comma-separated batch sizes [default `1,8,64`];
 //! - `HTG_BENCH_THREADS`: ONNX Runtime intra-op threads [default 1; tract runs one thread per
@@ -32,7 +32,7 @@ fn model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("HTG_BENCH_MODEL").filter(|v| !v.is_empty()) {
         return PathBuf::from(p);
     }
-    let bundled = root().join("models/emoji.onnx");
+    let bundled = root().join("models/emoji-scratch.onnx");
     if bundled.is_file() {
         bundled
     } else {

@@ -13,7 +13,7 @@ use htg_retrieval::{Embedder, TractEmbedder};
 
 fn model_path() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let bundled = root.join("models/emoji.onnx");
+    let bundled = root.join("models/emoji-scratch.onnx");
     if bundled.is_file() {
         bundled
     } else {

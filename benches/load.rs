@@ -9,7 +9,7 @@
 //!
 //! Each level stops after `--seconds` or `--max-requests`, whichever comes first; connections
 //! are keep-alive, one per client thread. Indexes the committed emoji fixtures with the bundled
-//! model when present (`models/emoji.onnx`), else the tiny fixture model. Exits non-zero if
+//! model when present (`models/emoji-scratch.onnx`), else the tiny fixture model. Exits non-zero if
 //! any answer is not 2xx.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -35,7 +35,7 @@ struct Opts {
 
 fn opts() -> Opts {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let bundled = root.join("models/emoji.onnx");
+    let bundled = root.join("models/emoji-scratch.onnx");
     let mut o = Opts {
         seconds: 10.0,
         max_requests: 20_000,

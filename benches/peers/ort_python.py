@@ -45,7 +45,7 @@ def resolve_shape(model_path, sess, batch):
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    default_model = os.path.join(root, "models", "emoji.onnx")
+    default_model = os.path.join(root, "models", "emoji-scratch.onnx")
     if not os.path.exists(default_model):
         default_model = os.path.join(root, "tests", "fixtures", "models", "tiny.onnx")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

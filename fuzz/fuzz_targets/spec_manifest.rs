@@ -14,7 +14,7 @@ fn model_path() -> &'static (tempfile::TempDir, PathBuf) {
     P.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("model.onnx");
-        std::fs::write(&path, include_bytes!("../../models/emoji.onnx")).expect("write");
+        std::fs::write(&path, include_bytes!("../../models/emoji-scratch.onnx")).expect("write");
         (dir, path)
     })
 }

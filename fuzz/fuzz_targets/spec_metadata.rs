@@ -12,7 +12,7 @@ use tract_onnx::pb;
 fn model() -> &'static pb::ModelProto {
     static M: OnceLock<pb::ModelProto> = OnceLock::new();
     M.get_or_init(|| {
-        let bytes = include_bytes!("../../models/emoji.onnx");
+        let bytes = include_bytes!("../../models/emoji-scratch.onnx");
         htg_retrieval::spec::decode_proto(Path::new("default.onnx"), bytes).expect("bundled model")
     })
 }

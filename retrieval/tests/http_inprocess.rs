@@ -20,7 +20,7 @@ fn repo() -> PathBuf {
 
 /// An index of the fixture images in a temporary directory, and the model that built it.
 fn fixture_index(dir: &Path) -> (LocalIndex, Arc<dyn Embedder>) {
-    let model = repo().join("models/emoji.onnx");
+    let model = repo().join("models/emoji-scratch.onnx");
     let embedder = TractEmbedder::load(&model).expect("bundled model loads on tract");
     let index = LocalIndex::create(
         dir,

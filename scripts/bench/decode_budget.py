@@ -103,7 +103,7 @@ def main():
     try:
         index = os.path.join(work, "idx")
         subprocess.run([a.htg, "index", os.path.join(ROOT, "tests/fixtures/images"), "--index", index,
-                        "--model", os.path.join(ROOT, "models/emoji.onnx")], check=True,
+                        "--model", os.path.join(ROOT, "models/emoji-scratch.onnx")], check=True,
                        stdout=subprocess.DEVNULL)
         results = {}
         for name, env in [("turns (default)", {}),

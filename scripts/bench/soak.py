@@ -108,7 +108,7 @@ def main():
         shutil.copytree(a.index, index)
     else:
         subprocess.run([a.htg, "index", a.images, "--index", index, "--model",
-                        os.path.join(ROOT, "models/emoji.onnx")], check=True, stdout=subprocess.DEVNULL)
+                        os.path.join(ROOT, "models/emoji-scratch.onnx")], check=True, stdout=subprocess.DEVNULL)
     server, addr = start(a.htg, index)
     stats = json.loads(Client(addr).call("GET", "/stats")[1])
     count0 = stats["count"]

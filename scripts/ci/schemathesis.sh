@@ -30,7 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$H" index tests/fixtures/images --index "$work/idx" --model models/emoji.onnx >/dev/null
+"$H" index tests/fixtures/images --index "$work/idx" --model models/emoji-scratch.onnx >/dev/null
 KEY="schemathesis-full-key-0123"
 HTG__API_KEY="$KEY" HTG__READ_ONLY_API_KEY="schemathesis-read-key-0123" \
   "$H" serve --index "$work/idx" --addr 127.0.0.1:0 >"$work/out" 2>"$work/err" &

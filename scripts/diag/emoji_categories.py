@@ -13,7 +13,7 @@ eval.json`, which lists every miss), it also says how many misses retrieved a *s
 an emoji of the same subcategory, or one whose name differs only by man/woman/person or
 skin tone.
 
-    python3 scripts/diag/emoji_categories.py models/emoji.metrics.json [more metrics.json]
+    python3 scripts/diag/emoji_categories.py models/emoji-scratch.metrics.json [more metrics.json]
     python3 scripts/diag/emoji_categories.py runs/x/metrics.json --pairs eval.json
 
 Reads `$HTG_DATA_DIR/emoji` (default `data/emoji`; `scripts/fetch-data.sh emoji`).

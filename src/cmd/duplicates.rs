@@ -41,7 +41,7 @@ pub fn run(args: Args) -> Result<()> {
     let calibrated = crate::flags::duplicate_distance_of(&index.model().sha256);
     let max_distance = args.max_distance.or(calibrated).with_context(|| {
         format!(
-            "{} was built with a model that has no calibrated duplicate distance (only the bundled models have one): give --max-distance",
+            "{} was built with a model that has no calibrated duplicate distance (`htg models` shows the models that have one): give --max-distance",
             args.index
         )
     })?;

@@ -78,7 +78,10 @@ fn missing_things_give_one_line_errors() {
         ],
         "/nonexistent/m.onnx",
     );
-    if crate::util::root().join("models/emoji.onnx").is_file() {
+    if crate::util::root()
+        .join("models/emoji-scratch.onnx")
+        .is_file()
+    {
         // Without --model the bundled default model is used.
         let out = htg_ok(&["index", s(&fixture("bad")), "--index", s(&idx)]);
         assert!(out.contains("embedded 1 new"), "{out}");

@@ -172,11 +172,13 @@ fn tract_and_ort_agree_on_fixture_and_bundled_models() {
     let lib = require!(ort_lib(), "ort parity (fixture models)");
     let imgs = all_fixture_images();
     let mut models = vec![tiny_model(), fixture("models/tiny_nhwc_gap.onnx")];
-    let bundled = root().join("models/emoji.onnx");
+    let bundled = root().join("models/emoji-scratch.onnx");
     if bundled.exists() {
         models.push(bundled);
     } else {
-        eprintln!("note: models/emoji.onnx not present yet; parity checked on fixtures only");
+        eprintln!(
+            "note: models/emoji-scratch.onnx not present yet; parity checked on fixtures only"
+        );
     }
     for m in &models {
         let d = embed_parity(m, &lib, &imgs);

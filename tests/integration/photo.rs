@@ -336,6 +336,7 @@ fn models_are_named_and_an_index_finds_its_bundled_model_by_hash_when_its_file_i
     let listing = htg_ok(&["models"]);
     assert!(listing.starts_with("photo (default)"), "{listing}");
     assert!(listing.contains("\nemoji\n"), "{listing}");
+    assert!(listing.contains("\nemoji-scratch\n"), "{listing}");
 
     let out = crate::util::htg(&[
         "index",
@@ -353,9 +354,10 @@ fn models_are_named_and_an_index_finds_its_bundled_model_by_hash_when_its_file_i
     );
 
     // An index built from a file that later disappears (another machine, a cleared cache), of
-    // the bytes of the earlier default: the recorded hash finds the bundled `emoji` model.
+    // the bytes of an earlier bundled model: the recorded hash finds the bundled `emoji-scratch`
+    // (the `emoji` model until the head on the backbone replaced it).
     let model = dir.path().join("old-default.onnx");
-    std::fs::copy(root().join("models/emoji.onnx"), &model).unwrap();
+    std::fs::copy(root().join("models/emoji-scratch.onnx"), &model).unwrap();
     let idx = dir.path().join("idx");
     htg_ok(&[
         "index",

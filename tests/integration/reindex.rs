@@ -20,7 +20,7 @@ use crate::http::{multipart, request, Server};
 use crate::util::{htg, htg_ok, parse_results, root, s, stderr, tiny_model};
 
 fn bundled() -> PathBuf {
-    root().join("models/emoji.onnx")
+    root().join("models/emoji-scratch.onnx")
 }
 
 /// A distinct 40x40 PNG for `seed`: a few coloured rectangles on a coloured ground.

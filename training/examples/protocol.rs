@@ -215,6 +215,8 @@ fn report(a: &Args, runs: &[Vec<(u64, RunSummary)>]) -> String {
                 .display(),
             recall(s, 1)
         ));
+    } else {
+        md.push_str("\nNo run is chosen: none has a validation score (no validation classes).\n");
     }
     md
 }
@@ -224,24 +226,26 @@ fn best_on_validation<'a>(
     a: &'a Args,
     runs: &'a [Vec<(u64, RunSummary)>],
 ) -> Option<(&'a str, u64, &'a RunSummary)> {
-    let key = |s: &RunSummary| -> (f64, f64) {
-        s.val.as_ref().map_or((f64::NEG_INFINITY, 0.0), |v| {
-            let tail: Vec<f64> = v
-                .recall_at
-                .iter()
-                .filter(|r| r.0 > 1)
-                .map(|r| r.1)
-                .collect();
-            let mean = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
-            (v.map_at_r, mean)
-        })
+    // A run without a validation score (no validation classes: its MAP@R is NaN) cannot be
+    // chosen by validation; with no such run at all, nothing is.
+    let key = |s: &RunSummary| -> Option<(f64, f64)> {
+        let v = s.val.as_ref().filter(|v| v.map_at_r.is_finite())?;
+        let tail: Vec<f64> = v
+            .recall_at
+            .iter()
+            .filter(|r| r.0 > 1)
+            .map(|r| r.1)
+            .collect();
+        let mean = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
+        Some((v.map_at_r, mean))
     };
     let mut best: Option<(&str, u64, &RunSummary)> = None;
     for ((name, _), rs) in a.methods.iter().zip(runs) {
         for (seed, s) in rs {
+            let Some(k) = key(s) else { continue };
             let better = match best {
                 None => true,
-                Some((_, _, b)) => key(s) > key(b),
+                Some((_, _, b)) => Some(k) > key(b),
             };
             if better {
                 best = Some((name, *seed, s));
