@@ -189,14 +189,26 @@ pub struct Recorded<'a> {
 /// once per content hash into the cache, so every runtime loads it from a file like any other.
 ///
 /// An index records its model's path and hash. Where that path is gone (another machine, a
-/// cleared cache) but the hash is a bundled model's, that model is used: so indexes built with an
-/// earlier release's default keep working after the default changed, as long as the binary
-/// still bundles it (the earlier default is `emoji`).
+/// cleared cache) or now holds other bytes (a checkout's `models/emoji.onnx` after the bundled
+/// `emoji` model changed) but the hash is a bundled model's, that model is used: so indexes
+/// built with an earlier bundled model keep working after the bundle changed, as long as the
+/// binary still bundles it (`emoji-scratch` is the earlier `emoji`).
 pub fn choose(
     explicit: Option<&str>,
     recorded: Option<Recorded<'_>>,
     bundled: &[BundledModel],
 ) -> Result<PathBuf, LoadError> {
+    choose_in(explicit, recorded, bundled, &models_cache)
+}
+
+/// [`choose`], writing bundled models under the folder `cache` names.
+fn choose_in(
+    explicit: Option<&str>,
+    recorded: Option<Recorded<'_>>,
+    bundled: &[BundledModel],
+    cache: &dyn Fn() -> Result<PathBuf, LoadError>,
+) -> Result<PathBuf, LoadError> {
+    let materialise = |b| materialise(b, &cache()?);
     if let Some(given) = explicit {
         if let Some(b) = bundled.iter().find(|b| b.name == given) {
             return materialise(b);
@@ -219,7 +231,11 @@ pub fn choose(
     }
     if let Some(r) = recorded {
         let path = PathBuf::from(r.path);
-        if !path.is_file() {
+        // Reading the file for its hash costs one pass over it, as loading it will anyway.
+        let same = std::fs::read(&path)
+            .map(|bytes| crate::embed::sha256_hex(&bytes) == r.sha256)
+            .unwrap_or(false);
+        if !same {
             if let Some(b) = bundled
                 .iter()
                 .find(|b| crate::embed::sha256_hex(b.bytes) == r.sha256)
@@ -232,14 +248,18 @@ pub fn choose(
     materialise(bundled.first().ok_or(LoadError::NoModel)?)
 }
 
-/// Writes a bundled model into the cache (once per content hash) and returns its path.
-fn materialise(model: &BundledModel) -> Result<PathBuf, LoadError> {
-    let bytes = model.bytes;
-    let cache = std::env::var_os("HTG_CACHE_DIR")
+/// Where bundled models are written: `$HTG_CACHE_DIR/models`, else `~/.cache/htg/models`.
+fn models_cache() -> Result<PathBuf, LoadError> {
+    Ok(std::env::var_os("HTG_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/htg")))
         .ok_or(LoadError::NoCache)?
-        .join("models");
+        .join("models"))
+}
+
+/// Writes a bundled model into `cache` (once per content hash) and returns its path.
+fn materialise(model: &BundledModel, cache: &Path) -> Result<PathBuf, LoadError> {
+    let bytes = model.bytes;
     let sha = crate::embed::sha256_hex(bytes);
     let path = cache.join(format!("{}-{}.onnx", model.name, &sha[..16]));
     if !path.is_file() {
@@ -247,7 +267,7 @@ fn materialise(model: &BundledModel) -> Result<PathBuf, LoadError> {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(&cache).map_err(err)?;
+        std::fs::create_dir_all(cache).map_err(err)?;
         crate::fsio::write_atomic(&path, bytes).map_err(err)?;
     }
     Ok(path)
@@ -296,5 +316,40 @@ mod tests {
         assert_eq!(parse("auto"), Some(Runtime::Auto));
         assert_eq!(parse("ort"), Some(Runtime::Ort));
         assert_eq!(parse("onnx"), None);
+    }
+
+    #[test]
+    fn a_recorded_path_that_now_holds_other_bytes_finds_the_bundled_model_of_the_recorded_hash() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let cache = dir.path().join("cache");
+        let old: &'static [u8] = b"the earlier bytes";
+        let bundled = [BundledModel {
+            name: "earlier",
+            bytes: old,
+            summary: "",
+            duplicate_distance: None,
+        }];
+        let choose = |r| choose_in(None, Some(r), &bundled, &|| Ok(cache.clone()));
+        let sha = crate::embed::sha256_hex(old);
+        let path = dir.path().join("m.onnx");
+        let rec = Recorded {
+            path: path.to_str().unwrap(),
+            sha256: &sha,
+        };
+        // The same bytes at the recorded path: that path.
+        std::fs::write(&path, old).unwrap();
+        assert_eq!(choose(rec).unwrap(), path);
+        // Other bytes there now: the bundled model of the recorded hash.
+        std::fs::write(&path, b"a newer model").unwrap();
+        let got = choose(rec).unwrap();
+        assert_ne!(got, path);
+        assert_eq!(std::fs::read(&got).unwrap(), old);
+        // Other bytes and no bundled model of that hash: the path, for the model check to refuse.
+        let other = crate::embed::sha256_hex(b"unknown");
+        let r = Recorded {
+            path: path.to_str().unwrap(),
+            sha256: &other,
+        };
+        assert_eq!(choose(r).unwrap(), path);
     }
 }
