@@ -374,6 +374,28 @@ pub struct BackboneConfig {
     /// Hidden ReLU units of the head; 0 makes the head one linear layer.
     #[serde(default)]
     pub head_hidden: usize,
+    /// How the head's weights start. `identity` (one linear layer as wide as the features)
+    /// starts F at the raw backbone, so training can only move away from that floor as far as
+    /// the triplets pull it; `random` is burn's default initialisation.
+    #[serde(default, skip_serializing_if = "HeadInit::is_random")]
+    pub head_init: HeadInit,
+}
+
+/// The head's starting weights (`[backbone] head_init`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadInit {
+    /// burn's default (Kaiming-uniform) initialisation.
+    #[default]
+    Random,
+    /// The identity matrix and a zero bias: F starts as the backbone's own features.
+    Identity,
+}
+
+impl HeadInit {
+    fn is_random(&self) -> bool {
+        *self == HeadInit::Random
+    }
 }
 
 /// Which emoji images and classes train. The unseen test classes and their protocol
@@ -452,6 +474,7 @@ impl TrainConfig {
     pub fn on_backbone(mut self, mut backbone: BackboneConfig) -> TrainConfig {
         if let Some(old) = &self.backbone {
             backbone.head_hidden = old.head_hidden;
+            backbone.head_init = old.head_init;
         }
         self.augment = AugmentConfig {
             crop_pad: 0,
@@ -538,6 +561,16 @@ impl TrainConfig {
         if let Some(b) = &self.backbone {
             if b.features == 0 || b.sha256.len() != 64 {
                 return bad("backbone: features must be positive and sha256 64 hex digits");
+            }
+            if b.head_init == HeadInit::Identity
+                && (b.head_hidden != 0 || self.feature.embedding_dim != b.features)
+            {
+                return Err(TrainError::Config(format!(
+                    "backbone.head_init = \"identity\" needs one linear layer as wide as the \
+                     features: head_hidden = 0 and feature.embedding_dim = {} (the backbone's \
+                     width), not head_hidden = {} and embedding_dim = {}",
+                    b.features, b.head_hidden, self.feature.embedding_dim
+                )));
             }
             let a = &self.augment;
             if a.crop_pad != 0 || a.hflip || a.jitter != 0.0 {
@@ -632,6 +665,20 @@ mod tests {
         assert_eq!(c.method, Method::TripletBatchhard);
         assert_eq!(c.steps, 5);
         assert!(TrainConfig::from_toml_str("steps = 0\n").is_err());
+    }
+
+    #[test]
+    fn an_identity_head_must_be_one_layer_as_wide_as_the_features() {
+        let backbone = "[backbone]\nname = \"b\"\nsha256 = \"{sha}\"\nfeatures = 8\nhead_init = \"identity\"\n"
+            .replace("{sha}", &"0".repeat(64));
+        let ok = format!("[feature]\nembedding_dim = 8\n[augment]\ncrop_pad = 0\nhflip = false\njitter = 0.0\n{backbone}");
+        let c = TrainConfig::from_toml_str(&ok).unwrap();
+        assert_eq!(c.backbone.unwrap().head_init, HeadInit::Identity);
+        let narrow = ok.replace("embedding_dim = 8", "embedding_dim = 4");
+        let e = TrainConfig::from_toml_str(&narrow).unwrap_err();
+        assert!(e.to_string().contains("head_init"), "{e}");
+        let hidden = format!("{ok}head_hidden = 16\n");
+        assert!(TrainConfig::from_toml_str(&hidden).is_err());
     }
 
     #[test]

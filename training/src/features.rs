@@ -111,6 +111,7 @@ impl Backbone {
                 features_sha256: sha256,
                 features,
                 head_hidden: 0,
+                head_init: Default::default(),
             },
             bytes,
             embedder,

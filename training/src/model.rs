@@ -204,8 +204,15 @@ pub struct DenseLayer {
 
 impl Head {
     /// A head from `features` backbone features to `dim`, with one hidden ReLU layer of
-    /// `hidden` units (0: a single linear layer).
-    pub fn new(features: usize, hidden: usize, dim: usize, device: &Device) -> Self {
+    /// `hidden` units (0: a single linear layer). `identity` starts a single square layer at
+    /// the identity (the config's validation guarantees the shape).
+    pub fn new(
+        features: usize,
+        hidden: usize,
+        dim: usize,
+        identity: bool,
+        device: &Device,
+    ) -> Self {
         let (hidden, din) = if hidden > 0 {
             (
                 Some(LinearConfig::new(features, hidden).init(device)),
@@ -214,9 +221,17 @@ impl Head {
         } else {
             (None, features)
         };
+        let mut out = LinearConfig::new(din, dim).init(device);
+        if identity && hidden.is_none() && din == dim {
+            out.weight = burn::module::Param::from_tensor(Tensor::eye(dim, device));
+            out.bias = Some(burn::module::Param::from_tensor(Tensor::zeros(
+                [dim],
+                device,
+            )));
+        }
         Self {
             hidden,
-            out: LinearConfig::new(din, dim).init(device),
+            out,
             relu: Relu::new(),
         }
     }
@@ -273,6 +288,7 @@ impl FeatureNet {
                 b.features,
                 b.head_hidden,
                 cfg.feature.embedding_dim,
+                b.head_init == crate::config::HeadInit::Identity,
                 device,
             )),
             None => FeatureNet::Cnn(Cnn::new(&cfg.feature, device)),
@@ -399,5 +415,29 @@ impl Proxies {
         let w = self.weights.weight.val();
         let norm = w.clone().powi_scalar(2).sum_dim(0).sqrt().clamp_min(1e-12);
         emb.matmul(w / norm).div_scalar(temperature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn an_identity_head_starts_as_the_backbone_features_and_trains() {
+        let dev = crate::backend::train_device();
+        let x: Vec<f32> = (0..8).map(|i| i as f32 * 0.25 - 1.0).collect();
+        let input = Tensor::<4>::from_data(TensorData::new(x.clone(), [2, 4, 1, 1]), &dev);
+        let head = Head::new(4, 0, 4, true, &dev);
+        let y = head.forward(input.clone());
+        let got = y.clone().into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(got, x);
+        // Its weights are parameters like any other: the loss reaches them.
+        let grads = y.powi_scalar(2).sum().backward();
+        let layers = head.out.weight.grad(&grads);
+        assert!(layers.is_some(), "the identity weight takes gradients");
+        // A random head does not start at the identity.
+        let random = Head::new(4, 0, 4, false, &dev).forward(input);
+        assert_ne!(random.into_data().try_to_vec::<f32>().unwrap(), x);
     }
 }
