@@ -131,13 +131,14 @@ impl Engine {
         }
     }
 
-    /// Makes room for `additional` more inserts (copies a mapped graph into memory).
+    /// Makes room for `additional` more inserts (in place for an opened file on unix; a
+    /// read-only map is copied into memory).
     /// Needs exclusive access; call before inserting when [`Engine::has_room`] says no.
     pub fn reserve(&mut self, additional: usize) -> Result<(), AnnError> {
         match self {
             Engine::Htg(g) => {
                 let need = g.len() + additional;
-                if need > g.capacity() || g.is_mapped() {
+                if need > g.capacity() || g.is_read_only() {
                     let target = grown(g.capacity(), need);
                     g.reserve(target - g.len())?;
                 }
@@ -150,7 +151,7 @@ impl Engine {
     /// Whether `additional` inserts fit without [`Engine::reserve`].
     pub fn has_room(&self, additional: usize) -> bool {
         match self {
-            Engine::Htg(g) => !g.is_mapped() && g.len() + additional <= g.capacity(),
+            Engine::Htg(g) => !g.is_read_only() && g.len() + additional <= g.capacity(),
             Engine::HnswRs(_) => true,
         }
     }

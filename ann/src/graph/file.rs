@@ -255,8 +255,10 @@ impl Graph {
 
     /// Opens an index file written by [`Graph::save`]: the header and every section's checksum
     /// are verified, and the links validated, so a truncated or altered file is an error; then
-    /// vectors, layer-0 links and codes are read straight from the map. The graph is
-    /// read-only until [`Graph::reserve`] copies it into memory.
+    /// vectors, layer-0 links and codes are read straight from the map. On unix they are
+    /// mapped copy-on-write with room to grow in place (`store.rs`), so writes can follow
+    /// at once and never copy the file or write to it; elsewhere the graph is read-only until
+    /// [`Graph::reserve`] copies it into memory.
     ///
     /// The file must not be modified while mapped; [`Graph::save`] replaces files by rename,
     /// which leaves an open map intact.
@@ -364,6 +366,27 @@ impl Graph {
         let upper_off = find(S_UPPER, upper_words * 4)?;
         let deleted_off = find(S_DELETED, count.div_ceil(64) * 8)?;
 
+        // Room for the rows that follow an opened file: as much again (address space only,
+        // see `store.rs`), so the engine's growth (by half) stays in place the first time.
+        let room = count.max(1024) * 2;
+        #[cfg(unix)]
+        macro_rules! section {
+            ($off:expr, $rows:expr, $stride:expr) => {
+                // Where the system refuses the address space (strict overcommit), the
+                // read-only view: then the first write copies, as without this.
+                Ok::<_, AnnError>(
+                    Buf::private(&file, $off, $rows * $stride, room * $stride)
+                        .unwrap_or_else(|_| Buf::mapped(&map, $off, $rows * $stride)),
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        macro_rules! section {
+            ($off:expr, $rows:expr, $stride:expr) => {
+                Ok::<_, AnnError>(Buf::mapped(&map, $off, $rows * $stride))
+            };
+        }
+        // Validated through the read-only map, which drops at the end of `open`.
         let links0 = Buf::<u32>::mapped(&map, links_off, count * (1 + m0));
         let check_list = |list: &[u32], cap: usize, what: &str| -> Result<(), AnnError> {
             let n = list[0] as usize;
@@ -436,29 +459,22 @@ impl Graph {
                 lo: q[..dim].to_vec(),
                 step,
                 code_stride,
-                codes: Buf::mapped(&map, coff, count * code_stride),
+                codes: section!(coff, count, code_stride)?,
             });
         }
 
-        if g.quant.is_some() && count > 0 {
-            // Verifying the checksums faulted the f32 vectors in; a quantised graph reads
-            // them only to rescore a few candidates per query, so hand those pages back and
-            // turn off read-ahead there: they then stay on disk until a query needs them.
-            #[cfg(unix)]
-            {
-                let len = count * stride * 4;
-                let _ = map.advise_range(memmap2::Advice::Random, vec_off, len);
-                // SAFETY: a read-only shared file mapping: dropped pages are read again from
-                // the file, which is not modified while mapped (see above), on next access.
-                let _ = unsafe {
-                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, vec_off, len)
-                };
-            }
-        }
         g.capacity = count;
         g.len = AtomicUsize::new(count);
-        g.vectors = Buf::mapped(&map, vec_off, count * stride);
-        g.links0 = links0;
+        // Verifying the checksums faulted the file in through the read-only map, which is
+        // unmapped when `open` returns; the sections' own maps fault pages in as queries
+        // touch them. A quantised graph reads its f32 vectors only to rescore a few
+        // candidates per query: no read-ahead there.
+        g.vectors = section!(vec_off, count, stride)?;
+        if g.quant.is_some() {
+            g.vectors.advise_random();
+        }
+        g.links0 = section!(links_off, count, 1 + m0)?;
+        drop(links0);
         g.levels = levels.iter().map(|&l| AtomicU8::new(l)).collect();
         debug_assert!(g
             .levels

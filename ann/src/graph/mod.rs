@@ -568,8 +568,17 @@ impl Graph {
     }
 
     /// Whether storage is a read-only file map (inserts then need [`Graph::reserve`] first).
-    pub fn is_mapped(&self) -> bool {
-        !self.vectors.is_owned() || !self.links0.is_owned()
+    /// On unix an opened file is mapped copy-on-write instead, and this is false.
+    pub fn is_read_only(&self) -> bool {
+        !self.vectors.is_writable()
+            || !self.links0.is_writable()
+            || self.quant.as_ref().is_some_and(|q| !q.codes.is_writable())
+    }
+
+    /// Whether the vectors are still an index file's pages (read-only or copy-on-write)
+    /// rather than memory of this process.
+    pub fn is_file_backed(&self) -> bool {
+        self.vectors.is_in_file()
     }
 
     /// Heap bytes the graph holds (a mapped file's pages are the kernel's page cache, not
@@ -602,8 +611,10 @@ impl Graph {
             + marks
     }
 
-    /// Grows room to `len() + additional` slots and turns mapped storage into owned memory,
-    /// so that inserts can follow. Takes `&mut self`: the owner's write lock.
+    /// Grows room to `len() + additional` slots, in place where the storage has the room (an
+    /// opened file's copy-on-write region does: see `store.rs`), else by moving it to owned
+    /// memory; a read-only map is moved too. Then inserts can follow. Takes `&mut self`: the
+    /// owner's write lock.
     pub fn reserve(&mut self, additional: usize) -> Result<(), AnnError> {
         let len = self.len();
         let need = len
@@ -611,16 +622,13 @@ impl Graph {
             .filter(|&n| n < u32::MAX as usize)
             .ok_or_else(|| AnnError::Param("capacity exceeds the u32 id space".into()))?;
         let cap = need.max(self.capacity);
-        if cap == self.capacity
-            && !self.is_mapped()
-            && self.quant.as_ref().is_none_or(|q| q.codes.is_owned())
-        {
+        if cap == self.capacity && !self.is_read_only() {
             return Ok(());
         }
-        self.vectors = self.vectors.grown(cap * self.stride);
-        self.links0 = self.links0.grown(cap * (1 + self.m0));
+        self.vectors.grow(cap * self.stride);
+        self.links0.grow(cap * (1 + self.m0));
         if let Some(q) = &mut self.quant {
-            q.codes = q.codes.grown(cap * q.code_stride);
+            q.codes.grow(cap * q.code_stride);
         }
         self.levels.resize_with(cap, || AtomicU8::new(NOT_READY));
         self.upper.resize_with(cap, OnceLock::new);
@@ -793,7 +801,7 @@ impl Graph {
         if v.iter().any(|x| !x.is_finite()) {
             return Err(AnnError::Mismatch("vector holds a non-finite value".into()));
         }
-        if self.is_mapped() || self.quant.as_ref().is_some_and(|q| !q.codes.is_owned()) {
+        if self.is_read_only() {
             return Err(AnnError::ReadOnly);
         }
         Ok(())

@@ -1,5 +1,14 @@
-//! Flat storage for vectors, codes and links: either owned, 64-byte aligned heap memory, or a
-//! read-only view into a memory-mapped index file.
+//! Flat storage for vectors, codes and links: owned, 64-byte aligned memory, or a view into a
+//! memory-mapped index file.
+//!
+//! On unix an index file's sections are mapped copy-on-write (`MAP_PRIVATE`) into a region of
+//! address space larger than the section: a write to an opened graph (a slot reused, a link
+//! repaired) copies only the page it touches, never the file, and the rows appended after the
+//! file's last one land in the anonymous rest of the region. So the first write after opening
+//! costs a page fault, not a copy of the whole graph under the engine's write lock (462 ms at
+//! 1M × 96 before), and resident memory grows by the pages written, not by a second copy. The
+//! file itself is never written through the map. Elsewhere a section is a read-only view, and
+//! [`Buf::grow`] copies it out before the first write.
 
 use std::alloc::{self, Layout};
 use std::sync::atomic::AtomicU32;
@@ -23,12 +32,19 @@ const OWN_MAPPING_BYTES: usize = 1 << 20;
 
 /// `len` values of `T`, owned (zeroed at allocation) or borrowed from a mapped file.
 ///
-/// Owned memory is written through `&self` by inserts (`write_row`), each row by one thread
+/// Writable memory is written through `&self` by inserts (`write_row`), each row by one thread
 /// before any other thread can learn its id; see the protocol in `graph/mod.rs`.
 pub(crate) struct Buf<T: Pod> {
     ptr: *mut T,
     len: usize,
-    owned: bool,
+    /// Values that fit at `ptr` without moving (at least `len`): [`Buf::grow`] up to here is
+    /// free. Past `len` the memory is zeroed.
+    room: usize,
+    /// Whether the memory may be written: false only for a read-only view of a file.
+    writable: bool,
+    /// Leading values that are the file's pages (the kernel's page cache until written), not
+    /// memory of this process: they do not count in [`Buf::heap_bytes`].
+    in_file: usize,
     /// What holds the memory, when not the allocator's heap.
     backing: Backing,
 }
@@ -41,6 +57,10 @@ enum Backing {
     File(#[allow(dead_code)] Arc<memmap2::Mmap>),
     /// An anonymous mapping that holds a large owned buffer, unmapped on drop.
     Anon(#[allow(dead_code)] memmap2::MmapMut),
+    /// A region of `bytes` at `base` whose start is a private (copy-on-write) map of a file
+    /// and whose rest is anonymous memory; unmapped on drop.
+    #[cfg(unix)]
+    Private { base: *mut u8, bytes: usize },
 }
 
 // SAFETY: the buffer is plain memory; concurrent access follows the insert protocol (disjoint
@@ -57,7 +77,9 @@ impl<T: Pod> Buf<T> {
             return Buf {
                 ptr: std::ptr::NonNull::<T>::dangling().as_ptr(),
                 len,
-                owned: true,
+                room: len,
+                writable: true,
+                in_file: 0,
                 backing: Backing::Heap,
             };
         }
@@ -74,7 +96,9 @@ impl<T: Pod> Buf<T> {
                 return Buf {
                     ptr: m.as_mut_ptr() as *mut T,
                     len,
-                    owned: true,
+                    room: len,
+                    writable: true,
+                    in_file: 0,
                     backing: Backing::Anon(m),
                 };
             }
@@ -88,7 +112,9 @@ impl<T: Pod> Buf<T> {
         Buf {
             ptr,
             len,
-            owned: true,
+            room: len,
+            writable: true,
+            in_file: 0,
             backing: Backing::Heap,
         }
     }
@@ -102,33 +128,145 @@ impl<T: Pod> Buf<T> {
             0
         );
         Buf {
-            // SAFETY: in bounds, checked above. Mapped buffers are never written.
+            // SAFETY: in bounds, checked above. Read-only views are never written.
             ptr: unsafe { map.as_ptr().add(offset) } as *mut T,
             len,
-            owned: false,
+            room: len,
+            writable: false,
+            in_file: len,
             backing: Backing::File(Arc::clone(map)),
         }
     }
 
-    /// An owned copy with room for `len` values (at least the current length), the tail zeroed.
-    pub(crate) fn grown(&self, len: usize) -> Buf<T> {
+    /// `len` values at byte `offset` of `file`, mapped copy-on-write, with room to grow in
+    /// place to `room` values (see the module's docs). The caller has checked that the range
+    /// lies inside the file and that the offset is aligned for `T`.
+    #[cfg(unix)]
+    pub(crate) fn private(
+        file: &std::fs::File,
+        offset: usize,
+        len: usize,
+        room: usize,
+    ) -> std::io::Result<Buf<T>> {
+        use std::os::fd::AsRawFd;
+        let size = std::mem::size_of::<T>();
+        assert_eq!(offset % std::mem::align_of::<T>(), 0);
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|&p| p.is_power_of_two())
+            .unwrap_or(4096);
+        let up = |n: usize| n.div_ceil(page) * page;
+        let lead = offset % page;
+        let bytes = len * size;
+        let region = up(lead + room.max(len) * size).max(page);
+        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                region,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = base as *mut u8;
+        // From here on, dropping `buf` unmaps the whole region.
+        let buf = Buf {
+            // SAFETY: `lead` < one page <= `region`.
+            ptr: unsafe { base.add(lead) } as *mut T,
+            len,
+            room: (region - lead) / size,
+            writable: true,
+            in_file: len,
+            backing: Backing::Private {
+                base,
+                bytes: region,
+            },
+        };
+        let in_file = up(lead + bytes);
+        if bytes > 0 {
+            let at = libc::off_t::try_from(offset - lead)
+                .map_err(|_| std::io::Error::other("offset beyond off_t"))?;
+            // SAFETY: MAP_FIXED replaces the start of the region mapped just above, which
+            // nothing else uses. The mapped range ends inside the page holding the section's
+            // last byte, which the caller checked is in the file, so no access can fault
+            // beyond the end of the file.
+            let p = unsafe {
+                libc::mmap(
+                    base as *mut libc::c_void,
+                    in_file,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    at,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The rest of the last file page holds the next section's bytes: zero it, as
+            // room past `len` always is (a copy-on-write of one page, never the file).
+            // SAFETY: inside the region, which is writable.
+            unsafe { std::ptr::write_bytes(base.add(lead + bytes), 0, in_file - lead - bytes) };
+        }
+        #[cfg(target_os = "linux")]
+        if region > in_file {
+            // As for large owned buffers in `zeroed`: appended rows are scattered reads.
+            // SAFETY: advice only, on the anonymous part of the region.
+            let _ = unsafe {
+                libc::madvise(
+                    base.add(in_file) as *mut libc::c_void,
+                    region - in_file,
+                    libc::MADV_HUGEPAGE,
+                )
+            };
+        }
+        Ok(buf)
+    }
+
+    /// Turns read-ahead off for a copy-on-write file region (a quantised graph reads its f32
+    /// vectors only to rescore a few candidates per query).
+    pub(crate) fn advise_random(&self) {
+        #[cfg(unix)]
+        if let Backing::Private { base, bytes } = self.backing {
+            // SAFETY: advice only, on the region this buffer maps.
+            let _ = unsafe { libc::madvise(base as *mut libc::c_void, bytes, libc::MADV_RANDOM) };
+        }
+    }
+
+    /// Makes the buffer `len` values long (never shorter), the new values zeroed: in place
+    /// when it is writable and has the room, else by moving it to new owned memory.
+    /// Exclusive access: no reader may hold a slice of it across the call.
+    pub(crate) fn grow(&mut self, len: usize) {
+        if self.writable && len <= self.room {
+            self.len = self.len.max(len);
+            return;
+        }
         let new = Buf::zeroed(len.max(self.len));
         // SAFETY: both regions are valid for `self.len` values and do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(self.ptr, new.ptr, self.len) };
-        new
+        *self = new;
     }
 
-    pub(crate) fn is_owned(&self) -> bool {
-        self.owned
+    pub(crate) fn is_writable(&self) -> bool {
+        self.writable
     }
 
-    /// Bytes of heap memory this buffer owns (zero for a mapped view).
+    /// Whether some of the values are still the file's pages (mapped, read-only or
+    /// copy-on-write).
+    pub(crate) fn is_in_file(&self) -> bool {
+        self.in_file > 0
+    }
+
+    /// Bytes of memory this buffer holds (a file's pages not counted: they are the kernel's
+    /// page cache, shared and reclaimable, until written).
     pub(crate) fn heap_bytes(&self) -> usize {
-        if self.owned {
-            self.len * std::mem::size_of::<T>()
-        } else {
-            0
-        }
+        (self.len - self.in_file.min(self.len)) * std::mem::size_of::<T>()
     }
 
     pub(crate) fn as_ptr(&self) -> *const T {
@@ -146,10 +284,10 @@ impl<T: Pod> Buf<T> {
     /// Writes `src` at `start`.
     ///
     /// # Safety
-    /// The buffer is owned, the range is in bounds, and no other thread reads or writes it
+    /// The buffer is writable, the range is in bounds, and no other thread reads or writes it
     /// until the write is published (release store of a link or a level).
     pub(crate) unsafe fn write(&self, start: usize, src: &[T]) {
-        debug_assert!(self.owned && start + src.len() <= self.len);
+        debug_assert!(self.writable && start + src.len() <= self.len);
         // SAFETY: the caller's contract.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(start), src.len()) };
     }
@@ -166,8 +304,8 @@ impl Buf<u32> {
     #[inline(always)]
     pub(crate) fn atomics(&self, start: usize, n: usize) -> &[AtomicU32] {
         debug_assert!(start + n <= self.len);
-        // SAFETY: in bounds, u32-aligned, and `AtomicU32` has the layout of `u32`. Mapped
-        // (read-only) words are only ever loaded, never stored.
+        // SAFETY: in bounds, u32-aligned, and `AtomicU32` has the layout of `u32`. Words of
+        // a read-only view are only ever loaded, never stored (writes need `is_writable`).
         unsafe { std::slice::from_raw_parts(self.ptr.add(start) as *const AtomicU32, n) }
     }
 }
@@ -175,8 +313,14 @@ impl Buf<u32> {
 impl<T: Pod> Drop for Buf<T> {
     fn drop(&mut self) {
         let bytes = self.len * std::mem::size_of::<T>();
-        // A mapping unmaps itself when `backing` drops.
-        if self.owned && bytes != 0 && matches!(self.backing, Backing::Heap) {
+        #[cfg(unix)]
+        if let Backing::Private { base, bytes } = self.backing {
+            // SAFETY: the region mapped in `private`; no view of it outlives the buffer.
+            unsafe { libc::munmap(base as *mut libc::c_void, bytes) };
+            return;
+        }
+        // A memmap2 mapping unmaps itself when `backing` drops.
+        if self.writable && bytes != 0 && matches!(self.backing, Backing::Heap) {
             let layout = Layout::from_size_align(bytes, ALIGN).expect("checked at allocation");
             // SAFETY: allocated in `zeroed` with this layout.
             unsafe { alloc::dealloc(self.ptr as *mut u8, layout) };

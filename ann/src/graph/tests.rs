@@ -266,8 +266,10 @@ fn saved_and_mapped_graphs_answer_identically() {
     let path = tmp("roundtrip");
     let size = g.save(&path).unwrap();
     assert_eq!(size, std::fs::metadata(&path).unwrap().len());
+    let on_disk = std::fs::read(&path).unwrap();
     let mut h = Graph::open(&path).unwrap();
-    assert!(h.is_mapped());
+    assert!(h.is_file_backed());
+    assert_eq!(h.is_read_only(), cfg!(not(unix)));
     assert_eq!((h.len(), h.dim(), h.tombstones()), (1500, 20, 1));
     assert_eq!(h.params(), g.params());
     assert!(h.heap_bytes() < g.heap_bytes() / 2);
@@ -278,11 +280,66 @@ fn saved_and_mapped_graphs_answer_identically() {
             h.search(q, 10, 50, None).unwrap()
         );
     }
-    assert!(matches!(h.insert(base.row(0)), Err(AnnError::ReadOnly)));
-    h.reserve(1).unwrap();
-    assert!(!h.is_mapped());
+    if cfg!(unix) {
+        // Copy-on-write: writable at once, full until room is reserved, and the room is
+        // there in place: reserving moves nothing.
+        assert!(matches!(h.insert(base.row(0)), Err(AnnError::Full { .. })));
+        let at = h.vectors.as_ptr();
+        h.reserve(1).unwrap();
+        assert_eq!(h.vectors.as_ptr(), at, "reserve copied the mapped vectors");
+        assert!(h.is_file_backed());
+    } else {
+        assert!(matches!(h.insert(base.row(0)), Err(AnnError::ReadOnly)));
+        h.reserve(1).unwrap();
+        assert!(!h.is_read_only());
+    }
     assert_eq!(h.insert(base.row(0)).unwrap(), 1500);
     assert_eq!(h.search(base.row(0), 2, 50, None).unwrap().len(), 2);
+    // Rewriting a node of the file and linking new ones to it never reaches the file.
+    h.delete(7).unwrap();
+    h.replace(7, base.row(8)).unwrap();
+    h.reserve(199).unwrap();
+    for i in 1..200 {
+        h.insert(base.row(i)).unwrap();
+    }
+    assert_eq!(h.vector(7).unwrap(), base.row(8));
+    assert_eq!(std::fs::read(&path).unwrap(), on_disk);
+    drop(h);
+    let again = Graph::open(&path).unwrap();
+    assert_eq!((again.len(), again.tombstones()), (1500, 1));
+    assert_eq!(again.vector(7).unwrap(), g.vector(7).unwrap());
+    for i in 0..queries.rows {
+        let q = queries.row(i);
+        assert_eq!(
+            g.search(q, 10, 50, None).unwrap(),
+            again.search(q, 10, 50, None).unwrap()
+        );
+    }
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+/// Growth past the room an opened file was given moves the graph to owned memory and keeps
+/// every node; a second growth inside the new room moves nothing.
+#[test]
+fn opened_graphs_grow_past_their_room() {
+    let (base, _) = data(3000, 12, 17);
+    let g = Graph::new(12, params(4), 600).unwrap();
+    for i in 0..600 {
+        g.insert(base.row(i)).unwrap();
+    }
+    let path = tmp("grow-room");
+    g.save(&path).unwrap();
+    let mut h = Graph::open(&path).unwrap();
+    // Room at open: 2 × max(600, 1024) rows; 2400 more is past it.
+    h.reserve(2400).unwrap();
+    assert!(!h.is_file_backed());
+    for i in 600..3000 {
+        assert_eq!(h.insert(base.row(i)).unwrap() as usize, i);
+    }
+    for i in (0..3000).step_by(97) {
+        assert_eq!(h.vector(i as u32).unwrap(), base.row(i));
+        assert_eq!(h.search(base.row(i), 1, 64, None).unwrap()[0].0 as usize, i);
+    }
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
@@ -588,7 +645,14 @@ fn replace_refuses_live_busy_unknown_and_mapped_slots() {
     g.delete(5).unwrap();
     g.save(&path).unwrap();
     let h = Graph::open(&path).unwrap();
-    assert!(matches!(h.replace(5, base.row(6)), Err(AnnError::ReadOnly)));
+    if cfg!(unix) {
+        // Copy-on-write: a slot of the file is reused in place.
+        h.replace(5, base.row(6)).unwrap();
+        assert_eq!(h.vector(5).unwrap(), base.row(6));
+        assert_eq!(h.search(base.row(6), 2, 50, None).unwrap().len(), 2);
+    } else {
+        assert!(matches!(h.replace(5, base.row(6)), Err(AnnError::ReadOnly)));
+    }
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
