@@ -175,10 +175,20 @@ pub const BUNDLED: &[BundledModel] = &[
     BundledModel {
         name: "emoji",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/models/emoji.onnx")),
-        summary: "a head trained here with batch-hard triplets on 805 emoji classes (npm \
-                  emoji-datasource Google and Twitter 16.0.0) over the photo model's frozen \
-                  EfficientNet-Lite0; emoji and icons; short side 256, centre 224; 256-d; \
-                  bundled since 2026-12-03",
+        summary: "a 1280-d head that started at the identity, trained here with batch-hard \
+                  triplets on 805 emoji classes (npm emoji-datasource Google and Twitter 16.0.0) \
+                  over the photo model's frozen EfficientNet-Lite0; emoji and icons; short side \
+                  256, centre 224; 1280-d; bundled since 2026-12-04",
+        duplicate_distance: EMOJI_DUPLICATE_DISTANCE,
+    },
+    BundledModel {
+        name: "emoji-linear",
+        bytes: include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/emoji-linear.onnx"
+        )),
+        summary: "the same backbone with a linear head to 256-d, batch-hard on the same emoji; \
+                  the `emoji` model on 2026-12-03 (indexes built with it find it by hash)",
         duplicate_distance: EMOJI_DUPLICATE_DISTANCE,
     },
     BundledModel {
@@ -194,10 +204,11 @@ pub const BUNDLED: &[BundledModel] = &[
     },
 ];
 
-/// None: for the head on the photo backbone, edited copies of the fixture emoji lie up to
-/// 1.01 from their original (a 45% rescale; JPEG on white 0.87) and a different emoji from
-/// 0.77, so no distance keeps the copies without grouping different emoji
-/// (tests/integration/duplicates.rs; models/README.md). `emoji-scratch` has one.
+/// None: for the heads on the photo backbone, edited copies of the fixture emoji lie up to
+/// 1.03 from their original (a 45% rescale; JPEG on white 0.72) and a different emoji from
+/// 0.82 (the linear head: 1.01 and 0.77), so no distance keeps the copies without grouping
+/// different emoji (tests/integration/duplicates.rs; models/README.md). `emoji-scratch` has
+/// one.
 const EMOJI_DUPLICATE_DISTANCE: Option<f32> = None;
 
 /// The from-scratch emoji model's near-duplicate distance: edited copies of the fixture emoji

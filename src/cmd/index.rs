@@ -20,7 +20,7 @@ pub struct Args {
     /// collection (credentials from `HTG_MILVUS_TOKEN` or `HTG_MILVUS_USER`/`_PASSWORD`).
     #[arg(long)]
     pub index: Location,
-    /// A bundled model's name (`htg models`: photo, emoji, emoji-scratch) or an ONNX file; defaults to the
+    /// A bundled model's name (`htg models`: photo, emoji, emoji-linear, emoji-scratch) or an ONNX file; defaults to the
     /// model that built the index, else `photo`.
     #[arg(long, value_name = "NAME|PATH")]
     pub model: Option<String>,

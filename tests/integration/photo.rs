@@ -336,6 +336,7 @@ fn models_are_named_and_an_index_finds_its_bundled_model_by_hash_when_its_file_i
     let listing = htg_ok(&["models"]);
     assert!(listing.starts_with("photo (default)"), "{listing}");
     assert!(listing.contains("\nemoji\n"), "{listing}");
+    assert!(listing.contains("\nemoji-linear\n"), "{listing}");
     assert!(listing.contains("\nemoji-scratch\n"), "{listing}");
 
     let out = crate::util::htg(&[
