@@ -70,11 +70,20 @@ pub struct ChurnPoint {
     pub write_p99_ms: f64,
     /// The longest single write: the longest a writer waited.
     pub write_max_ms: f64,
+    /// When that write started, seconds into the timed writes (a pause at 0 is the first
+    /// write after the reopen; one later is the steady state's).
+    pub write_max_at_s: f64,
+    /// Writes that took longer than 100 ms.
+    pub writes_over_100ms: usize,
     /// Resident memory when the timed writes started, MiB.
     pub rss_start_mib: f64,
     /// Highest resident memory sampled (every 50 ms) during them, MiB.
     pub rss_peak_mib: f64,
-    /// `rss_peak_mib / rss_start_mib`.
+    /// The bench's own vectors (the stored set and the fresh ones to add), resident through
+    /// the run, MiB: not the index's memory.
+    pub bench_data_mib: f64,
+    /// The peak against the start, the bench's own vectors taken out of both: the index's
+    /// growth, as a server holding only the index would see it.
     pub rss_peak_ratio: f64,
     /// Images stored at the end (the start's count: the size holds).
     pub count_end: usize,
@@ -149,7 +158,16 @@ pub fn run(a: WritesArgs) -> Result<()> {
     };
     params.validate()?;
     let max = *a.sizes.iter().max().unwrap_or(&0);
-    let fresh_needed = a.writers.iter().sum::<usize>() * 20_000 + 1000;
+    // Under churn every add gets a vector not stored before: a writer that cycles through a
+    // small pool stores several copies of each vector, whose ties blur recall against exact
+    // search and crowd the graph with zero-distance neighbours. 3,000 per second is above
+    // every add rate measured here; past it a writer cycles, and says so.
+    let per_writer = if a.churn {
+        20_000.max((a.seconds * 3000.0).ceil() as usize)
+    } else {
+        20_000
+    };
+    let fresh_needed = a.writers.iter().sum::<usize>() * per_writer + 1000;
     let (base, extra) = dataset::clustered(&SynthParams {
         n: max,
         queries: fresh_needed,
@@ -164,6 +182,8 @@ pub fn run(a: WritesArgs) -> Result<()> {
         .map(<[f32]>::to_vec)
         .collect();
     let fresh: Vec<&[f32]> = extra.data.chunks(a.dim).skip(200).collect();
+    let bench_data_mib =
+        ((base.data.len() + extra.data.len()) * std::mem::size_of::<f32>()) as f64 / 1048576.0;
     let mut points = Vec::new();
     for &n in &a.sizes {
         let dir = match &a.dir {
@@ -220,12 +240,12 @@ pub fn run(a: WritesArgs) -> Result<()> {
             let stop = AtomicBool::new(false);
             let slices: Vec<&[&[f32]]> = (0..w)
                 .map(|k| {
-                    let per = 20_000;
+                    let per = per_writer;
                     let s = next_fresh + k * per;
                     &fresh[s.min(fresh.len())..(s + per).min(fresh.len())]
                 })
                 .collect();
-            next_fresh += w * 20_000;
+            next_fresh += w * per_writer;
             // Under churn each writer deletes the oldest stored image after each add.
             let victims = Mutex::new(
                 index
@@ -238,7 +258,7 @@ pub fn run(a: WritesArgs) -> Result<()> {
             let rss_start_mib = rss_mib();
             let rss_peak = Mutex::new(rss_start_mib);
             let start = Instant::now();
-            let (add_lat, del_lat, busy) = std::thread::scope(|sc| {
+            let (add_lat, del_lat, worst, busy) = std::thread::scope(|sc| {
                 let writers: Vec<_> = slices
                     .iter()
                     .enumerate()
@@ -249,17 +269,32 @@ pub fn run(a: WritesArgs) -> Result<()> {
                         sc.spawn(move || {
                             let mut lat = Vec::new();
                             let mut dels = Vec::new();
+                            // The longest write and when it started.
+                            let mut worst = (0u64, 0f64);
                             let rounds = if churn { usize::MAX } else { vs.len() };
                             for i in 0..rounds {
                                 if Instant::now() >= end || vs.is_empty() {
                                     break;
                                 }
+                                if i == vs.len() && churn {
+                                    eprintln!(
+                                        "  note: writer {k} used all {} distinct vectors; it cycles from here",
+                                        vs.len()
+                                    );
+                                }
                                 let v = vs[i % vs.len()];
                                 let t = Instant::now();
                                 let id = index
-                                    .insert(synthetic_record(1_000_000_000 + k * 100_000 + i), v)
+                                    .insert(
+                                        synthetic_record(1_000_000_000 + k * 1_000_000 + i),
+                                        v,
+                                    )
                                     .expect("bench add");
-                                lat.push(t.elapsed().as_nanos() as u64);
+                                let took = t.elapsed().as_nanos() as u64;
+                                lat.push(took);
+                                if took > worst.0 {
+                                    worst = (took, (t - start).as_secs_f64());
+                                }
                                 if churn {
                                     let victim = {
                                         let mut q = victims.lock();
@@ -269,11 +304,15 @@ pub fn run(a: WritesArgs) -> Result<()> {
                                     if let Some(victim) = victim {
                                         let t = Instant::now();
                                         index.remove(victim).expect("bench delete");
-                                        dels.push(t.elapsed().as_nanos() as u64);
+                                        let took = t.elapsed().as_nanos() as u64;
+                                        dels.push(took);
+                                        if took > worst.0 {
+                                            worst = (took, (t - start).as_secs_f64());
+                                        }
                                     }
                                 }
                             }
-                            (lat, dels)
+                            (lat, dels, worst)
                         })
                     })
                     .collect();
@@ -289,14 +328,18 @@ pub fn run(a: WritesArgs) -> Result<()> {
                 });
                 let mut all = Vec::new();
                 let mut dels = Vec::new();
+                let mut worst = (0u64, 0f64);
                 for h in writers {
-                    let (l, d) = h.join().expect("writer thread");
+                    let (l, d, w) = h.join().expect("writer thread");
                     all.extend(l);
                     dels.extend(d);
+                    if w.0 > worst.0 {
+                        worst = w;
+                    }
                 }
                 stop.store(true, Ordering::Relaxed);
                 sampler.join().expect("memory sampler thread");
-                (all, dels, reader.join().expect("reader thread"))
+                (all, dels, worst, reader.join().expect("reader thread"))
             });
             let secs = start.elapsed().as_secs_f64();
             let churn = if a.churn {
@@ -325,10 +368,14 @@ pub fn run(a: WritesArgs) -> Result<()> {
                     delete_p50_ms: ms(stats::percentile(&del_lat, 50.0)),
                     delete_p99_ms: ms(stats::percentile(&del_lat, 99.0)),
                     write_p99_ms: ms(stats::percentile(&writes, 99.0)),
-                    write_max_ms: ms(writes.iter().copied().max().unwrap_or(0)),
+                    write_max_ms: ms(worst.0),
+                    write_max_at_s: worst.1,
+                    writes_over_100ms: writes.iter().filter(|&&n| n > 100_000_000).count(),
                     rss_start_mib,
                     rss_peak_mib,
-                    rss_peak_ratio: rss_peak_mib / rss_start_mib.max(1e-9),
+                    bench_data_mib,
+                    rss_peak_ratio: (rss_peak_mib - bench_data_mib)
+                        / (rss_start_mib - bench_data_mib).max(1e-9),
                     count_end: end.count,
                     tombstones_end: end.tombstones,
                     compactions: end.compactions - compactions_before,
@@ -358,8 +405,8 @@ pub fn run(a: WritesArgs) -> Result<()> {
             );
             if let Some(c) = &p.churn {
                 eprintln!(
-                    "  churn: {:.0} deletes/s, delete p99 {:.2} ms; writes p99 {:.2} ms, longest {:.1} ms; RSS {:.1} -> peak {:.1} MiB ({:.3}x); {} stored, {} tombstones, {} compactions; recall@10 {:.4}",
-                    c.deletes_per_s, c.delete_p99_ms, c.write_p99_ms, c.write_max_ms, c.rss_start_mib, c.rss_peak_mib, c.rss_peak_ratio, c.count_end, c.tombstones_end, c.compactions, c.recall_end
+                    "  churn: {:.0} deletes/s, delete p99 {:.2} ms; writes p99 {:.2} ms, longest {:.1} ms at {:.1} s, {} over 100 ms; RSS {:.1} -> peak {:.1} MiB ({:.3}x without the bench's {:.1} MiB of vectors); {} stored, {} tombstones, {} compactions; recall@10 {:.4}",
+                    c.deletes_per_s, c.delete_p99_ms, c.write_p99_ms, c.write_max_ms, c.write_max_at_s, c.writes_over_100ms, c.rss_start_mib, c.rss_peak_mib, c.rss_peak_ratio, c.bench_data_mib, c.count_end, c.tombstones_end, c.compactions, c.recall_end
                 );
             }
             points.push(p);
