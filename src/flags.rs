@@ -175,10 +175,10 @@ pub const BUNDLED: &[BundledModel] = &[
     BundledModel {
         name: "emoji",
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/models/emoji.onnx")),
-        summary: "a 1280-d head that started at the identity, trained here with batch-hard \
-                  triplets on 805 emoji classes (npm emoji-datasource Google and Twitter 16.0.0) \
-                  over the photo model's frozen EfficientNet-Lite0; emoji and icons; short side \
-                  256, centre 224; 1280-d; bundled since 2026-12-04",
+        summary: "a head as wide as the features that started at the identity, trained here \
+                  with batch-hard triplets on 805 emoji classes (npm emoji-datasource Google and \
+                  Twitter 16.0.0) over the photo model's frozen EfficientNet-Lite0; emoji and \
+                  icons; short side 256, centre 224; 1280-d; bundled since 2026-12-04",
         duplicate_distance: EMOJI_DUPLICATE_DISTANCE,
     },
     BundledModel {

@@ -301,7 +301,7 @@ impl<T: Pod> Buf<T> {
     /// it). The caller guarantees no concurrent writes to it.
     pub(crate) fn bytes(&self) -> &[u8] {
         let all = self.all();
-        // SAFETY: `T` is plain data without padding (the `Pod` types here are u8, u32 and
+        // SAFETY: `T` is plain data without padding (the `Pod` types are u8, u32, u64 and
         // f32), so its memory is initialised bytes; the length is the slice's size.
         unsafe { std::slice::from_raw_parts(all.as_ptr() as *const u8, std::mem::size_of_val(all)) }
     }
