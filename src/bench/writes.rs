@@ -240,9 +240,8 @@ pub fn run(a: WritesArgs) -> Result<()> {
             let stop = AtomicBool::new(false);
             let slices: Vec<&[&[f32]]> = (0..w)
                 .map(|k| {
-                    let per = per_writer;
-                    let s = next_fresh + k * per;
-                    &fresh[s.min(fresh.len())..(s + per).min(fresh.len())]
+                    let s = next_fresh + k * per_writer;
+                    &fresh[s.min(fresh.len())..(s + per_writer).min(fresh.len())]
                 })
                 .collect();
             next_fresh += w * per_writer;
@@ -271,6 +270,13 @@ pub fn run(a: WritesArgs) -> Result<()> {
                             let mut dels = Vec::new();
                             // The longest write and when it started.
                             let mut worst = (0u64, 0f64);
+                            let mut timed = |t: Instant, into: &mut Vec<u64>| {
+                                let took = t.elapsed().as_nanos() as u64;
+                                into.push(took);
+                                if took > worst.0 {
+                                    worst = (took, (t - start).as_secs_f64());
+                                }
+                            };
                             let rounds = if churn { usize::MAX } else { vs.len() };
                             for i in 0..rounds {
                                 if Instant::now() >= end || vs.is_empty() {
@@ -290,11 +296,7 @@ pub fn run(a: WritesArgs) -> Result<()> {
                                         v,
                                     )
                                     .expect("bench add");
-                                let took = t.elapsed().as_nanos() as u64;
-                                lat.push(took);
-                                if took > worst.0 {
-                                    worst = (took, (t - start).as_secs_f64());
-                                }
+                                timed(t, &mut lat);
                                 if churn {
                                     let victim = {
                                         let mut q = victims.lock();
@@ -304,11 +306,7 @@ pub fn run(a: WritesArgs) -> Result<()> {
                                     if let Some(victim) = victim {
                                         let t = Instant::now();
                                         index.remove(victim).expect("bench delete");
-                                        let took = t.elapsed().as_nanos() as u64;
-                                        dels.push(took);
-                                        if took > worst.0 {
-                                            worst = (took, (t - start).as_secs_f64());
-                                        }
+                                        timed(t, &mut dels);
                                     }
                                 }
                             }

@@ -407,19 +407,40 @@ impl Graph {
             };
         }
         let links0: Buf<u32> = section!(links_off, count, 1 + m0)?;
-        verify(S_LINKS0, links0.bytes())?;
-        let check_list = |list: &[u32], cap: usize, what: &str| -> Result<(), AnnError> {
+        // An f32 graph's vectors are checksummed on a second thread while this one checks
+        // the links: the two passes fault in and read separate sections, and together they
+        // are most of the time to a first answer at 1M.
+        let vectors: Buf<f32> = section!(vec_off, count, stride)?;
+        // The node's name is formatted only for the message: formatting it for each of 1M
+        // nodes cost more than checking their links.
+        let check_list = |list: &[u32], cap: usize, what: &dyn Fn() -> String| {
             let n = list[0] as usize;
             if n > cap {
-                return Err(bad(format!("{what}: {n} links, at most {cap}")));
+                return Err(bad(format!("{}: {n} links, at most {cap}", what())));
             }
             if list[1..1 + n].iter().any(|&id| id as usize >= count) {
-                return Err(bad(format!("{what}: a link names no node")));
+                return Err(bad(format!("{}: a link names no node", what())));
             }
             Ok(())
         };
-        for (i, list) in links0.all().chunks_exact(1 + m0).enumerate() {
-            check_list(list, m0, &format!("node {i}"))?;
+        let check_links0 = || -> Result<(), AnnError> {
+            verify(S_LINKS0, links0.bytes())?;
+            for (i, list) in links0.all().chunks_exact(1 + m0).enumerate() {
+                check_list(list, m0, &|| format!("node {i}"))?;
+            }
+            Ok(())
+        };
+        if flags & 1 == 0 {
+            let vbytes = vectors.bytes();
+            std::thread::scope(|s| {
+                let v = s.spawn(|| verify(S_VECTORS, vbytes));
+                let l = check_links0();
+                // A panic on the checksum thread is a bug; surface it as one.
+                let v = v.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                l.and(v)
+            })?;
+        } else {
+            check_links0()?;
         }
         let upper_all: &[u8] = &b[upper_off..upper_off + upper_words * 4];
         let mut words = upper_all
@@ -432,7 +453,7 @@ impl Graph {
             }
             let w: Vec<u32> = words.by_ref().take(l as usize * (1 + m)).collect();
             for (j, list) in w.chunks_exact(1 + m).enumerate() {
-                check_list(list, m, &format!("node {i} layer {}", j + 1))?;
+                check_list(list, m, &|| format!("node {i} layer {}", j + 1))?;
                 if list[1..1 + list[0] as usize]
                     .iter()
                     .any(|&n| (levels[n as usize] as usize) < j + 1)
@@ -491,11 +512,9 @@ impl Graph {
         // query: they were checksummed through the read-only map, which is unmapped when
         // `open` returns, so their pages stay out of this process until a query needs them,
         // and there is no read-ahead there.
-        g.vectors = section!(vec_off, count, stride)?;
+        g.vectors = vectors;
         if g.quant.is_some() {
             g.vectors.advise_random();
-        } else {
-            verify(S_VECTORS, g.vectors.bytes())?;
         }
         g.links0 = links0;
         g.levels = levels.iter().map(|&l| AtomicU8::new(l)).collect();

@@ -378,6 +378,8 @@ impl Records {
             ..Records::default()
         };
         out.dead = vec![0; count.div_ceil(64)];
+        // Sized once: growing to 1M entries rehashes twenty times.
+        out.int.reserve(count);
         for i in 0..count {
             let f = parse(m.raw(i)).ok_or_else(|| bad(format!("record {i} is malformed")))?;
             if f.live {

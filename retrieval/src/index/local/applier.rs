@@ -139,6 +139,12 @@ fn applier(weak: Weak<Inner>, wake: Arc<(Mutex<bool>, Condvar)>) {
                 _owner: None,
             };
             loop {
+                // A closed index's pending adds are in its log, and the next open replays
+                // them: moving them in here would keep the whole index alive (its graph,
+                // its records) for as long as the backlog takes, beside its successor.
+                if index.inner.closed.load(Ordering::Acquire) {
+                    return;
+                }
                 match index.drain_once(1024) {
                     Ok(n) => {
                         index.inner.background.lock().applier = None;

@@ -79,6 +79,10 @@ pub const DEFAULT_REUSE_GRACE: Duration = Duration::from_millis(100);
 /// Acknowledged adds allowed to wait for the graph before writers help move them in.
 pub(super) const MAX_PENDING: usize = 8192;
 
+/// The fewest pending adds a writer past [`MAX_PENDING`] moves in: enough that helping
+/// outpaces one writer's adds, few enough that the add waiting on it stays a short write.
+pub(super) const HELP_MIN: usize = 64;
+
 /// What `meta.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -384,8 +388,18 @@ impl LocalIndex {
             FORMAT_VERSION => {
                 let meta: Meta = serde_json::from_slice(&meta_bytes)
                     .map_err(|e| corrupt(format!("meta.json: {e}")))?;
-                let engine = Engine::open(meta.engine, &gdir, meta.dim, meta.hnsw.graph())?;
-                let records = Records::open(&gdir.join("records.bin"))?;
+                // The graph and the records are separate files, each checksummed and
+                // validated whole: opened side by side, the slower one sets the time to a
+                // first answer, not their sum.
+                let (engine, records) = std::thread::scope(|s| {
+                    let records = s.spawn(|| Records::open(&gdir.join("records.bin")));
+                    let engine = Engine::open(meta.engine, &gdir, meta.dim, meta.hnsw.graph());
+                    let records = records
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    (engine, records)
+                });
+                let (engine, records) = (engine?, records?);
                 if records.slots() != engine.len() || engine.len() != meta.slots {
                     return Err(corrupt(format!(
                         "the engine holds {} vectors, records.bin {} records, meta.json {}",

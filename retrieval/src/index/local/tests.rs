@@ -559,3 +559,35 @@ fn churn_reuses_deleted_slots_and_loses_nothing() {
     assert_eq!(idx.stats().compactions, 1);
     check(&idx, &live, &gone);
 }
+
+#[test]
+fn a_closed_index_stops_indexing_and_its_backlog_reopens_from_the_log() {
+    let dim = 32;
+    let (d, idx) = fresh(dim);
+    let n = 8000u64;
+    let items: Vec<_> = (0..n).map(|i| (rec(i, "a"), unit(i, dim))).collect();
+    let ids = idx.insert_many(items).unwrap();
+    // A background handle keeps the index's memory alive without keeping it open, so the
+    // applier's progress after the close can be read.
+    let bg = idx.background();
+    drop(idx);
+    let at_close = bg.stats().unindexed;
+    assert!(at_close > 0, "the applier had not moved {n} adds in yet");
+    std::thread::sleep(Duration::from_millis(500));
+    // The batch in flight at the close may finish; no later one starts.
+    let later = bg.stats().unindexed;
+    assert!(
+        later + 1024 >= at_close,
+        "{at_close} adds pending at the close, {later} half a second later"
+    );
+    drop(bg);
+    // Nothing acknowledged is lost: the log holds what the applier left.
+    let idx = LocalIndex::open(d.path()).unwrap();
+    assert_eq!(idx.stats().count, n as usize);
+    for i in (0..n).step_by(97) {
+        let hits = idx
+            .search(&unit(i, dim), 1, &SearchOptions::default())
+            .unwrap();
+        assert_eq!(hits[0].id, ids[i as usize]);
+    }
+}
